@@ -1,0 +1,166 @@
+"""The one module that names array backends.
+
+Everything else in xpcnn takes its array namespace from its inputs
+(``array_namespace(x)``). This module turns a user's ``--device`` string into
+a namespace and a device, moves arrays between host and device, and owns the
+host random-number policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import array_api_compat
+import numpy as np
+from array_api_compat import array_namespace, device, is_cupy_array, is_numpy_array
+
+__all__ = [
+    "Device",
+    "DeviceError",
+    "array_namespace",
+    "device",
+    "gpu_available",
+    "host_rng",
+    "namespace",
+    "resolve_device",
+    "to_device",
+    "to_numpy",
+]
+
+_DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
+
+_CUPY_HINT = 'install CuPy with `pip install "xpcnn[cuda12]"` (CUDA 12) or `"xpcnn[cuda13]"` (CUDA 13)'
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (bad name, CuPy missing, no GPU)."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """A resolved compute target.
+
+    Attributes
+    ----------
+    name : str
+        Canonical name, ``"cpu"`` or ``"cuda:N"``.
+    xp : module
+        Array-API-compatible namespace (``array_api_compat.numpy`` or ``.cupy``).
+    device : object
+        The namespace's device object, passed as ``device=`` to creation calls.
+    """
+
+    name: str
+    xp: Any
+    device: Any
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        """Copy a host (NumPy) array or any supported array onto this device."""
+        with self.activate():
+            if is_cupy_array(a) or self.name == "cpu":
+                return self.xp.asarray(a, dtype=dtype, device=self.device)
+            # CuPy wants host data as NumPy; other arrays go through to_numpy.
+            return self.xp.asarray(to_numpy(a), dtype=dtype, device=self.device)
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """Make this the current CUDA device (compat's CuPy creation functions ignore ``device=``)."""
+        if self.name.startswith("cuda"):
+            with self.device:
+                yield
+        else:
+            yield
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def resolve_device(spec: str | Device = "cpu") -> Device:
+    """Resolve ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` to a :class:`Device`.
+
+    Raises
+    ------
+    DeviceError
+        For an unknown name, a CUDA request without CuPy installed, without a
+        visible GPU, or with an index past the number of GPUs.
+    """
+    if isinstance(spec, Device):
+        return spec
+    m = _DEVICE_RE.match(str(spec).strip().lower())
+    if m is None:
+        raise DeviceError(f"unknown device {spec!r}: use 'cpu', 'cuda' or 'cuda:N' (N = GPU index)")
+    kind, index = m.group(1), int(m.group(2) or 0)
+    if kind == "cpu":
+        if m.group(2) is not None:
+            raise DeviceError(f"unknown device {spec!r}: the CPU takes no index, use 'cpu'")
+        import array_api_compat.numpy as np_xp
+
+        return Device("cpu", np_xp, "cpu")
+    try:
+        import cupy
+    except ImportError as exc:
+        raise DeviceError(f"--device {spec} needs CuPy, which is not installed: {_CUPY_HINT}") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError when there is no driver
+        raise DeviceError(
+            f"--device {spec}: CuPy is installed but no GPU is visible ({exc}); "
+            "check the NVIDIA driver and CUDA_VISIBLE_DEVICES, or use --device cpu"
+        ) from exc
+    if count == 0:
+        raise DeviceError(f"--device {spec}: CuPy is installed but no GPU is visible; use --device cpu")
+    if index >= count:
+        raise DeviceError(f"--device {spec}: only {count} GPU(s) visible (cuda:0..cuda:{count - 1})")
+    import array_api_compat.cupy as cp_xp
+
+    return Device(f"cuda:{index}", cp_xp, cupy.cuda.Device(index))
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and sees at least one GPU."""
+    try:
+        resolve_device("cuda")
+    except DeviceError:
+        return False
+    return True
+
+
+def namespace(*arrays: Any) -> Any:
+    """The array-API namespace shared by ``arrays`` (``array_api_compat.array_namespace``)."""
+    return array_namespace(*arrays)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """Copy any supported array (NumPy, CuPy, torch, array-api-strict on any device) to NumPy."""
+    if is_numpy_array(x) or isinstance(x, (int, float, np.generic)):
+        return np.asarray(x)
+    if is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_array_api_strict_namespace(array_namespace(x)):
+        import array_api_strict
+
+        x = x.to_device(array_api_strict.Device("CPU_DEVICE"))
+        return np.from_dlpack(x).copy()
+    return np.from_dlpack(x).copy()
+
+
+def to_device(x: Any, like: Any) -> Any:
+    """Copy array ``x`` (any backend) onto the namespace and device of array ``like``."""
+    xp = array_namespace(like)
+    if array_namespace(x) is xp:
+        return xp.asarray(x, device=device(like))
+    return xp.asarray(to_numpy(x), device=device(like))
+
+
+def host_rng(seed: int | np.random.Generator | None = None) -> np.random.Generator:
+    """The host random generator: weights and shuffles are drawn here, so a seed
+    gives the same numbers on every backend."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)

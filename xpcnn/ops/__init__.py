@@ -1,0 +1,51 @@
+"""Pure, array-agnostic operations: the namespace comes from the inputs.
+
+Forward functions return ``(out, cache)``; backward functions take ``dout``
+and the cache. They import neither NumPy nor CuPy.
+"""
+
+from ._util import conv_output_size
+from .conv import ConvCache, col2im, conv2d_backward, conv2d_forward, im2col
+from .dense import (
+    affine_backward,
+    affine_forward,
+    cross_entropy_error,
+    relu_backward,
+    relu_forward,
+    sigmoid_backward,
+    sigmoid_forward,
+    softmax,
+    softmax_cross_entropy_backward,
+    softmax_cross_entropy_forward,
+)
+from .pool import (
+    PoolCache,
+    avg_pool2d_backward,
+    avg_pool2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+)
+
+__all__ = [
+    "ConvCache",
+    "PoolCache",
+    "affine_backward",
+    "affine_forward",
+    "avg_pool2d_backward",
+    "avg_pool2d_forward",
+    "col2im",
+    "conv2d_backward",
+    "conv2d_forward",
+    "conv_output_size",
+    "cross_entropy_error",
+    "im2col",
+    "max_pool2d_backward",
+    "max_pool2d_forward",
+    "relu_backward",
+    "relu_forward",
+    "sigmoid_backward",
+    "sigmoid_forward",
+    "softmax",
+    "softmax_cross_entropy_backward",
+    "softmax_cross_entropy_forward",
+]

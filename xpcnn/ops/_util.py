@@ -1,0 +1,68 @@
+"""Shape checks and small helpers shared by the ops."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_extra as xpx
+
+
+def conv_output_size(input_size: int, filter_size: int, stride: int = 1, pad: int = 0) -> int:
+    """The book's output size ``(H + 2P - FH) // S + 1``."""
+    return (input_size + 2 * pad - filter_size) // stride + 1
+
+
+def check_window(
+    shape: tuple[int, ...], filter_h: int, filter_w: int, stride: int, pad: int, *, what: str
+) -> tuple[int, int]:
+    """Validate a 4-D input shape against a window; return ``(OH, OW)``.
+
+    Raises ValueError naming the shapes for a non-4-D input, a non-positive
+    stride or filter, a negative pad, or an output smaller than 1x1.
+    """
+    if len(shape) != 4:
+        raise ValueError(
+            f"{what} expects a 4-D input (N, C, H, W), got shape {tuple(shape)}; "
+            "reshape flat images with x.reshape(N, C, H, W)"
+        )
+    for name, v, low in (("stride", stride, 1), ("filter_h", filter_h, 1), ("filter_w", filter_w, 1),
+                         ("pad", pad, 0)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            raise ValueError(f"{what}: {name} must be an integer >= {low}, got {v!r}")
+    H, W = shape[2], shape[3]
+    OH = conv_output_size(H, filter_h, stride, pad)
+    OW = conv_output_size(W, filter_w, stride, pad)
+    if OH < 1 or OW < 1:
+        raise ValueError(
+            f"{what}: a {filter_h}x{filter_w} window with stride {stride} and pad {pad} does not fit "
+            f"the input of shape {tuple(shape)} (output would be {OH}x{OW}); "
+            "use a smaller filter, more padding or a larger input"
+        )
+    return OH, OW
+
+
+def pad_hw(x: Any, pad: int, value: float = 0.0, *, xp: Any) -> Any:
+    """Pad the last two axes of ``x`` by ``pad`` on each side with ``value``."""
+    if pad == 0:
+        return x
+    return xpx.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), constant_values=value, xp=xp)
+
+
+def window_slices(i: int, j: int, stride: int, OH: int, OW: int) -> tuple[Any, ...]:
+    """Index of the (N, C, OH, OW) view at window offset (i, j).
+
+    The stop ``i + stride*(OH-1) + 1`` is exact: the book's ``i + stride*OH`` can
+    run past the end, which the array API standard does not promise to clip.
+    """
+    return (
+        slice(None),
+        slice(None),
+        slice(i, i + stride * (OH - 1) + 1, stride),
+        slice(j, j + stride * (OW - 1) + 1, stride),
+    )
+
+
+def crop_hw(x: Any, pad: int) -> Any:
+    if pad == 0:
+        return x
+    return x[:, :, pad:-pad, pad:-pad]

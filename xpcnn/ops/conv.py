@@ -1,0 +1,146 @@
+"""im2col / col2im and convolution, written once against the array API standard."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from array_api_compat import array_namespace, device
+
+from ._util import check_window, crop_hw, pad_hw, window_slices
+
+__all__ = ["ConvCache", "col2im", "conv2d_backward", "conv2d_forward", "im2col"]
+
+
+def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0) -> Any:
+    """Unfold image patches into rows (the book's ``im2col``).
+
+    Parameters
+    ----------
+    input_data : array (N, C, H, W), any real floating dtype
+    filter_h, filter_w, stride, pad : int
+
+    Returns
+    -------
+    col : array (N*OH*OW, C*FH*FW), same dtype and device as ``input_data``,
+        columns in the book's order (channel-major, then filter row, then column).
+    """
+    xp = array_namespace(input_data)
+    N, C, _, _ = input_data.shape
+    OH, OW = check_window(input_data.shape, filter_h, filter_w, stride, pad, what="im2col")
+    img = pad_hw(input_data, pad, xp=xp)
+    # One strided view per filter offset, stacked: no writes, so it runs on every backend.
+    col = xp.stack(
+        [img[window_slices(i, j, stride, OH, OW)] for i in range(filter_h) for j in range(filter_w)],
+        axis=2,
+    )  # (N, C, FH*FW, OH, OW)
+    col = xp.permute_dims(col, (0, 3, 4, 1, 2))
+    return xp.reshape(col, (N * OH * OW, C * filter_h * filter_w))
+
+
+def col2im(
+    col: Any,
+    input_shape: tuple[int, int, int, int],
+    filter_h: int,
+    filter_w: int,
+    stride: int = 1,
+    pad: int = 0,
+) -> Any:
+    """Fold rows back into an image, summing overlaps: the adjoint of :func:`im2col`.
+
+    Parameters
+    ----------
+    col : array (N*OH*OW, C*FH*FW)
+    input_shape : (N, C, H, W) of the image ``im2col`` was applied to
+
+    Returns
+    -------
+    array (N, C, H, W), dtype and device of ``col``.
+    """
+    xp = array_namespace(col)
+    N, C, H, W = input_shape
+    OH, OW = check_window(tuple(input_shape), filter_h, filter_w, stride, pad, what="col2im")
+    if tuple(col.shape) != (N * OH * OW, C * filter_h * filter_w):
+        raise ValueError(
+            f"col2im: col has shape {tuple(col.shape)} but input_shape {tuple(input_shape)} with a "
+            f"{filter_h}x{filter_w} filter needs ({N * OH * OW}, {C * filter_h * filter_w})"
+        )
+    col = xp.reshape(col, (N, OH, OW, C, filter_h, filter_w))
+    col = xp.permute_dims(col, (0, 3, 4, 5, 1, 2))  # (N, C, FH, FW, OH, OW)
+    img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device(col))
+    # Within one offset the strided targets are distinct, so slice += is a true scatter-add.
+    for i in range(filter_h):
+        for j in range(filter_w):
+            idx = window_slices(i, j, stride, OH, OW)
+            img[idx] += col[:, :, i, j, :, :]
+    return crop_hw(img, pad)
+
+
+class ConvCache(NamedTuple):
+    """What :func:`conv2d_backward` needs from the forward pass."""
+
+    x_shape: tuple[int, ...]
+    col: Any
+    col_W: Any
+    W_shape: tuple[int, ...]
+    stride: int
+    pad: int
+
+
+def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tuple[Any, ConvCache]:
+    """Convolution (cross-correlation) by im2col + one matrix product.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W)
+    W : array (FN, C, FH, FW)
+    b : array (FN,)
+
+    Returns
+    -------
+    out : array (N, FN, OH, OW), dtype of ``x``
+    cache : ConvCache for :func:`conv2d_backward`
+    """
+    xp = array_namespace(x, W, b)
+    if len(W.shape) != 4:
+        raise ValueError(f"convolution weights must be 4-D (FN, C, FH, FW), got shape {tuple(W.shape)}")
+    FN, C, FH, FW = W.shape
+    OH, OW = check_window(tuple(x.shape), FH, FW, stride, pad, what="convolution")
+    N = x.shape[0]
+    if x.shape[1] != C:
+        raise ValueError(
+            f"channel mismatch: input has shape {tuple(x.shape)} with {x.shape[1]} channels but the "
+            f"filters W {tuple(W.shape)} expect C={C}"
+        )
+    if tuple(b.shape) != (FN,):
+        raise ValueError(f"convolution bias must have shape ({FN},), got {tuple(b.shape)}")
+    col = im2col(x, FH, FW, stride, pad)
+    col_W = xp.matrix_transpose(xp.reshape(W, (FN, C * FH * FW)))  # (C*FH*FW, FN)
+    out = col @ col_W + b
+    out = xp.permute_dims(xp.reshape(out, (N, OH, OW, FN)), (0, 3, 1, 2))
+    return out, ConvCache(tuple(x.shape), col, col_W, tuple(W.shape), stride, pad)
+
+
+def conv2d_backward(dout: Any, cache: ConvCache, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`conv2d_forward`.
+
+    Parameters
+    ----------
+    dout : array (N, FN, OH, OW)
+    need_dx : bool
+        False skips the input gradient (``dx`` is None): a first layer's input
+        gradient is never used, and its col2im is the most expensive part.
+
+    Returns
+    -------
+    dx : array (N, C, H, W) or None, dW : array (FN, C, FH, FW), db : array (FN,)
+    """
+    xp = array_namespace(dout)
+    FN, C, FH, FW = cache.W_shape
+    dout = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (-1, FN))
+    db = xp.sum(dout, axis=0)
+    dW = xp.reshape(xp.matrix_transpose(xp.matrix_transpose(cache.col) @ dout), cache.W_shape)
+    if not need_dx:
+        return None, dW, db
+    dcol = dout @ xp.matrix_transpose(cache.col_W)
+    dx = col2im(dcol, cache.x_shape, FH, FW, cache.stride, cache.pad)
+    return dx, dW, db

@@ -1,0 +1,141 @@
+"""Affine, activations, softmax and cross-entropy."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+__all__ = [
+    "affine_backward",
+    "affine_forward",
+    "cross_entropy_error",
+    "relu_backward",
+    "relu_forward",
+    "sigmoid_backward",
+    "sigmoid_forward",
+    "softmax",
+    "softmax_cross_entropy_backward",
+    "softmax_cross_entropy_forward",
+]
+
+
+def affine_forward(x: Any, W: Any, b: Any) -> tuple[Any, tuple[Any, tuple[int, ...]]]:
+    """``x @ W + b`` with ``x`` (N, ...) flattened to (N, D) like the book's Affine.
+
+    W : (D, M), b : (M,) -> out : (N, M)
+    """
+    xp = array_namespace(x, W, b)
+    N = x.shape[0]
+    D = math.prod(x.shape[1:])
+    if len(W.shape) != 2 or W.shape[0] != D:
+        raise ValueError(
+            f"affine: input of shape {tuple(x.shape)} flattens to {D} features but W has shape "
+            f"{tuple(W.shape)} (expected ({D}, M))"
+        )
+    x2 = xp.reshape(x, (N, D))
+    return x2 @ W + b, (x2, tuple(x.shape))
+
+
+def affine_backward(dout: Any, cache: tuple[Any, tuple[int, ...]], W: Any) -> tuple[Any, Any, Any]:
+    """Gradients of :func:`affine_forward`: ``dout`` (N, M) -> (dx of the input's shape, dW, db)."""
+    xp = array_namespace(dout)
+    x2, x_shape = cache
+    dx = xp.reshape(dout @ xp.matrix_transpose(W), x_shape)
+    dW = xp.matrix_transpose(x2) @ dout
+    db = xp.sum(dout, axis=0)
+    return dx, dW, db
+
+
+def relu_forward(x: Any) -> tuple[Any, Any]:
+    """ReLU; returns the output and the boolean mask ``x > 0`` for the backward pass."""
+    xp = array_namespace(x)
+    mask = x > 0
+    return xp.where(mask, x, xp.zeros((), dtype=x.dtype, device=device(x))), mask
+
+
+def relu_backward(dout: Any, mask: Any) -> Any:
+    """Gradient of ReLU; allocates a new array (``dout`` is not modified, unlike the book)."""
+    xp = array_namespace(dout)
+    return xp.where(mask, dout, xp.zeros((), dtype=dout.dtype, device=device(dout)))
+
+
+def sigmoid_forward(x: Any) -> tuple[Any, Any]:
+    """Logistic sigmoid; the output is its own backward cache."""
+    xp = array_namespace(x)
+    out = 1.0 / (1.0 + xp.exp(-x))
+    return out, out
+
+
+def sigmoid_backward(dout: Any, out: Any) -> Any:
+    return dout * (1.0 - out) * out
+
+
+def _log_softmax(x: Any, xp: Any) -> Any:
+    z = x - xp.max(x, axis=-1, keepdims=True)
+    return z - xp.log(xp.sum(xp.exp(z), axis=-1, keepdims=True))
+
+
+def softmax(x: Any) -> Any:
+    """Row-wise softmax of (N, K) (or (K,)) scores, stable against overflow."""
+    xp = array_namespace(x)
+    return xp.exp(_log_softmax(x, xp))
+
+
+def _as_one_hot(t: Any, num_classes: int, dtype: Any, xp: Any) -> Any:
+    """Labels (N,) of any integer dtype -> one-hot (N, K); a one-hot (N, K) passes through."""
+    if len(t.shape) == 2:
+        if t.shape[1] != num_classes:
+            raise ValueError(
+                f"one-hot labels have {t.shape[1]} classes but the scores have {num_classes}"
+            )
+        return xp.astype(t, dtype)
+    if len(t.shape) != 1:
+        raise ValueError(f"labels must be (N,) integers or (N, K) one-hot, got shape {tuple(t.shape)}")
+    classes = xp.arange(num_classes, dtype=t.dtype, device=device(t))
+    return xp.astype(t[:, None] == classes, dtype)
+
+
+def cross_entropy_error(y: Any, t: Any) -> Any:
+    """Mean cross-entropy of probabilities ``y`` (N, K) against labels (N,) or one-hot (N, K).
+
+    The book's function (with its ``1e-7`` guard against ``log(0)``).
+    """
+    xp = array_namespace(y)
+    if len(y.shape) == 1:
+        y = xp.reshape(y, (1, -1))
+        t = xp.reshape(t, (1, -1)) if len(t.shape) == 1 and t.shape[0] == y.shape[1] else t
+    onehot = _as_one_hot(t, y.shape[1], y.dtype, xp)
+    return -xp.sum(onehot * xp.log(y + 1e-7)) / float(y.shape[0])
+
+
+def softmax_cross_entropy_forward(x: Any, t: Any) -> tuple[Any, tuple[Any, Any]]:
+    """Softmax followed by mean cross-entropy, computed through log-softmax.
+
+    Parameters
+    ----------
+    x : array (N, K) scores, floating
+    t : array (N,) integer labels or (N, K) one-hot / soft targets
+
+    Returns
+    -------
+    loss : 0-d array, dtype of ``x``
+    cache : (y, t_onehot) for :func:`softmax_cross_entropy_backward`
+    """
+    xp = array_namespace(x)
+    if len(x.shape) != 2 or t.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"softmax cross-entropy: scores must be (N, K) and labels (N,) or (N, K); "
+            f"got {tuple(x.shape)} and {tuple(t.shape)}"
+        )
+    onehot = _as_one_hot(t, x.shape[1], x.dtype, xp)
+    logp = _log_softmax(x, xp)
+    loss = -xp.sum(onehot * logp) / float(x.shape[0])
+    return loss, (xp.exp(logp), onehot)
+
+
+def softmax_cross_entropy_backward(cache: tuple[Any, Any], dout: float = 1.0) -> Any:
+    """Gradient of the mean loss with respect to the scores: ``(y - t) / N`` (N, K)."""
+    y, onehot = cache
+    return (y - onehot) * (float(dout) / float(y.shape[0]))
