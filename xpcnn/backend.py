@@ -33,7 +33,9 @@ __all__ = [
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
-_CUPY_HINT = 'install CuPy with `pip install "xpcnn[cuda12]"` (CUDA 12) or `"xpcnn[cuda13]"` (CUDA 13)'
+_CUPY_HINT = (
+    'install CuPy with `pip install "xpcnn[cuda12]"` (CUDA 12) or `"xpcnn[cuda13]"` (CUDA 13)'
+)
 
 
 class DeviceError(RuntimeError):
@@ -103,7 +105,9 @@ def resolve_device(spec: str | Device = "cpu") -> Device:
     try:
         import cupy
     except ImportError as exc:
-        raise DeviceError(f"--device {spec} needs CuPy, which is not installed: {_CUPY_HINT}") from exc
+        raise DeviceError(
+            f"--device {spec} needs CuPy, which is not installed: {_CUPY_HINT}"
+        ) from exc
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when there is no driver
@@ -112,9 +116,13 @@ def resolve_device(spec: str | Device = "cpu") -> Device:
             "check the NVIDIA driver and CUDA_VISIBLE_DEVICES, or use --device cpu"
         ) from exc
     if count == 0:
-        raise DeviceError(f"--device {spec}: CuPy is installed but no GPU is visible; use --device cpu")
+        raise DeviceError(
+            f"--device {spec}: CuPy is installed but no GPU is visible; use --device cpu"
+        )
     if index >= count:
-        raise DeviceError(f"--device {spec}: only {count} GPU(s) visible (cuda:0..cuda:{count - 1})")
+        raise DeviceError(
+            f"--device {spec}: only {count} GPU(s) visible (cuda:0..cuda:{count - 1})"
+        )
     import array_api_compat.cupy as cp_xp
 
     return Device(f"cuda:{index}", cp_xp, cupy.cuda.Device(index))

@@ -25,8 +25,12 @@ def check_window(
             f"{what} expects a 4-D input (N, C, H, W), got shape {tuple(shape)}; "
             "reshape flat images with x.reshape(N, C, H, W)"
         )
-    for name, v, low in (("stride", stride, 1), ("filter_h", filter_h, 1), ("filter_w", filter_w, 1),
-                         ("pad", pad, 0)):
+    for name, v, low in (
+        ("stride", stride, 1),
+        ("filter_h", filter_h, 1),
+        ("filter_w", filter_w, 1),
+        ("pad", pad, 0),
+    ):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ValueError(f"{what}: {name} must be an integer >= {low}, got {v!r}")
     H, W = shape[2], shape[3]

@@ -30,7 +30,11 @@ def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: 
     img = pad_hw(input_data, pad, xp=xp)
     # One strided view per filter offset, stacked: no writes, so it runs on every backend.
     col = xp.stack(
-        [img[window_slices(i, j, stride, OH, OW)] for i in range(filter_h) for j in range(filter_w)],
+        [
+            img[window_slices(i, j, stride, OH, OW)]
+            for i in range(filter_h)
+            for j in range(filter_w)
+        ],
         axis=2,
     )  # (N, C, FH*FW, OH, OW)
     col = xp.permute_dims(col, (0, 3, 4, 1, 2))
@@ -102,7 +106,9 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
     """
     xp = array_namespace(x, W, b)
     if len(W.shape) != 4:
-        raise ValueError(f"convolution weights must be 4-D (FN, C, FH, FW), got shape {tuple(W.shape)}")
+        raise ValueError(
+            f"convolution weights must be 4-D (FN, C, FH, FW), got shape {tuple(W.shape)}"
+        )
     FN, C, FH, FW = W.shape
     OH, OW = check_window(tuple(x.shape), FH, FW, stride, pad, what="convolution")
     N = x.shape[0]
@@ -135,7 +141,7 @@ def conv2d_backward(dout: Any, cache: ConvCache, *, need_dx: bool = True) -> tup
     dx : array (N, C, H, W) or None, dW : array (FN, C, FH, FW), db : array (FN,)
     """
     xp = array_namespace(dout)
-    FN, C, FH, FW = cache.W_shape
+    FN, _, FH, FW = cache.W_shape
     dout = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (-1, FN))
     db = xp.sum(dout, axis=0)
     dW = xp.reshape(xp.matrix_transpose(xp.matrix_transpose(cache.col) @ dout), cache.W_shape)

@@ -92,7 +92,9 @@ def _as_one_hot(t: Any, num_classes: int, dtype: Any, xp: Any) -> Any:
             )
         return xp.astype(t, dtype)
     if len(t.shape) != 1:
-        raise ValueError(f"labels must be (N,) integers or (N, K) one-hot, got shape {tuple(t.shape)}")
+        raise ValueError(
+            f"labels must be (N,) integers or (N, K) one-hot, got shape {tuple(t.shape)}"
+        )
     classes = xp.arange(num_classes, dtype=t.dtype, device=device(t))
     return xp.astype(t[:, None] == classes, dtype)
 
