@@ -61,17 +61,27 @@ class Device:
     device: Any
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
-        """Copy a host (NumPy) array or any supported array onto this device."""
+        """Copy ``a`` (NumPy, a list, or an array of any supported backend) onto this device.
+
+        ``dtype`` may be a dtype of ``xp`` or its name (``"float32"``).
+        """
+        if isinstance(dtype, str):
+            dtype = getattr(self.xp, dtype)
+        if not (is_numpy_array(a) or _belongs_to(a, self.xp)):
+            a = to_numpy(a)
         with self.activate():
-            if is_cupy_array(a) or self.name == "cpu":
-                return self.xp.asarray(a, dtype=dtype, device=self.device)
-            # CuPy wants host data as NumPy; other arrays go through to_numpy.
-            return self.xp.asarray(to_numpy(a), dtype=dtype, device=self.device)
+            return self.xp.asarray(a, dtype=dtype, device=self.device)
+
+    @classmethod
+    def of(cls, x: Any) -> Device:
+        """The Device an existing array lives on (any array-API backend)."""
+        xp = array_namespace(x)
+        return cls(f"{xp.__name__}:{device(x)}", xp, device(x))
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
         """Make this the current CUDA device (compat's CuPy creation functions ignore ``device=``)."""
-        if self.name.startswith("cuda"):
+        if array_api_compat.is_cupy_namespace(self.xp):
             with self.device:
                 yield
         else:
@@ -142,28 +152,31 @@ def namespace(*arrays: Any) -> Any:
     return array_namespace(*arrays)
 
 
+def _belongs_to(a: Any, xp: Any) -> bool:
+    try:
+        return array_namespace(a) is xp
+    except TypeError:
+        return False
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """Copy any supported array (NumPy, CuPy, torch, array-api-strict on any device) to NumPy."""
-    if is_numpy_array(x) or isinstance(x, (int, float, np.generic)):
-        return np.asarray(x)
     if is_cupy_array(x):
         return x.get()
     if array_api_compat.is_torch_array(x):
         return x.detach().cpu().numpy()
-    if array_api_compat.is_array_api_strict_namespace(array_namespace(x)):
-        import array_api_strict
+    if array_api_compat.is_array_api_obj(x) and not is_numpy_array(x):
+        if array_api_compat.is_array_api_strict_namespace(array_namespace(x)):
+            import array_api_strict
 
-        x = x.to_device(array_api_strict.Device("CPU_DEVICE"))
+            x = x.to_device(array_api_strict.Device("CPU_DEVICE"))
         return np.from_dlpack(x).copy()
-    return np.from_dlpack(x).copy()
+    return np.asarray(x)
 
 
 def to_device(x: Any, like: Any) -> Any:
     """Copy array ``x`` (any backend) onto the namespace and device of array ``like``."""
-    xp = array_namespace(like)
-    if array_namespace(x) is xp:
-        return xp.asarray(x, device=device(like))
-    return xp.asarray(to_numpy(x), device=device(like))
+    return Device.of(like).asarray(x)
 
 
 def host_rng(seed: int | np.random.Generator | None = None) -> np.random.Generator:

@@ -1,0 +1,251 @@
+"""The book's layers: ``forward`` / ``backward`` objects owning ``params`` and ``grads``.
+
+Every layer takes its array namespace from the arrays it is given; the
+arithmetic lives in :mod:`xpcnn.ops`. Shapes follow the book: images are
+(N, C, H, W), dense inputs (N, D). ``backward`` never overwrites the ``dout``
+it receives.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from . import ops
+
+__all__ = [
+    "Affine",
+    "Convolution",
+    "Layer",
+    "Pooling",
+    "Relu",
+    "Sigmoid",
+    "SoftmaxWithLoss",
+]
+
+
+class Layer:
+    """Base class: a layer maps ``forward(x)`` to an output and ``backward(dout)`` to ``dx``.
+
+    ``params`` maps names (``"W"``, ``"b"``, ...) to arrays; ``backward`` fills
+    ``grads`` with arrays of the same shapes. ``buffers`` holds non-trained state
+    that a checkpoint must keep (running statistics).
+    """
+
+    params: dict[str, Any]
+    grads: dict[str, Any]
+    buffers: dict[str, Any]
+
+    def __init__(self) -> None:
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dout: Any) -> Any:
+        raise NotImplementedError
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of one example's output for one example's input shape (no batch axis)."""
+        return input_shape
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+
+class Convolution(Layer):
+    """2-D convolution by im2col (the book's ``Convolution``).
+
+    Parameters
+    ----------
+    W : array (FN, C, FH, FW)
+    b : array (FN,)
+    stride, pad : int
+
+    ``need_dx=False`` skips the input gradient (use it for a network's first layer).
+    """
+
+    def __init__(self, W: Any, b: Any, stride: int = 1, pad: int = 0) -> None:
+        super().__init__()
+        self.params = {"W": W, "b": b}
+        self.stride = stride
+        self.pad = pad
+        self.need_dx = True
+        self._cache: ops.ConvCache | None = None
+
+    @property
+    def W(self) -> Any:
+        return self.params["W"]
+
+    @property
+    def b(self) -> Any:
+        return self.params["b"]
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        out, self._cache = ops.conv2d_forward(x, self.W, self.b, self.stride, self.pad)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        dx, self.grads["W"], self.grads["b"] = ops.conv2d_backward(
+            dout, self._cache, need_dx=self.need_dx
+        )
+        return dx
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        FN, C, FH, FW = self.W.shape
+        if len(input_shape) != 3 or input_shape[0] != C:
+            raise ValueError(
+                f"Convolution with W {tuple(self.W.shape)} expects inputs (C={C}, H, W), "
+                f"got {tuple(input_shape)}"
+            )
+        return (
+            FN,
+            ops.conv_output_size(input_shape[1], FH, self.stride, self.pad),
+            ops.conv_output_size(input_shape[2], FW, self.stride, self.pad),
+        )
+
+    def extra_repr(self) -> str:
+        FN, C, FH, FW = self.W.shape
+        return f"{C}->{FN}, {FH}x{FW}, stride={self.stride}, pad={self.pad}"
+
+
+class Pooling(Layer):
+    """Max (default) or average pooling over ``pool_h x pool_w`` windows.
+
+    ``mode="max"`` or ``"avg"``. Unlike the book, ``pad`` is honoured in the
+    output size, and padding never wins a maximum.
+    """
+
+    def __init__(
+        self, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0, mode: str = "max"
+    ) -> None:
+        super().__init__()
+        if mode not in ("max", "avg"):
+            raise ValueError(f"Pooling mode must be 'max' or 'avg', got {mode!r}")
+        self.pool_h, self.pool_w, self.stride, self.pad, self.mode = (
+            pool_h,
+            pool_w,
+            stride,
+            pad,
+            mode,
+        )
+        self._cache: ops.PoolCache | None = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        fwd = ops.max_pool2d_forward if self.mode == "max" else ops.avg_pool2d_forward
+        out, self._cache = fwd(x, self.pool_h, self.pool_w, self.stride, self.pad)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        bwd = ops.max_pool2d_backward if self.mode == "max" else ops.avg_pool2d_backward
+        return bwd(dout, self._cache)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        C, H, W = input_shape
+        return (
+            C,
+            ops.conv_output_size(H, self.pool_h, self.stride, self.pad),
+            ops.conv_output_size(W, self.pool_w, self.stride, self.pad),
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.mode}, {self.pool_h}x{self.pool_w}, stride={self.stride}, pad={self.pad}"
+
+
+class Affine(Layer):
+    """Fully connected layer ``x @ W + b``; a 4-D input is flattened per example.
+
+    W : array (D, M), b : array (M,); forward (N, ...) -> (N, M); backward
+    returns ``dx`` in the input's original shape.
+    """
+
+    def __init__(self, W: Any, b: Any) -> None:
+        super().__init__()
+        self.params = {"W": W, "b": b}
+        self._cache: Any = None
+
+    @property
+    def W(self) -> Any:
+        return self.params["W"]
+
+    @property
+    def b(self) -> Any:
+        return self.params["b"]
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        out, self._cache = ops.affine_forward(x, self.W, self.b)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        dx, self.grads["W"], self.grads["b"] = ops.affine_backward(dout, self._cache, self.W)
+        return dx
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        D, M = self.W.shape
+        if math.prod(input_shape) != D:
+            raise ValueError(
+                f"Affine with W {tuple(self.W.shape)} expects {D} input features, "
+                f"got input shape {tuple(input_shape)} ({math.prod(input_shape)} features)"
+            )
+        return (M,)
+
+    def extra_repr(self) -> str:
+        return "{}->{}".format(*self.W.shape)
+
+
+class Relu(Layer):
+    """Rectified linear unit; keeps the mask ``x > 0`` for the backward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: Any = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        out, self.mask = ops.relu_forward(x)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        return ops.relu_backward(dout, self.mask)
+
+
+class Sigmoid(Layer):
+    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: Any = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        self.out, _ = ops.sigmoid_forward(x)
+        return self.out
+
+    def backward(self, dout: Any) -> Any:
+        return ops.sigmoid_backward(dout, self.out)
+
+
+class SoftmaxWithLoss(Layer):
+    """Softmax and mean cross-entropy in one layer.
+
+    ``forward(x, t)``: scores x (N, K) and labels t, either (N,) integers or
+    (N, K) one-hot; returns the loss as a 0-d array (no host copy).
+    ``backward(dout=1)`` returns dx (N, K) = (y - t) / N.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loss: Any = None
+        self.y: Any = None
+        self._cache: Any = None
+
+    def forward(self, x: Any, t: Any) -> Any:  # type: ignore[override]
+        self.loss, self._cache = ops.softmax_cross_entropy_forward(x, t)
+        self.y = self._cache[0]
+        return self.loss
+
+    def backward(self, dout: Any = 1.0) -> Any:
+        return ops.softmax_cross_entropy_backward(self._cache, dout)

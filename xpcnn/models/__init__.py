@@ -1,0 +1,25 @@
+"""Networks: :class:`Sequential`, the builder, and the book's named nets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..backend import Device
+from .sequential import NetBuilder, Sequential, init_std
+from .simple_convnet import SimpleConvNet
+
+__all__ = ["MODELS", "NetBuilder", "Sequential", "SimpleConvNet", "build_model", "init_std"]
+
+#: Command-line names of the named networks.
+MODELS: dict[str, type[Sequential]] = {"simple": SimpleConvNet}
+
+
+def build_model(
+    config: dict[str, Any], *, device: str | Device = "cpu", seed: Any = None
+) -> Sequential:
+    """Rebuild a named network from its ``config`` (as stored in checkpoints)."""
+    kwargs = dict(config)
+    name = kwargs.pop("model", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)}")
+    return MODELS[name](**kwargs, device=device, seed=seed)

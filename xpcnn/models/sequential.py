@@ -1,0 +1,347 @@
+"""``Sequential``: a stack of the book's layers ending in ``SoftmaxWithLoss``,
+and ``NetBuilder``, which builds one Lego-block by Lego-block with shape inference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, MutableMapping, Sequence
+from typing import Any
+
+from ..backend import Device, host_rng, resolve_device, to_numpy
+from ..layers import Affine, Convolution, Layer, Pooling, Relu, Sigmoid, SoftmaxWithLoss
+
+__all__ = ["NetBuilder", "Sequential", "init_std"]
+
+_FLOAT_DTYPES = ("float32", "float64")
+
+
+def init_std(weight_init: float | str, fan_in: int) -> float:
+    """Standard deviation of a weight initialisation.
+
+    ``weight_init`` is a number (the std itself; the book's default is 0.01),
+    ``"std"`` (0.01), ``"he"`` / ``"relu"`` (sqrt(2 / fan_in)) or
+    ``"xavier"`` / ``"sigmoid"`` (sqrt(1 / fan_in)).
+    """
+    if isinstance(weight_init, str):
+        name = weight_init.lower()
+        if name == "std":
+            return 0.01
+        if name in ("he", "relu"):
+            return math.sqrt(2.0 / fan_in)
+        if name in ("xavier", "sigmoid"):
+            return math.sqrt(1.0 / fan_in)
+        raise ValueError(
+            f"unknown weight_init {weight_init!r}: use a number, 'std', 'he' or 'xavier'"
+        )
+    if not weight_init > 0:
+        raise ValueError(f"weight_init must be positive, got {weight_init!r}")
+    return float(weight_init)
+
+
+class _ParamView(MutableMapping):
+    """Network-level names (``W1``, ``b1``, ...) that read and write the layers' dicts.
+
+    Optimizers assign ``params[key] = new``; the assignment lands in the
+    owning layer, so updates work on immutable backends too.
+    """
+
+    def __init__(self, index: dict[str, tuple[Layer, str]], attr: str) -> None:
+        self._index = index
+        self._attr = attr
+
+    def __getitem__(self, key: str) -> Any:
+        layer, k = self._index[key]
+        return getattr(layer, self._attr)[k]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        layer, k = self._index[key]
+        getattr(layer, self._attr)[k] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("network parameters cannot be deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class Sequential:
+    """A feed-forward network: ``layers`` then a loss layer (``SoftmaxWithLoss``).
+
+    Parameters
+    ----------
+    layers : sequence of Layer
+        Built layers; their parameters must already live on one device.
+    input_dim : tuple
+        Shape of one input example, e.g. ``(1, 28, 28)``; used for shape checks
+        and :meth:`summary`.
+    config : dict, optional
+        JSON-able description that rebuilds this network (``xpcnn.models.build_model``);
+        checkpoints store it.
+
+    Parameter names follow the book: ``W1, b1`` for the first layer with
+    parameters, ``W2, b2`` for the second, and so on (``gamma2, beta2`` for a
+    batch normalisation). Inputs are float arrays (N, *input_dim) of the
+    network's dtype.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        input_dim: Sequence[int],
+        *,
+        loss_layer: Layer | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.layers: list[Layer] = list(layers)
+        if not self.layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.last_layer = loss_layer if loss_layer is not None else SoftmaxWithLoss()
+        self.input_dim = tuple(int(d) for d in input_dim)
+        self.config = dict(config) if config is not None else {"model": "sequential"}
+        self.output_shapes()  # fails early, naming the layer, if the shapes do not chain
+        # The input gradient of the first layer is never used: skip its col2im.
+        if hasattr(self.layers[0], "need_dx"):
+            self.layers[0].need_dx = False
+        params: dict[str, tuple[Layer, str]] = {}
+        buffers: dict[str, tuple[Layer, str]] = {}
+        n = 0
+        for layer in self.layers:
+            n += bool(layer.params)
+            params.update({f"{k}{n}": (layer, k) for k in layer.params})
+            buffers.update({f"{k}{n}": (layer, k) for k in layer.buffers})
+        self._index = params
+        self.params: MutableMapping[str, Any] = _ParamView(params, "params")
+        self.buffers: MutableMapping[str, Any] = _ParamView(buffers, "buffers")
+        first = next(iter(self.params.values()), None)
+        self.device = Device.of(first) if first is not None else resolve_device("cpu")
+
+    # -- the book's interface -------------------------------------------------
+    def predict(self, x: Any, train_flg: bool = False) -> Any:
+        """Scores (N, K) for inputs x (N, *input_dim); ``train_flg`` switches
+        dropout and batch normalisation to training behaviour."""
+        for layer in self.layers:
+            x = layer.forward(x, train_flg)
+        return x
+
+    def loss(self, x: Any, t: Any, train_flg: bool = True) -> Any:
+        """Mean loss (0-d array, on the device) for inputs x and labels t
+        ((N,) integers or (N, K) one-hot)."""
+        return self.last_layer.forward(self.predict(x, train_flg), t)
+
+    def accuracy(self, x: Any, t: Any, batch_size: int = 100) -> float:
+        """Fraction of correctly classified examples, evaluated in batches."""
+        xp = self.device.xp
+        N = x.shape[0]
+        if N == 0:
+            raise ValueError("accuracy of an empty set is undefined")
+        correct = []
+        for i in range(0, N, batch_size):
+            tt = t[i : i + batch_size]
+            y = xp.argmax(self.predict(x[i : i + batch_size]), axis=1)
+            if len(tt.shape) == 2:
+                tt = xp.argmax(tt, axis=1)
+            correct.append(xp.sum(xp.astype(y == xp.astype(tt, y.dtype), xp.int64)))
+        return float(to_numpy(xp.sum(xp.stack(correct)))) / N
+
+    def gradient(self, x: Any, t: Any) -> dict[str, Any]:
+        """Loss gradients by backpropagation, keyed like :attr:`params`; also
+        leaves each layer's ``grads`` filled."""
+        self.loss(x, t)
+        dout = self.last_layer.backward(1.0)
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        return {key: layer.grads[k] for key, (layer, k) in self._index.items()}
+
+    def numerical_gradient(self, x: Any, t: Any, h: float = 1e-4) -> dict[str, Any]:
+        """Central-difference gradients of the loss (the book's slow check).
+
+        One forward pass per parameter element: use tiny networks, float64.
+        """
+        grads = {}
+        for key in list(self.params):
+            original = self.params[key]
+            p = to_numpy(original).copy()
+            g = p * 0
+            flat, gflat = p.reshape(-1), g.reshape(-1)
+            for i in range(flat.size):
+                old = flat[i]
+                flat[i] = old + h
+                self.params[key] = self.device.asarray(p)
+                fxh1 = float(to_numpy(self.loss(x, t)))
+                flat[i] = old - h
+                self.params[key] = self.device.asarray(p)
+                fxh2 = float(to_numpy(self.loss(x, t)))
+                flat[i] = old
+                gflat[i] = (fxh1 - fxh2) / (2 * h)
+            self.params[key] = original
+            grads[key] = self.device.asarray(g)
+        return grads
+
+    # -- placement and state ----------------------------------------------------
+    @property
+    def dtype(self) -> Any:
+        first = next(iter(self.params.values()), None)
+        return None if first is None else first.dtype
+
+    def to(self, device: str | Device) -> Sequential:
+        """Move every parameter and buffer to ``device`` (in place); returns self."""
+        dev = resolve_device(device)
+        for view in (self.params, self.buffers):
+            for key in view:
+                view[key] = dev.asarray(view[key])
+        self.device = dev
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Host (NumPy) copies of parameters and buffers, keyed ``params/W1``, ``buffers/...``."""
+        out = {f"params/{k}": to_numpy(v) for k, v in self.params.items()}
+        out.update({f"buffers/{k}": to_numpy(v) for k, v in self.buffers.items()})
+        return out
+
+    def state_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Expected ``{key: (shape, dtype name)}`` of :meth:`state_dict`."""
+        out = {}
+        for prefix, view in (("params", self.params), ("buffers", self.buffers)):
+            for k, v in view.items():
+                out[f"{prefix}/{k}"] = (tuple(v.shape), str(v.dtype).rsplit(".", 1)[-1])
+        return out
+
+    def load_state_dict(self, arrays: dict[str, Any]) -> None:
+        """Load host arrays from :meth:`state_dict` (any dtype; cast to the network's)."""
+        for prefix, view in (("params", self.params), ("buffers", self.buffers)):
+            for k in view:
+                a = arrays[f"{prefix}/{k}"]
+                if tuple(a.shape) != tuple(view[k].shape):
+                    raise ValueError(
+                        f"{prefix}/{k}: shape {tuple(a.shape)} does not match the network's "
+                        f"{tuple(view[k].shape)}"
+                    )
+                view[k] = self.device.asarray(a, dtype=view[k].dtype)
+
+    # -- inspection -------------------------------------------------------------
+    def output_shapes(self) -> list[tuple[int, ...]]:
+        """Per-layer output shape of one example (no batch axis)."""
+        shapes, shape = [], self.input_dim
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.output_shape(shape)
+            except ValueError as exc:
+                raise ValueError(f"layer {i} ({layer!r}): {exc}") from None
+            shapes.append(tuple(shape))
+        return shapes
+
+    def summary(self) -> str:
+        """A table of layers, output shapes and parameter counts."""
+        rows = [("layer", "output shape", "params")]
+        rows.append(("input", str(self.input_dim), ""))
+        total = 0
+        for layer, shape in zip(self.layers, self.output_shapes(), strict=True):
+            n = sum(math.prod(p.shape) for p in layer.params.values())
+            total += n
+            rows.append((repr(layer), str(shape), f"{n:,}" if n else ""))
+        rows.append(("total", "", f"{total:,}"))
+        w = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:>{w[2]}}" for a, b, c in rows]
+        lines.insert(1, "-" * len(lines[0]))
+        lines.insert(len(lines) - 1, "-" * len(lines[0]))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(\n{self.summary()}\n)"
+
+
+class NetBuilder:
+    """Build a :class:`Sequential` block by block, inferring each layer's input shape.
+
+    Weights are drawn from a seeded host ``numpy.random.Generator`` in float64,
+    then cast to ``dtype`` and moved to ``device``: the same seed gives the same
+    initial network on every backend.
+
+    >>> net = (NetBuilder((1, 28, 28), seed=0)
+    ...        .conv(30, 5).relu().pool(2, stride=2).affine(100).relu().affine(10).build())
+    """
+
+    def __init__(
+        self,
+        input_dim: Sequence[int],
+        *,
+        weight_init: float | str = 0.01,
+        seed: Any = None,
+        dtype: str = "float32",
+        device: str | Device = "cpu",
+    ) -> None:
+        if str(dtype) not in _FLOAT_DTYPES:
+            raise ValueError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
+        self.input_dim = tuple(int(d) for d in input_dim)
+        if not self.input_dim or min(self.input_dim) < 1:
+            raise ValueError(f"input_dim must be positive sizes, got {tuple(input_dim)}")
+        self.shape = self.input_dim
+        self.weight_init = weight_init
+        self.rng = host_rng(seed)
+        self.dtype = str(dtype)
+        self.device = resolve_device(device)
+        self.layers: list[Layer] = []
+
+    def _weights(self, shape: tuple[int, ...], fan_in: int, weight_init: Any) -> tuple[Any, Any]:
+        """W drawn on the host (float64, then cast); b zeros of W's output size."""
+        std = init_std(self.weight_init if weight_init is None else weight_init, fan_in)
+        W = self.device.asarray(std * self.rng.standard_normal(shape), self.dtype)
+        xp = self.device.xp
+        with self.device.activate():
+            b = xp.zeros(
+                shape[0] if len(shape) == 4 else shape[-1], dtype=W.dtype, device=self.device.device
+            )
+        return W, b
+
+    def add(self, layer: Layer) -> NetBuilder:
+        """Append a built layer, checking it accepts the current shape."""
+        try:
+            self.shape = tuple(layer.output_shape(self.shape))
+        except ValueError as exc:
+            raise ValueError(f"layer {len(self.layers)} ({layer!r}): {exc}") from None
+        self.layers.append(layer)
+        return self
+
+    def conv(
+        self,
+        filter_num: int,
+        filter_size: int | tuple[int, int],
+        stride: int = 1,
+        pad: int = 0,
+        *,
+        weight_init: Any = None,
+    ) -> NetBuilder:
+        """A Convolution with ``filter_num`` filters of ``filter_size`` over the current channels."""
+        if len(self.shape) != 3:
+            raise ValueError(
+                f"conv needs an image-shaped input (C, H, W), the current shape is {self.shape}"
+            )
+        FH, FW = (filter_size, filter_size) if isinstance(filter_size, int) else filter_size
+        C = self.shape[0]
+        W, b = self._weights((filter_num, C, FH, FW), C * FH * FW, weight_init)
+        return self.add(Convolution(W, b, stride=stride, pad=pad))
+
+    def affine(self, units: int, *, weight_init: Any = None) -> NetBuilder:
+        """An Affine layer to ``units`` outputs (flattening an image-shaped input)."""
+        D = math.prod(self.shape)
+        W, b = self._weights((D, units), D, weight_init)
+        return self.add(Affine(W, b))
+
+    def pool(
+        self, pool_size: int = 2, stride: int | None = None, pad: int = 0, mode: str = "max"
+    ) -> NetBuilder:
+        """Square pooling; ``stride`` defaults to ``pool_size`` (non-overlapping)."""
+        return self.add(Pooling(pool_size, pool_size, stride or pool_size, pad, mode))
+
+    def relu(self) -> NetBuilder:
+        return self.add(Relu())
+
+    def sigmoid(self) -> NetBuilder:
+        return self.add(Sigmoid())
+
+    def build(self, config: dict[str, Any] | None = None) -> Sequential:
+        return Sequential(self.layers, self.input_dim, config=config)
