@@ -15,12 +15,12 @@ from typing import Any
 from array_api_compat import array_namespace
 
 __all__ = [
+    "OPTIMIZERS",
     "SGD",
     "AdaGrad",
     "Adam",
     "Momentum",
     "Nesterov",
-    "OPTIMIZERS",
     "Optimizer",
     "RMSprop",
     "make_optimizer",
