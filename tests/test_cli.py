@@ -1,0 +1,209 @@
+"""The `xpcnn` command line, end to end on the bundled sample, and its one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from xpcnn.checkpoint import load_checkpoint
+from xpcnn.cli import main
+
+
+def run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_line_error(err, *fragments):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("xpcnn ") and "error:" in lines[0]
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    status = main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--seed", "3"])
+    assert status == 0
+    return out
+
+
+def test_train_writes_checkpoint_history_and_curves(trained):
+    assert (trained / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads((trained / "history.json").read_text())
+    assert history["config"]["model"] == "simple"
+    assert history["config"]["dataset"] == "mnist-sample"
+    assert history["config"]["seed"] == 3
+    assert len(history["test_acc"]) == 1
+    assert 0.5 < history["final_test_accuracy"] <= 1.0
+    arrays, meta = load_checkpoint(trained / "checkpoint.npz")
+    assert meta["trainer"]["epoch"] == 1
+    assert arrays["params/W1"].shape == (30, 1, 5, 5)
+
+
+def test_evaluate_reports_overall_and_per_class_accuracy(trained, capsys):
+    status, out, _ = run(capsys, "evaluate", str(trained / "checkpoint.npz"))
+    assert status == 0
+    history = json.loads((trained / "history.json").read_text())
+    first, *per_class = out.strip().splitlines()
+    assert f"test accuracy {history['final_test_accuracy']:.4f}" in first
+    assert len(per_class) == 10 and all("(100)" in line for line in per_class)
+
+
+def test_visualize_writes_every_figure(trained, tmp_path, capsys):
+    status, out, _ = run(
+        capsys, "visualize", str(trained / "checkpoint.npz"), "--out", str(tmp_path)
+    )
+    assert status == 0
+    names = {
+        "filters_before.png",
+        "filters_after.png",
+        "filter_responses.png",
+        "feature_maps.png",
+        "curves.png",
+        "misclassified.png",
+        "confusion_matrix.png",
+    }
+    assert {p.name for p in tmp_path.glob("*.png")} == names
+    assert (tmp_path / "filters_before.png").read_bytes() != (
+        tmp_path / "filters_after.png"
+    ).read_bytes()
+    assert len(out.strip().splitlines()) == len(names)
+
+
+def test_resume_continues_to_the_same_parameters(tmp_path, capsys):
+    # float32 and bit-identical: the Trainer test checks float64 to 1e-12.
+    common = ["--no-progress", "--seed", "5", "--batch-size", "250", "--eval-samples", "100"]
+    assert main(["train", "--epochs", "2", "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["train", "--epochs", "1", "--out", str(tmp_path / "b"), *common]) == 0
+    status = main(
+        [
+            "train",
+            "--resume",
+            str(tmp_path / "b" / "checkpoint.npz"),
+            "--epochs",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert status == 0
+    a, _ = load_checkpoint(tmp_path / "a" / "checkpoint.npz")
+    b, meta = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    assert meta["trainer"]["epoch"] == 2
+    for k in a:
+        if k.startswith("params/"):
+            np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+
+
+def test_resume_refuses_a_conflicting_option(trained, capsys):
+    status, _, err = run(
+        capsys, "train", "--resume", str(trained / "checkpoint.npz"), "--lr", "0.5"
+    )
+    assert status == 2
+    assert_one_line_error(err, "--lr 0.5 differs")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")
+def test_device_cuda_without_cupy(capsys, tmp_path):
+    status, _, err = run(capsys, "train", "--device", "cuda", "--out", str(tmp_path))
+    assert status == 2
+    assert_one_line_error(err, "needs CuPy", 'pip install "xpcnn[cuda12]"')
+
+
+def test_unknown_device(capsys, tmp_path):
+    status, _, err = run(capsys, "train", "--device", "tpu", "--out", str(tmp_path))
+    assert status == 2
+    assert_one_line_error(err, "unknown device 'tpu'")
+
+
+def test_missing_dataset_folder(capsys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(empty),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert status == 2
+    assert_one_line_error(err, str(empty))
+
+
+def test_damaged_dataset(capsys, tmp_path):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        (d / name).write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x05")  # header cut short
+    status, _, err = run(
+        capsys,
+        "train",
+        "--dataset",
+        "mnist",
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert status == 2
+    assert_one_line_error(err, "idx")
+
+
+def test_unwritable_out(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    status, _, err = run(capsys, "train", "--out", str(blocker / "sub"))
+    assert status == 2
+    assert_one_line_error(err, "cannot write to output folder")
+
+
+def test_damaged_checkpoint_is_refused(trained, capsys, tmp_path):
+    cut = tmp_path / "cut.npz"
+    data = (trained / "checkpoint.npz").read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    status, _, err = run(capsys, "evaluate", str(cut))
+    assert status == 2
+    assert_one_line_error(err, str(cut))
+    assert cut.read_bytes() == data[: len(data) // 2]  # nothing overwritten
+    status, _, err = run(capsys, "evaluate", str(tmp_path / "missing.npz"))
+    assert status == 2
+    assert_one_line_error(err, "missing.npz")
+
+
+def test_unknown_option_value_exits_with_usage(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--optimizer", "adamw"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'adamw'" in capsys.readouterr().err
+
+
+def test_info_lists_versions(capsys):
+    status, out, _ = run(capsys, "info")
+    assert status == 0
+    assert f"numpy             {np.__version__}" in out
+    assert "backends: cpu (NumPy)" in out
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "xpcnn", "--help"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0
+    assert "train" in proc.stdout and "evaluate" in proc.stdout
