@@ -24,8 +24,10 @@ __all__ = [
     "array_namespace",
     "device",
     "gpu_available",
+    "gpu_names",
     "host_rng",
     "namespace",
+    "random_uniform",
     "resolve_device",
     "to_device",
     "to_numpy",
@@ -147,6 +149,16 @@ def gpu_available() -> bool:
     return True
 
 
+def gpu_names() -> list[str]:
+    """Names of the visible GPUs (empty without CuPy or a GPU)."""
+    if not gpu_available():
+        return []
+    import cupy
+
+    n = cupy.cuda.runtime.getDeviceCount()
+    return [cupy.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(n)]
+
+
 def namespace(*arrays: Any) -> Any:
     """The array-API namespace shared by ``arrays`` (``array_api_compat.array_namespace``)."""
     return array_namespace(*arrays)
@@ -185,3 +197,67 @@ def host_rng(seed: int | np.random.Generator | None = None) -> np.random.Generat
     if isinstance(seed, np.random.Generator):
         return seed
     return np.random.default_rng(seed)
+
+
+def random_uniform(like: Any, shape: tuple[int, ...], *, seed_state: dict[str, Any]) -> Any:
+    """Uniform numbers in [0, 1) with the dtype, namespace and device of array ``like``.
+
+    The per-step seam for random masks (dropout): a GPU array gets numbers drawn
+    on its own device, so no mask is copied from the host every step.
+
+    - CuPy: a ``cupy.random.Generator`` on ``like``'s GPU;
+    - torch: a ``torch.Generator`` on ``like``'s device;
+    - any other backend (NumPy, array-api-strict, ...): the host
+      ``numpy.random.Generator``, then ``xp.asarray(..., device=device(like))``.
+
+    Parameters
+    ----------
+    like : floating array (float32 or float64)
+    shape : output shape
+    seed_state : dict
+        Owned by the caller (a layer), e.g. ``{"seed": 0}``. ``seed_state["seed"]``
+        (an int, a ``numpy.random.Generator`` or None for fresh entropy) seeds one
+        generator per backend and device, created on first use and kept in the
+        dict, so a given seed repeats the same sequence of masks on a given
+        backend (the backends' generators differ from each other).
+
+    Returns
+    -------
+    array of ``shape``, dtype of ``like``, on ``like``'s device.
+    """
+    xp = array_namespace(like)
+    dev = device(like)
+    shape = tuple(int(s) for s in shape)
+    seed = seed_state.get("seed")
+    if is_cupy_array(like):
+        import cupy
+
+        key = f"cupy:{dev.id}"
+        with dev:
+            if key not in seed_state:
+                seed_state[key] = cupy.random.default_rng(_int_seed(seed))
+            return seed_state[key].random(shape, dtype=like.dtype)
+    if array_api_compat.is_torch_array(like):
+        import torch
+
+        key = f"torch:{like.device}"
+        if key not in seed_state:
+            gen = torch.Generator(device=like.device)
+            if seed is None:
+                gen.seed()
+            else:
+                gen.manual_seed(_int_seed(seed))
+            seed_state[key] = gen
+        return torch.rand(shape, generator=seed_state[key], dtype=like.dtype, device=like.device)
+    if "host" not in seed_state:
+        seed_state["host"] = np.random.default_rng(_int_seed(seed))
+    bits = xp.finfo(like.dtype).bits
+    u = seed_state["host"].random(shape, dtype=np.float32 if bits == 32 else np.float64)
+    return xp.asarray(u, dtype=like.dtype, device=dev)
+
+
+def _int_seed(seed: int | np.random.Generator | None) -> int | None:
+    """An integer seed for the backends' generators (a host Generator gives one draw)."""
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**62))
+    return None if seed is None else int(seed)

@@ -380,10 +380,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         )
     if "features" in what and convs:
         maps, x = [], network.device.asarray(image[None], network.dtype)
-        for i, layer in enumerate(network.layers):
+        for layer in network.layers:
             x = layer.forward(x, False)
             if type(layer).__name__ == "Convolution":
-                maps.append((f"layer {i}: {layer!r}", to_numpy(x)[0]))
+                maps.append((f"conv{len(maps) + 1}", to_numpy(x)[0]))
         written.append(viz.plot_feature_maps(image[0], maps, out / "feature_maps.png"))
     if "curves" in what and meta.get("history", {}).get("test_acc"):
         written.append(viz.plot_history(meta["history"], out / "curves.png"))
@@ -415,7 +415,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import platform
     from importlib import metadata
 
-    from .backend import DeviceError, resolve_device
+    from .backend import DeviceError, gpu_names, resolve_device
 
     print(
         f"xpcnn {_version()}  (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)"
@@ -435,14 +435,15 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print("backends: cpu (NumPy)", end="")
     try:
-        dev = resolve_device("cuda")
-        import cupy
-
-        props = cupy.cuda.runtime.getDeviceProperties(0)
-        count = cupy.cuda.runtime.getDeviceCount()
-        print(f", cuda (CuPy): {count} GPU(s), cuda:0 = {props['name'].decode()} [{dev.name}]")
+        resolve_device("cuda")
     except DeviceError as exc:
         print(f"\nGPU: not available ({exc})")
+    else:
+        names = gpu_names()
+        print(
+            f", cuda (CuPy): {len(names)} GPU(s): "
+            + ", ".join(f"cuda:{i} {n}" for i, n in enumerate(names))
+        )
     return 0
 
 
