@@ -85,17 +85,21 @@ def test_resume_continues_to_the_same_parameters(tmp_path, capsys):
     common = ["--no-progress", "--seed", "5", "--batch-size", "250", "--eval-samples", "100"]
     assert main(["train", "--epochs", "2", "--out", str(tmp_path / "a"), *common]) == 0
     assert main(["train", "--epochs", "1", "--out", str(tmp_path / "b"), *common]) == 0
-    status = main(
-        [
-            "train",
-            "--resume",
-            str(tmp_path / "b" / "checkpoint.npz"),
-            "--epochs",
-            "2",
-            "--no-progress",
-        ]
-    )
+    capsys.readouterr()
+    resume = [
+        "train",
+        "--resume",
+        str(tmp_path / "b" / "checkpoint.npz"),
+        "--epochs",
+        "2",
+        "--no-progress",
+    ]
+    status, out, err = run(capsys, *resume)
     assert status == 0
+    assert "resuming" in err and "at epoch 1, step 0" in err
+    # One line per epoch even without a progress bar, then the final accuracy.
+    assert "epoch   2/2  loss" in out and "epoch   1/2" not in out
+    assert "test accuracy" in out.splitlines()[-1]
     a, _ = load_checkpoint(tmp_path / "a" / "checkpoint.npz")
     b, meta = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
     assert meta["trainer"]["epoch"] == 2

@@ -258,7 +258,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer=cfg["optimizer"],
         optimizer_param={"lr": cfg["lr"]},
         evaluate_sample_num_per_epoch=cfg["eval_samples"],
-        verbose=progress,
+        verbose=True,
+        progress=progress,
         seed=cfg["seed"],
         on_epoch_end=save,
     )

@@ -117,7 +117,9 @@ class Trainer:
         Evaluate accuracy per epoch on the first this-many examples of each
         set (the book's shortcut); None evaluates on all of them.
     verbose : bool
-        Progress bar and one line per epoch.
+        One line per epoch (and a progress bar unless ``progress=False``).
+    progress : bool or None
+        Progress bar per epoch; None follows ``verbose`` (shown on terminals only).
     seed : int, Generator or None
         Host RNG for the shuffles (saved in checkpoints).
     log_every : int
@@ -144,6 +146,7 @@ class Trainer:
         verbose: bool = True,
         *,
         seed: Any = None,
+        progress: bool | None = None,
         log_every: int = 50,
         on_epoch_end: Callable[[Trainer], None] | None = None,
     ) -> None:
@@ -172,6 +175,7 @@ class Trainer:
         self.optimizer = make_optimizer(optimizer, **dict(optimizer_param))
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
         self.verbose = verbose
+        self.progress = verbose if progress is None else progress
         self.rng = host_rng(seed)
         self.log_every = log_every
         self.on_epoch_end = on_epoch_end
@@ -236,7 +240,7 @@ class Trainer:
                     total=self.steps_per_epoch,
                     initial=first_step,
                     desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                    disable=not self.verbose or None,
+                    disable=not self.progress or None,
                     leave=False,
                     unit="step",
                 )
