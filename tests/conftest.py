@@ -70,6 +70,21 @@ def _backends() -> list[Any]:
 BACKENDS = _backends()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _torch_single_thread():
+    """The suite's tensors are tiny: torch's intra-op threads only contend
+    (about 80x slower on a busy 2-core machine)."""
+    if importlib.util.find_spec("torch") is None:
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> Backend:
     return Backend(*request.param)

@@ -11,16 +11,23 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from array_api_compat import array_namespace
+
 from . import ops
+from .backend import random_uniform
 
 __all__ = [
+    "LRN",
     "Affine",
+    "BatchNormalization",
     "Convolution",
+    "Dropout",
     "Layer",
     "Pooling",
     "Relu",
     "Sigmoid",
     "SoftmaxWithLoss",
+    "Tanh",
 ]
 
 
@@ -249,3 +256,159 @@ class SoftmaxWithLoss(Layer):
 
     def backward(self, dout: Any = 1.0) -> Any:
         return ops.softmax_cross_entropy_backward(self._cache, dout)
+
+
+class Tanh(Layer):
+    """Hyperbolic tangent (LeNet's squashing function)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: Any = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        self.out, _ = ops.tanh_forward(x)
+        return self.out
+
+    def backward(self, dout: Any) -> Any:
+        return ops.tanh_backward(dout, self.out)
+
+
+class Dropout(Layer):
+    """Inverted dropout (http://arxiv.org/abs/1207.0580).
+
+    Training (``train_flg=True``): each unit is dropped with probability
+    ``dropout_ratio`` and kept units are scaled by ``1 / (1 - dropout_ratio)``;
+    inference: the identity, with no rescaling (unlike the book, which scales
+    at inference time). ``backward`` reuses the last forward pass's mask.
+
+    The uniform numbers come from :func:`xpcnn.backend.random_uniform` on the
+    input's own device (CuPy / torch generators; the host generator for NumPy
+    and array-api-strict). ``seed`` (int or None) makes the sequence of masks
+    reproducible on a given backend.
+    """
+
+    def __init__(self, dropout_ratio: float = 0.5, *, seed: int | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= float(dropout_ratio) < 1.0:
+            raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
+        self.dropout_ratio = float(dropout_ratio)
+        self.seed_state: dict[str, Any] = {"seed": seed}
+        self._cache: ops.DropoutCache | None = None
+
+    @property
+    def mask(self) -> Any:
+        """Bool array of kept units from the last training forward pass (None after inference)."""
+        return None if self._cache is None else self._cache.mask
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        if not train_flg or self.dropout_ratio == 0.0:
+            self._cache = None
+            return x
+        u = random_uniform(x, tuple(x.shape), seed_state=self.seed_state)
+        out, self._cache = ops.dropout_forward(x, u, self.dropout_ratio)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        return dout if self._cache is None else ops.dropout_backward(dout, self._cache)
+
+    def extra_repr(self) -> str:
+        return f"{self.dropout_ratio}"
+
+
+class BatchNormalization(Layer):
+    """Batch normalisation (http://arxiv.org/abs/1502.03167), the book's layer made
+    per channel for images.
+
+    Parameters
+    ----------
+    gamma, beta : arrays (D,) for (N, D) inputs or (C,) for (N, C, H, W) inputs
+        (statistics per feature, or per channel over N, H, W).
+    momentum : float, weight of the old running statistics (the book's 0.9)
+    running_mean, running_var : arrays like ``gamma``; default zeros and ones
+        (ones rather than the book's zeros, so inference before any training
+        step does not divide by ``sqrt(eps)``)
+    eps : float, the book's ``10e-7``
+
+    ``params``: ``gamma``, ``beta``; ``buffers``: ``running_mean``, ``running_var``,
+    replaced (not written in place) after each training forward pass. Inference
+    (``train_flg=False``) normalises with the running statistics.
+    """
+
+    def __init__(
+        self,
+        gamma: Any,
+        beta: Any,
+        momentum: float = 0.9,
+        running_mean: Any = None,
+        running_var: Any = None,
+        *,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        xp = array_namespace(gamma, beta)
+        self.params = {"gamma": gamma, "beta": beta}
+        self.buffers = {
+            "running_mean": xp.zeros_like(gamma) if running_mean is None else running_mean,
+            "running_var": xp.ones_like(gamma) if running_var is None else running_var,
+        }
+        self.momentum = float(momentum)
+        self.eps = float(eps)
+        self._cache: ops.BatchNormCache | None = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        out, self._cache = ops.batchnorm_forward(
+            x,
+            self.params["gamma"],
+            self.params["beta"],
+            self.buffers["running_mean"],
+            self.buffers["running_var"],
+            train_flg=train_flg,
+            momentum=self.momentum,
+            eps=self.eps,
+        )
+        if train_flg:
+            self.buffers["running_mean"] = self._cache.running_mean
+            self.buffers["running_var"] = self._cache.running_var
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        dx, self.grads["gamma"], self.grads["beta"] = ops.batchnorm_backward(dout, self._cache)
+        return dx
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        (C,) = self.params["gamma"].shape
+        if len(input_shape) not in (1, 3) or input_shape[0] != C:
+            raise ValueError(
+                f"BatchNormalization with {C} channels expects inputs (D={C},) or (C={C}, H, W), "
+                f"got {tuple(input_shape)}"
+            )
+        return input_shape
+
+    def extra_repr(self) -> str:
+        return f"{self.params['gamma'].shape[0]}, momentum={self.momentum}"
+
+
+class LRN(Layer):
+    """Local response normalisation across channels (AlexNet): ``size`` channels per
+    window, ``alpha`` divided by ``size`` as in ``torch.nn.functional.local_response_norm``.
+
+    Defaults are AlexNet's: ``size=5, alpha=1e-4, beta=0.75, k=2``. Input (N, C, H, W)
+    (any (N, C, ...)); output of the same shape and dtype.
+    """
+
+    def __init__(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+    ) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+        self._cache: ops.LRNCache | None = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        out, self._cache = ops.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        return ops.lrn_backward(dout, self._cache)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -5,13 +5,31 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import Device
+from .alexnet import AlexNet
+from .deep_convnet import DeepConvNet
+from .lenet import LeNet
 from .sequential import NetBuilder, Sequential, init_std
 from .simple_convnet import SimpleConvNet
 
-__all__ = ["MODELS", "NetBuilder", "Sequential", "SimpleConvNet", "build_model", "init_std"]
+__all__ = [
+    "MODELS",
+    "AlexNet",
+    "DeepConvNet",
+    "LeNet",
+    "NetBuilder",
+    "Sequential",
+    "SimpleConvNet",
+    "build_model",
+    "init_std",
+]
 
 #: Command-line names of the named networks.
-MODELS: dict[str, type[Sequential]] = {"simple": SimpleConvNet}
+MODELS: dict[str, type[Sequential]] = {
+    "simple": SimpleConvNet,
+    "deep": DeepConvNet,
+    "lenet": LeNet,
+    "alexnet": AlexNet,
+}
 
 
 def build_model(

@@ -9,7 +9,19 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 from ..backend import Device, host_rng, resolve_device, to_numpy
-from ..layers import Affine, Convolution, Layer, Pooling, Relu, Sigmoid, SoftmaxWithLoss
+from ..layers import (
+    LRN,
+    Affine,
+    BatchNormalization,
+    Convolution,
+    Dropout,
+    Layer,
+    Pooling,
+    Relu,
+    Sigmoid,
+    SoftmaxWithLoss,
+    Tanh,
+)
 
 __all__ = ["NetBuilder", "Sequential", "init_std"]
 
@@ -263,6 +275,11 @@ class NetBuilder:
 
     >>> net = (NetBuilder((1, 28, 28), seed=0)
     ...        .conv(30, 5).relu().pool(2, stride=2).affine(100).relu().affine(10).build())
+
+    ``shape_only=True`` skips the weight draws: every W and b is a zero-stride
+    broadcast of one zero (``xp.broadcast_to``), so a large network (AlexNet's 60M
+    parameters) can be built for :meth:`Sequential.summary` and shape checks
+    without allocating its weights. Such a network is not meant for training.
     """
 
     def __init__(
@@ -273,7 +290,9 @@ class NetBuilder:
         seed: Any = None,
         dtype: str = "float32",
         device: str | Device = "cpu",
+        shape_only: bool = False,
     ) -> None:
+        self.shape_only = bool(shape_only)
         if str(dtype) not in _FLOAT_DTYPES:
             raise ValueError(f"dtype must be one of {_FLOAT_DTYPES}, got {dtype!r}")
         self.input_dim = tuple(int(d) for d in input_dim)
@@ -289,6 +308,10 @@ class NetBuilder:
     def _weights(self, shape: tuple[int, ...], fan_in: int, weight_init: Any) -> tuple[Any, Any]:
         """W drawn on the host (float64, then cast); b zeros of W's output size."""
         std = init_std(self.weight_init if weight_init is None else weight_init, fan_in)
+        if self.shape_only:
+            return self._broadcast_zeros(shape), self._broadcast_zeros(
+                (shape[0] if len(shape) == 4 else shape[-1],)
+            )
         W = self.device.asarray(std * self.rng.standard_normal(shape), self.dtype)
         xp = self.device.xp
         with self.device.activate():
@@ -342,6 +365,58 @@ class NetBuilder:
 
     def sigmoid(self) -> NetBuilder:
         return self.add(Sigmoid())
+
+    def tanh(self) -> NetBuilder:
+        return self.add(Tanh())
+
+    def activation(self, name: str) -> NetBuilder:
+        """An activation layer by name: ``"relu"``, ``"sigmoid"`` or ``"tanh"``."""
+        makers = {"relu": Relu, "sigmoid": Sigmoid, "tanh": Tanh}
+        if name not in makers:
+            raise ValueError(f"unknown activation {name!r}: use one of {sorted(makers)}")
+        return self.add(makers[name]())
+
+    def dropout(self, ratio: float = 0.5, *, seed: int | None = None) -> NetBuilder:
+        """Inverted Dropout dropping ``ratio`` of the units in training.
+
+        Without ``seed``, the mask seed is drawn from the builder's generator, so
+        the network's seed also fixes its sequence of masks.
+        """
+        if seed is None:
+            seed = int(self.rng.integers(2**31))
+        return self.add(Dropout(ratio, seed=seed))
+
+    def batchnorm(self, momentum: float = 0.9, *, eps: float = 1e-6) -> NetBuilder:
+        """BatchNormalization over the current features (D,) or channels (C, H, W):
+        gamma ones, beta zeros, running mean zeros, running variance ones."""
+        if len(self.shape) not in (1, 3):
+            raise ValueError(
+                f"batchnorm needs a (D,) or (C, H, W) input, the current shape is {self.shape}"
+            )
+        C = self.shape[0]
+        xp, dt = self.device.xp, getattr(self.device.xp, self.dtype)
+        with self.device.activate():
+            # four distinct arrays: an in-place update of gamma must not move running_var
+            gamma = xp.ones((C,), dtype=dt, device=self.device.device)
+            beta = xp.zeros((C,), dtype=dt, device=self.device.device)
+            running_mean = xp.zeros((C,), dtype=dt, device=self.device.device)
+            running_var = xp.ones((C,), dtype=dt, device=self.device.device)
+        return self.add(
+            BatchNormalization(gamma, beta, momentum, running_mean, running_var, eps=eps)
+        )
+
+    def lrn(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0
+    ) -> NetBuilder:
+        """Local response normalisation across channels (AlexNet's defaults)."""
+        return self.add(LRN(size, alpha, beta, k))
+
+    def _broadcast_zeros(self, shape: tuple[int, ...]) -> Any:
+        """A read-only, zero-stride array of ``shape`` (no allocation): for ``shape_only``."""
+        xp = self.device.xp
+        with self.device.activate():
+            zero = xp.zeros((), dtype=getattr(xp, self.dtype), device=self.device.device)
+        return xp.broadcast_to(zero, shape)
 
     def build(self, config: dict[str, Any] | None = None) -> Sequential:
         return Sequential(self.layers, self.input_dim, config=config)

@@ -18,6 +18,15 @@ from .dense import (
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
+from .dropout import DropoutCache, dropout_backward, dropout_forward, tanh_backward, tanh_forward
+from .norm import (
+    BatchNormCache,
+    LRNCache,
+    batchnorm_backward,
+    batchnorm_forward,
+    lrn_backward,
+    lrn_forward,
+)
 from .pool import (
     PoolCache,
     avg_pool2d_backward,
@@ -27,18 +36,27 @@ from .pool import (
 )
 
 __all__ = [
+    "BatchNormCache",
     "ConvCache",
+    "DropoutCache",
+    "LRNCache",
     "PoolCache",
     "affine_backward",
     "affine_forward",
     "avg_pool2d_backward",
     "avg_pool2d_forward",
+    "batchnorm_backward",
+    "batchnorm_forward",
     "col2im",
     "conv2d_backward",
     "conv2d_forward",
     "conv_output_size",
     "cross_entropy_error",
+    "dropout_backward",
+    "dropout_forward",
     "im2col",
+    "lrn_backward",
+    "lrn_forward",
     "max_pool2d_backward",
     "max_pool2d_forward",
     "relu_backward",
@@ -48,4 +66,6 @@ __all__ = [
     "softmax",
     "softmax_cross_entropy_backward",
     "softmax_cross_entropy_forward",
+    "tanh_backward",
+    "tanh_forward",
 ]

@@ -1,0 +1,82 @@
+"""Inverted dropout and the tanh activation.
+
+The ops are pure: dropout takes the uniform numbers ``u`` as an input, drawn by
+the caller through :func:`xpcnn.backend.random_uniform` (on the array's own
+device), so the op itself never touches a random generator.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from array_api_compat import array_namespace, device
+
+__all__ = [
+    "DropoutCache",
+    "dropout_backward",
+    "dropout_forward",
+    "tanh_backward",
+    "tanh_forward",
+]
+
+
+class DropoutCache(NamedTuple):
+    """The kept-unit mask and the scale ``1 / (1 - dropout_ratio)`` applied to kept units."""
+
+    mask: Any  # bool, shape of x
+    scale: float
+
+
+def _check_ratio(dropout_ratio: float) -> float:
+    ratio = float(dropout_ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
+    return ratio
+
+
+def dropout_forward(x: Any, u: Any, dropout_ratio: float = 0.5) -> tuple[Any, DropoutCache]:
+    """Inverted dropout in training mode: keep a unit where ``u > dropout_ratio``
+    (the book's test) and scale kept units by ``1 / (1 - dropout_ratio)``, so the
+    expected output equals ``x`` and inference needs no rescaling.
+
+    Parameters
+    ----------
+    x : floating array, any shape
+    u : array of ``x``'s shape, uniform in [0, 1) (``xpcnn.backend.random_uniform``)
+    dropout_ratio : float in [0, 1), the probability of dropping a unit
+
+    Returns
+    -------
+    out : array, shape and dtype of ``x``
+    cache : DropoutCache (the bool mask, reused by the backward pass)
+    """
+    xp = array_namespace(x, u)
+    ratio = _check_ratio(dropout_ratio)
+    if tuple(u.shape) != tuple(x.shape):
+        raise ValueError(
+            f"dropout: uniform numbers of shape {tuple(u.shape)} do not match the input {tuple(x.shape)}"
+        )
+    mask = u > ratio
+    scale = 1.0 / (1.0 - ratio)
+    out = xp.where(mask, x * scale, xp.zeros((), dtype=x.dtype, device=device(x)))
+    return out, DropoutCache(mask, scale)
+
+
+def dropout_backward(dout: Any, cache: DropoutCache) -> Any:
+    """Gradient of :func:`dropout_forward`: the same mask and scale applied to ``dout``."""
+    xp = array_namespace(dout)
+    return xp.where(
+        cache.mask, dout * cache.scale, xp.zeros((), dtype=dout.dtype, device=device(dout))
+    )
+
+
+def tanh_forward(x: Any) -> tuple[Any, Any]:
+    """Hyperbolic tangent; the output is its own backward cache."""
+    xp = array_namespace(x)
+    out = xp.tanh(x)
+    return out, out
+
+
+def tanh_backward(dout: Any, out: Any) -> Any:
+    """``dout * (1 - tanh(x)**2)``, from the forward output."""
+    return dout * (1.0 - out * out)
