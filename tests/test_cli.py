@@ -211,3 +211,41 @@ def test_python_dash_m_entry_point():
     )
     assert proc.returncode == 0
     assert "train" in proc.stdout and "evaluate" in proc.stdout
+
+
+@pytest.mark.parametrize("model", ["lenet", "deep", "alexnet"])
+def test_every_model_trains_evaluates_and_visualizes(model, tmp_path, capsys):
+    out = tmp_path / model
+    status, _, _ = run(
+        capsys,
+        "train",
+        "--model",
+        model,
+        "--epochs",
+        "1",
+        "--train-size",
+        "100",
+        "--eval-samples",
+        "100",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert status == 0
+    _, meta = load_checkpoint(out / "checkpoint.npz")
+    assert meta["model"]["model"] == model  # the architecture travels with the checkpoint
+    status, text, _ = run(capsys, "evaluate", str(out / "checkpoint.npz"))
+    assert status == 0 and "test accuracy" in text
+    status, _, _ = run(
+        capsys,
+        "visualize",
+        str(out / "checkpoint.npz"),
+        "--out",
+        str(tmp_path / "viz"),
+        "--what",
+        "filters,features",
+    )
+    assert status == 0
+    assert (tmp_path / "viz" / "filters_after.png").exists() and (
+        tmp_path / "viz" / "feature_maps.png"
+    ).exists()

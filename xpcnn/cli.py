@@ -36,9 +36,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "seed": 0,
     "eval_samples": 10000,
+    "train_size": None,
 }
 # What a resumed run takes from its checkpoint unless given again.
 RESUMED_FROM_CHECKPOINT = (
+    "train_size",
     "model",
     "dataset",
     "batch_size",
@@ -125,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, help="seed of the initial weights and the shuffles (default 0)"
     )
     t.add_argument(
+        "--train-size", type=_positive_int, help="train on the first N images only (quick runs)"
+    )
+    t.add_argument(
         "--eval-samples", type=_positive_int, help="examples evaluated per epoch (default 10000)"
     )
     t.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
@@ -197,7 +202,9 @@ def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
 
     cls = MODELS[cfg["model"]]
     input_dim = tuple(dataset.x_train.shape[1:])
-    return cls(
+    # AlexNet's full configuration wants 227x227 images: small inputs get its reduced form.
+    factory = cls.small if hasattr(cls, "small") and min(input_dim[1:]) < 64 else cls
+    return factory(
         input_dim=input_dim,
         output_size=dataset.num_classes,
         dtype=cfg["dtype"],
@@ -247,10 +254,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     def save(trainer: Trainer) -> None:
         trainer.save_checkpoint(ckpt, extra=run_meta)
 
+    n = cfg["train_size"]
     trainer = Trainer(
         network,
-        dataset.x_train,
-        dataset.t_train,
+        dataset.x_train[:n],
+        dataset.t_train[:n],
         dataset.x_test,
         dataset.t_test,
         epochs=cfg["epochs"],
@@ -270,7 +278,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(
-        f"training {cfg['model']} on {cfg['dataset']} ({dataset.x_train.shape[0]} train / "
+        f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
         f"{dataset.x_test.shape[0]} test) on {device.name}, {cfg['dtype']}, {cfg['epochs']} epochs, "
         f"batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
         file=sys.stderr,
