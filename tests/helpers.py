@@ -118,3 +118,81 @@ def assert_gradients_match(
         )
         checked += 1
     assert checked > 0
+
+
+def distinct_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Float64 values that are all different and at least 0.25 apart, roughly centred on 0:
+    max pooling has no ties, even after a small central-difference perturbation."""
+    n = math.prod(shape)
+    return ((rng.permutation(n) - n / 2) / 4.0).reshape(shape)
+
+
+def backend_device(backend: Any) -> Any:
+    """The :class:`xpcnn.backend.Device` of a ``backend`` fixture value (what models take)."""
+    from xpcnn.backend import Device
+
+    return Device(backend.name, backend.xp, backend.device)
+
+
+def assert_layer_gradients_match(
+    backend: Any,
+    make_layer: Callable[..., Any],
+    x: np.ndarray,
+    params: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    *,
+    forward: Callable[[Any, Any], Any] | None = None,
+) -> None:
+    """Float64 check of a layer's ``backward``: ``dx`` and every ``grads`` entry against
+    central differences of its ``forward``.
+
+    ``make_layer(**device_params)`` builds the layer from its parameters (already on
+    ``backend``, float64); it is called afresh for every evaluation.
+    ``forward(layer, x)`` runs it (default ``layer.forward(x)``). The loss is
+    ``sum(out * weights)`` with random weights, so ``dout = weights`` (a Python float
+    when the output is 0-d, as ``SoftmaxWithLoss.backward`` takes).
+    """
+    run = forward if forward is not None else (lambda layer, v: layer.forward(v))
+    dev_params = {k: backend.asarray(v, "float64") for k, v in params.items()}
+    layer = make_layer(**dev_params)
+    out = run(layer, backend.asarray(x, "float64"))
+    weights = rng.standard_normal(tuple(out.shape))
+    dout = float(weights) if weights.ndim == 0 else backend.asarray(weights, "float64")
+    dx = layer.backward(dout)
+    assert set(layer.grads) == set(params), f"grads {sorted(layer.grads)} != {sorted(params)}"
+
+    def loss(x_host: np.ndarray, **override: np.ndarray) -> float:
+        p = dict(dev_params)
+        p.update({k: backend.asarray(v, "float64") for k, v in override.items()})
+        out = run(make_layer(**p), backend.asarray(x_host, "float64"))
+        return weighted_sum(backend.to_numpy(out), weights)
+
+    num_dx = numerical_gradient(loss, x)
+    assert_close_scaled(backend.to_numpy(dx), num_dx, rtol=1e-6, atol=1e-8, err_msg="dx")
+    for key, value in params.items():
+        num = numerical_gradient(lambda v, key=key: loss(x, **{key: v}), value)
+        assert_close_scaled(
+            backend.to_numpy(layer.grads[key]), num, rtol=1e-6, atol=1e-8, err_msg=f"grads[{key!r}]"
+        )
+
+
+CODE_PATHS = ["default-path", "generic-path"]
+
+
+def code_path_context(name: str) -> Any:
+    """A context for running a test on one code path: ``"default-path"`` as configured
+    (backend fast paths on where they exist), ``"generic-path"`` with them switched off
+    (``xpcnn._fast.enabled(False)``), so fused/in-place variants and the generic
+    array-API code are both held to the same reference. Skips the generic path when
+    xpcnn has no fast-path switch (then the default path is the generic one)."""
+    import contextlib
+
+    import pytest
+
+    if name == "default-path":
+        return contextlib.nullcontext()
+    try:
+        from xpcnn import _fast
+    except ImportError:
+        pytest.skip("xpcnn has no fast-path switch: the default path is the generic one")
+    return _fast.enabled(False)

@@ -171,19 +171,23 @@ def _belongs_to(a: Any, xp: Any) -> bool:
         return False
 
 
-def to_numpy(x: Any) -> np.ndarray:
-    """Copy any supported array (NumPy, CuPy, torch, array-api-strict on any device) to NumPy."""
+def to_numpy(x: Any, *, copy: bool = False) -> np.ndarray:
+    """Any supported array (NumPy, CuPy, torch, array-api-strict on any device) as NumPy.
+
+    Without ``copy``, a NumPy array (or a CPU tensor) may come back as itself or a
+    view; ``copy=True`` always gives an independent snapshot.
+    """
     if is_cupy_array(x):
         return x.get()
     if array_api_compat.is_torch_array(x):
-        return x.detach().cpu().numpy()
-    if array_api_compat.is_array_api_obj(x) and not is_numpy_array(x):
+        x = x.detach().cpu().numpy()
+    elif array_api_compat.is_array_api_obj(x) and not is_numpy_array(x):
         if array_api_compat.is_array_api_strict_namespace(array_namespace(x)):
             import array_api_strict
 
             x = x.to_device(array_api_strict.Device("CPU_DEVICE"))
         return np.from_dlpack(x).copy()
-    return np.asarray(x)
+    return np.array(x, copy=True) if copy else np.asarray(x)
 
 
 def to_device(x: Any, like: Any) -> Any:

@@ -15,6 +15,7 @@ from array_api_compat import array_namespace
 
 from . import ops
 from .backend import random_uniform
+from .ops._util import check_window
 
 __all__ = [
     "LRN",
@@ -110,11 +111,10 @@ class Convolution(Layer):
                 f"Convolution with W {tuple(self.W.shape)} expects inputs (C={C}, H, W), "
                 f"got {tuple(input_shape)}"
             )
-        return (
-            FN,
-            ops.conv_output_size(input_shape[1], FH, self.stride, self.pad),
-            ops.conv_output_size(input_shape[2], FW, self.stride, self.pad),
+        OH, OW = check_window(
+            input_shape, FH, FW, self.stride, self.pad, what="Convolution", batched=False
         )
+        return (FN, OH, OW)
 
     def extra_repr(self) -> str:
         FN, C, FH, FW = self.W.shape
@@ -153,12 +153,16 @@ class Pooling(Layer):
         return bwd(dout, self._cache)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        C, H, W = input_shape
-        return (
-            C,
-            ops.conv_output_size(H, self.pool_h, self.stride, self.pad),
-            ops.conv_output_size(W, self.pool_w, self.stride, self.pad),
+        OH, OW = check_window(
+            input_shape,
+            self.pool_h,
+            self.pool_w,
+            self.stride,
+            self.pad,
+            what="Pooling",
+            batched=False,
         )
+        return (input_shape[0], OH, OW)
 
     def extra_repr(self) -> str:
         return f"{self.mode}, {self.pool_h}x{self.pool_w}, stride={self.stride}, pad={self.pad}"

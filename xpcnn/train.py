@@ -59,14 +59,16 @@ def predict_labels(network: Sequential, x: Any, batch_size: int = 500) -> Any:
     (host or device, integer pixels or floats, (N, *input_dim) or flat)."""
     dev = network.device
     x = dev.asarray(x)
-    xp = dev.xp
+    xp, N = dev.xp, x.shape[0]
     shape = (-1, *network.input_dim)
     out = [
         xp.argmax(
-            network.predict(as_input(xp.reshape(x[i : i + batch_size], shape), network.dtype)),
+            network.predict(
+                as_input(xp.reshape(x[i : min(i + batch_size, N), ...], shape), network.dtype)
+            ),
             axis=1,
         )
-        for i in range(0, x.shape[0], batch_size)
+        for i in range(0, N, batch_size)
     ]
     return xp.concat(out)
 
@@ -246,7 +248,7 @@ class Trainer:
                 )
                 with bar:
                     for step in range(first_step, self.steps_per_epoch):
-                        idx = perm[step * B : (step + 1) * B]
+                        idx = perm[step * B : min((step + 1) * B, N)]
                         x = as_input(
                             xp.reshape(xp.take(self.x_train, idx, axis=0), shape), net.dtype
                         )

@@ -8,6 +8,7 @@ import math
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
+from .. import _fast
 from ..backend import Device, host_rng, resolve_device, to_numpy
 from ..layers import (
     LRN,
@@ -49,6 +50,43 @@ def init_std(weight_init: float | str, fan_in: int) -> float:
     if not weight_init > 0:
         raise ValueError(f"weight_init must be positive, got {weight_init!r}")
     return float(weight_init)
+
+
+class _PoolThenRelu:
+    """A ``Relu`` followed by a max ``Pooling``, run as pooling then ReLU.
+
+    Maximum and ReLU commute, gradients included: ``relu(maxpool(x)) ==
+    maxpool(relu(x))``; a window whose maximum is positive routes ``dout`` to the
+    same first maximum either way, one whose maximum is not positive passes
+    nothing either way. The ReLU then touches 1/(pool_h*pool_w) of the elements.
+    The two layers' own ``forward``/``backward`` run in swapped order (so the
+    Relu's ``mask`` has the pooled shape). Only NaN inputs can give other results.
+    """
+
+    def __init__(self, relu: Relu, pool: Pooling) -> None:
+        self.relu, self.pool = relu, pool
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        return self.relu.forward(self.pool.forward(x, train_flg), train_flg)
+
+    def backward(self, dout: Any) -> Any:
+        return self.pool.backward(self.relu.backward(dout))
+
+
+def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
+    """``layers`` with each ``Relu, Pooling(mode="max")`` pair as one :class:`_PoolThenRelu`."""
+    plan: list[Any] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if type(layer) is Relu and type(nxt) is Pooling and nxt.mode == "max":
+            plan.append(_PoolThenRelu(layer, nxt))
+            i += 2
+        else:
+            plan.append(layer)
+            i += 1
+    return plan
 
 
 class _ParamView(MutableMapping):
@@ -118,6 +156,7 @@ class Sequential:
         # The input gradient of the first layer is never used: skip its col2im.
         if hasattr(self.layers[0], "need_dx"):
             self.layers[0].need_dx = False
+        self._plan: list[Any] = self.layers  # what the last forward pass ran (see predict)
         params: dict[str, tuple[Layer, str]] = {}
         buffers: dict[str, tuple[Layer, str]] = {}
         n = 0
@@ -135,7 +174,9 @@ class Sequential:
     def predict(self, x: Any, train_flg: bool = False) -> Any:
         """Scores (N, K) for inputs x (N, *input_dim); ``train_flg`` switches
         dropout and batch normalisation to training behaviour."""
-        for layer in self.layers:
+        # With fast paths on, ReLU -> max pooling runs as pooling -> ReLU (_PoolThenRelu).
+        self._plan = _fuse_relu_pool(self.layers) if _fast.is_enabled() else self.layers
+        for layer in self._plan:
             x = layer.forward(x, train_flg)
         return x
 
@@ -152,8 +193,10 @@ class Sequential:
             raise ValueError("accuracy of an empty set is undefined")
         correct = []
         for i in range(0, N, batch_size):
-            tt = t[i : i + batch_size]
-            y = xp.argmax(self.predict(x[i : i + batch_size]), axis=1)
+            # Stops past the end are not in the standard (array-api-strict refuses them).
+            end = min(i + batch_size, N)
+            tt = t[i:end, ...]
+            y = xp.argmax(self.predict(x[i:end, ...]), axis=1)
             if len(tt.shape) == 2:
                 tt = xp.argmax(tt, axis=1)
             correct.append(xp.sum(xp.astype(y == xp.astype(tt, y.dtype), xp.int64)))
@@ -164,7 +207,7 @@ class Sequential:
         leaves each layer's ``grads`` filled."""
         self.loss(x, t)
         dout = self.last_layer.backward(1.0)
-        for layer in reversed(self.layers):
+        for layer in reversed(self._plan):  # the layers the forward pass ran, in reverse
             dout = layer.backward(dout)
         return {key: layer.grads[k] for key, (layer, k) in self._index.items()}
 
@@ -210,8 +253,8 @@ class Sequential:
 
     def state_dict(self) -> dict[str, Any]:
         """Host (NumPy) copies of parameters and buffers, keyed ``params/W1``, ``buffers/...``."""
-        out = {f"params/{k}": to_numpy(v) for k, v in self.params.items()}
-        out.update({f"buffers/{k}": to_numpy(v) for k, v in self.buffers.items()})
+        out = {f"params/{k}": to_numpy(v, copy=True) for k, v in self.params.items()}
+        out.update({f"buffers/{k}": to_numpy(v, copy=True) for k, v in self.buffers.items()})
         return out
 
     def state_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:

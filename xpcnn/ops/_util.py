@@ -13,18 +13,28 @@ def conv_output_size(input_size: int, filter_size: int, stride: int = 1, pad: in
 
 
 def check_window(
-    shape: tuple[int, ...], filter_h: int, filter_w: int, stride: int, pad: int, *, what: str
+    shape: tuple[int, ...],
+    filter_h: int,
+    filter_w: int,
+    stride: int,
+    pad: int,
+    *,
+    what: str,
+    batched: bool = True,
 ) -> tuple[int, int]:
-    """Validate a 4-D input shape against a window; return ``(OH, OW)``.
+    """Validate an input shape against a window; return ``(OH, OW)``.
 
-    Raises ValueError naming the shapes for a non-4-D input, a non-positive
-    stride or filter, a negative pad, or an output smaller than 1x1.
+    ``shape`` is (N, C, H, W), or one example's (C, H, W) when ``batched`` is
+    False. Raises ValueError naming the shapes for a wrong number of axes, a
+    non-positive stride or filter, a negative pad, or an output smaller than 1x1.
     """
-    if len(shape) != 4:
+    if batched and len(shape) != 4:
         raise ValueError(
             f"{what} expects a 4-D input (N, C, H, W), got shape {tuple(shape)}; "
             "reshape flat images with x.reshape(N, C, H, W)"
         )
+    if not batched and len(shape) != 3:
+        raise ValueError(f"{what} expects inputs (C, H, W), got {tuple(shape)}")
     for name, v, low in (
         ("stride", stride, 1),
         ("filter_h", filter_h, 1),
@@ -33,7 +43,7 @@ def check_window(
     ):
         if not isinstance(v, int) or isinstance(v, bool) or v < low:
             raise ValueError(f"{what}: {name} must be an integer >= {low}, got {v!r}")
-    H, W = shape[2], shape[3]
+    H, W = shape[-2], shape[-1]
     OH = conv_output_size(H, filter_h, stride, pad)
     OW = conv_output_size(W, filter_w, stride, pad)
     if OH < 1 or OW < 1:
