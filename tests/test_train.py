@@ -164,3 +164,23 @@ def test_bad_trainer_arguments(data):
         make_trainer(data, epochs=1, optimizer="adamw")
     with pytest.raises(ValueError, match="lr must be a positive number"):
         make_trainer(data, epochs=1, optimizer_param={"lr": -1.0})
+
+
+def test_trainer_runs_on_every_backend(backend, data, tmp_path):
+    """The whole loop (device-side batching with take, uint8 -> float on the
+    device, evaluation, checkpoint) on each backend, including strict's GPU-like
+    device1, which refuses implicit host copies."""
+    from xpcnn.backend import Device
+
+    dev = Device(backend.name, backend.xp, backend.device)
+    net = SimpleConvNet(**SMALL, dtype="float32", device=dev, seed=0)
+    tr = Trainer(net, *data, epochs=1, mini_batch_size=64, verbose=False, seed=1)
+    h = tr.train()
+    assert len(h["train_loss"]) == tr.steps_per_epoch == 5  # partial last batch included
+    assert all(np.isfinite(h["train_loss"]))
+    assert 0.0 <= tr.test_accuracy() <= 1.0
+    tr.save_checkpoint(tmp_path / "ck.npz")
+    net_cpu, _ = load_network(tmp_path / "ck.npz", "cpu")  # trained anywhere, evaluated on the CPU
+    np.testing.assert_allclose(
+        np.asarray(net_cpu.params["W1"]), backend.to_numpy(net.params["W1"]), rtol=0, atol=0
+    )

@@ -71,6 +71,12 @@ class Device:
             dtype = getattr(self.xp, dtype)
         if not (is_numpy_array(a) or _belongs_to(a, self.xp)):
             a = to_numpy(a)
+        elif (
+            is_numpy_array(a)
+            and not a.flags.writeable
+            and array_api_compat.is_torch_namespace(self.xp)
+        ):
+            a = a.copy()  # torch cannot wrap read-only memory (and warns)
         with self.activate():
             return self.xp.asarray(a, dtype=dtype, device=self.device)
 
