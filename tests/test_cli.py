@@ -249,3 +249,41 @@ def test_every_model_trains_evaluates_and_visualizes(model, tmp_path, capsys):
     assert (tmp_path / "viz" / "filters_after.png").exists() and (
         tmp_path / "viz" / "feature_maps.png"
     ).exists()
+
+
+def test_visualize_chosen_filters_and_bad_choices(trained, tmp_path, capsys):
+    ck = str(trained / "checkpoint.npz")
+    status, _, _ = run(
+        capsys,
+        "visualize",
+        ck,
+        "--out",
+        str(tmp_path / "a"),
+        "--what",
+        "responses",
+        "--filters",
+        "0,1",
+    )
+    assert status == 0
+    status, _, _ = run(
+        capsys,
+        "visualize",
+        ck,
+        "--out",
+        str(tmp_path / "b"),
+        "--what",
+        "responses",
+        "--filters",
+        "2,3",
+    )
+    assert status == 0
+    a = (tmp_path / "a" / "filter_responses.png").read_bytes()
+    assert a != (tmp_path / "b" / "filter_responses.png").read_bytes()  # the choice shows
+    status, _, err = run(capsys, "visualize", ck, "--out", str(tmp_path / "c"), "--filters", "0,99")
+    assert status == 2
+    assert_one_line_error(err, "--filters [99]")
+    status, _, err = run(
+        capsys, "visualize", ck, "--out", str(tmp_path / "c"), "--what", "filters,nonsense"
+    )
+    assert status == 2
+    assert_one_line_error(err, "nonsense")

@@ -155,6 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of: filters,responses,features,curves,errors,confusion",
     )
     v.add_argument("--image-index", type=int, default=0, help="test image for responses/features")
+    v.add_argument(
+        "--filters",
+        type=lambda text: [int(i) for i in text.split(",")],
+        default=None,
+        help="first-layer filters whose responses to show, e.g. 0,3,7 (default: the first four)",
+    )
     add_data(v, None)
     add_device(v)
 
@@ -384,8 +390,14 @@ def cmd_visualize(args: argparse.Namespace) -> int:
             )
         )
     if "responses" in what and convs:
+        W = to_numpy(convs[0].W)
+        bad = [i for i in args.filters or [] if not 0 <= i < W.shape[0]]
+        if bad:
+            raise CLIError(f"--filters {bad}: the first layer has filters 0..{W.shape[0] - 1}")
         written.append(
-            viz.plot_filter_responses(image[0], to_numpy(convs[0].W), out / "filter_responses.png")
+            viz.plot_filter_responses(
+                image[0], W, out / "filter_responses.png", filter_indices=args.filters
+            )
         )
     if "features" in what and convs:
         maps, x = [], network.device.asarray(image[None], network.dtype)
