@@ -35,10 +35,33 @@ def main() -> int:
     results = []
     for seed in args.seeds:
         out = args.out / f"{args.model}-{args.dataset}-seed{seed}"
-        cmd = [sys.executable, "-m", "xpcnn", "train", "--model", args.model, "--dataset", args.dataset,
-               "--epochs", str(args.epochs), "--batch-size", "100", "--optimizer", "adam", "--lr", "0.001",
-               "--dtype", "float32", "--seed", str(seed), "--device", args.device, "--out", str(out),
-               "--no-progress"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "xpcnn",
+            "train",
+            "--model",
+            args.model,
+            "--dataset",
+            args.dataset,
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            "100",
+            "--optimizer",
+            "adam",
+            "--lr",
+            "0.001",
+            "--dtype",
+            "float32",
+            "--seed",
+            str(seed),
+            "--device",
+            args.device,
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         load_before = os.getloadavg()
@@ -47,22 +70,43 @@ def main() -> int:
         wall = time.perf_counter() - start
         h = json.loads((out / "history.json").read_text())
         ips = statistics.median(h["images_per_sec"])
-        results.append({"seed": seed, "test_accuracy": h["final_test_accuracy"], "wall_seconds": wall,
-                        "train_images_per_sec_median_epoch": ips, "loadavg_before": load_before,
-                        "loadavg_after": os.getloadavg(), "command": " ".join(cmd[1:])})
-        print(f"seed {seed}: test accuracy {h['final_test_accuracy']:.4f}, {wall:.0f} s, {ips:,.0f} img/s", flush=True)
+        results.append(
+            {
+                "seed": seed,
+                "test_accuracy": h["final_test_accuracy"],
+                "wall_seconds": wall,
+                "train_images_per_sec_median_epoch": ips,
+                "loadavg_before": load_before,
+                "loadavg_after": os.getloadavg(),
+                "command": " ".join(cmd[1:]),
+            }
+        )
+        print(
+            f"seed {seed}: test accuracy {h['final_test_accuracy']:.4f}, {wall:.0f} s, {ips:,.0f} img/s",
+            flush=True,
+        )
 
     accs = [r["test_accuracy"] for r in results]
     summary = {
-        "model": args.model, "dataset": args.dataset, "epochs": args.epochs, "device": args.device,
-        "median_test_accuracy": statistics.median(accs), "runs": results,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": args.model,
+        "dataset": args.dataset,
+        "epochs": args.epochs,
+        "device": args.device,
+        "median_test_accuracy": statistics.median(accs),
+        "runs": results,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.model}-{args.dataset}-summary.json"
     path.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"median test accuracy over seeds {args.seeds}: {summary['median_test_accuracy']:.4f} -> {path}")
+    print(
+        f"median test accuracy over seeds {args.seeds}: {summary['median_test_accuracy']:.4f} -> {path}"
+    )
     return 0
 
 

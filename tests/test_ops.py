@@ -476,12 +476,6 @@ def test_max_pool_padding_never_wins_on_negative_input(backend, dtype, rng, case
         assert_close_scaled(dx, t_dx, **tol, err_msg="dx vs torch")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xpcnn bug: max pooling pads with finfo(dtype).min, which beats -inf inputs; "
-    "a window of -inf inputs next to padding returns finfo.min and drops the gradient "
-    "(PyTorch returns -inf and routes the gradient to the input)",
-)
 def test_max_pool_padding_never_wins_over_minus_infinity(backend, dtype):
     x = backend.asarray(np.full((1, 1, 2, 2), -np.inf), dtype)
     out, cache = max_pool2d_forward(x, 2, 2, stride=2, pad=1)
@@ -627,30 +621,21 @@ def _arrays(bk, *shapes):
     return [bk.asarray(np.ones(s), "float64") for s in shapes]
 
 
-_UNPACK_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="xpcnn bug: im2col/col2im unpack `N, C, H, W = shape` before check_window, so a "
-    "non-4-D input gives 'not enough/too many values to unpack' without the shape",
-)
-
 ERROR_CASES = [
     pytest.param(
         lambda bk: im2col(*_arrays(bk, (2, 3, 4)), 2, 2),
         r"im2col expects a 4-D input \(N, C, H, W\), got shape \(2, 3, 4\)",
         id="im2col-3d-input",
-        marks=_UNPACK_BUG,
     ),
     pytest.param(
         lambda bk: im2col(*_arrays(bk, (1, 1, 2, 3, 4)), 2, 2),
         r"im2col expects a 4-D input \(N, C, H, W\), got shape \(1, 1, 2, 3, 4\)",
         id="im2col-5d-input",
-        marks=_UNPACK_BUG,
     ),
     pytest.param(
         lambda bk: col2im(*_arrays(bk, (9, 75)), (3, 7, 7), 5, 5),
         r"col2im expects a 4-D input \(N, C, H, W\), got shape \(3, 7, 7\)",
         id="col2im-3d-input-shape",
-        marks=_UNPACK_BUG,
     ),
     pytest.param(
         lambda bk: conv2d_forward(*_arrays(bk, (3, 5, 5), (2, 3, 3, 3), (2,))),
@@ -741,11 +726,6 @@ ERROR_CASES = [
         lambda bk: affine_forward(*_arrays(bk, (2, 3), (3, 4), (1,))),
         r"bias must have shape \(4,\), got \(1,\)",
         id="affine-bias-shape",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="xpcnn bug: affine_forward does not check b's shape; b of shape (1,) "
-            "broadcasts silently (and (M+1,) gives a backend-specific error)",
-        ),
     ),
     pytest.param(
         lambda bk: col2im(*_arrays(bk, (9, 74)), (1, 3, 7, 7), 5, 5),

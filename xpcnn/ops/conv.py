@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
+from .. import _fast
 from ._util import check_window, crop_hw, pad_hw, window_slices
 
 __all__ = ["ConvCache", "col2im", "conv2d_backward", "conv2d_forward", "im2col"]
@@ -24,9 +25,18 @@ def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: 
     col : array (N*OH*OW, C*FH*FW), same dtype and device as ``input_data``,
         columns in the book's order (channel-major, then filter row, then column).
     """
+    OH, OW = check_window(input_data.shape, filter_h, filter_w, stride, pad, what="im2col")
+    fast = _fast.lookup("im2col", input_data)
+    if fast is not None:
+        return fast(input_data, filter_h, filter_w, stride, pad, OH, OW)
+    return _im2col_generic(input_data, filter_h, filter_w, stride, pad, OH, OW)
+
+
+def _im2col_generic(
+    input_data: Any, filter_h: int, filter_w: int, stride: int, pad: int, OH: int, OW: int
+) -> Any:
     xp = array_namespace(input_data)
     N, C, _, _ = input_data.shape
-    OH, OW = check_window(input_data.shape, filter_h, filter_w, stride, pad, what="im2col")
     img = pad_hw(input_data, pad, xp=xp)
     # One strided view per filter offset, stacked: no writes, so it runs on every backend.
     col = xp.stack(
@@ -60,14 +70,32 @@ def col2im(
     -------
     array (N, C, H, W), dtype and device of ``col``.
     """
-    xp = array_namespace(col)
-    N, C, H, W = input_shape
     OH, OW = check_window(tuple(input_shape), filter_h, filter_w, stride, pad, what="col2im")
+    N, C, H, W = input_shape
     if tuple(col.shape) != (N * OH * OW, C * filter_h * filter_w):
         raise ValueError(
             f"col2im: col has shape {tuple(col.shape)} but input_shape {tuple(input_shape)} with a "
             f"{filter_h}x{filter_w} filter needs ({N * OH * OW}, {C * filter_h * filter_w})"
         )
+    input_shape = (N, C, H, W)
+    fast = _fast.lookup("col2im", col)
+    if fast is not None:
+        return fast(col, input_shape, filter_h, filter_w, stride, pad, OH, OW)
+    return _col2im_generic(col, input_shape, filter_h, filter_w, stride, pad, OH, OW)
+
+
+def _col2im_generic(
+    col: Any,
+    input_shape: tuple[int, int, int, int],
+    filter_h: int,
+    filter_w: int,
+    stride: int,
+    pad: int,
+    OH: int,
+    OW: int,
+) -> Any:
+    xp = array_namespace(col)
+    N, C, H, W = input_shape
     col = xp.reshape(col, (N, OH, OW, C, filter_h, filter_w))
     col = xp.permute_dims(col, (0, 3, 4, 5, 1, 2))  # (N, C, FH, FW, OH, OW)
     img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device(col))
@@ -80,7 +108,17 @@ def col2im(
 
 
 class ConvCache(NamedTuple):
-    """What :func:`conv2d_backward` needs from the forward pass."""
+    """What :func:`conv2d_backward` needs from the forward pass.
+
+    ``layout`` says how ``col`` and ``col_W`` are laid out:
+
+    - ``"rows"`` (the generic path, the book's): ``col`` (N*OH*OW, C*FH*FW) from
+      :func:`im2col`, ``col_W`` (C*FH*FW, FN);
+    - ``"columns"`` (the NumPy fast path, see :mod:`xpcnn._fast.numpy_ops`):
+      ``col`` (C*FH*FW + 1, N*OH*OW), the transposed rows plus a row of ones,
+      and ``col_W`` (FN, C*FH*FW + 1), the weights with the bias as the last
+      column.
+    """
 
     x_shape: tuple[int, ...]
     col: Any
@@ -88,6 +126,7 @@ class ConvCache(NamedTuple):
     W_shape: tuple[int, ...]
     stride: int
     pad: int
+    layout: str = "rows"
 
 
 def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tuple[Any, ConvCache]:
@@ -119,6 +158,9 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
         )
     if tuple(b.shape) != (FN,):
         raise ValueError(f"convolution bias must have shape ({FN},), got {tuple(b.shape)}")
+    fast = _fast.lookup("conv2d_forward", x)
+    if fast is not None:
+        return fast(x, W, b, stride, pad, OH, OW)
     col = im2col(x, FH, FW, stride, pad)
     col_W = xp.matrix_transpose(xp.reshape(W, (FN, C * FH * FW)))  # (C*FH*FW, FN)
     out = col @ col_W + b
@@ -140,6 +182,8 @@ def conv2d_backward(dout: Any, cache: ConvCache, *, need_dx: bool = True) -> tup
     -------
     dx : array (N, C, H, W) or None, dW : array (FN, C, FH, FW), db : array (FN,)
     """
+    if cache.layout != "rows":  # a fast forward pass's cache: its backward, whatever the switch
+        return _fast.backend_module(dout).conv2d_backward(dout, cache, need_dx)
     xp = array_namespace(dout)
     FN, _, FH, FW = cache.W_shape
     dout = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (-1, FN))

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
+from .. import _fast
 from ._util import check_window, crop_hw, pad_hw, window_slices
 
 __all__ = [
@@ -23,14 +24,22 @@ __all__ = [
 
 
 class PoolCache(NamedTuple):
-    """What the pooling backward passes need from the forward pass."""
+    """What the pooling backward passes need from the forward pass.
+
+    ``arg`` (N, C, OH, OW) holds the window offset of each maximum (generic max
+    pooling); it is None for average pooling and for the NumPy fast path, which
+    keeps the padded input ``x`` and the output ``out`` instead and finds the
+    maxima in the backward pass (see :mod:`xpcnn._fast.numpy_ops`).
+    """
 
     x_shape: tuple[int, ...]
-    arg: Any  # (N, C, OH, OW) window offset of each maximum; None for average pooling
+    arg: Any
     pool_h: int
     pool_w: int
     stride: int
     pad: int
+    x: Any = None
+    out: Any = None
 
 
 def max_pool2d_forward(
@@ -38,10 +47,10 @@ def max_pool2d_forward(
 ) -> tuple[Any, PoolCache]:
     """Max pooling.
 
-    Padding never wins a maximum (PyTorch semantics): it is filled with the
-    dtype's most negative finite value, not -inf, because CuPy's reductions have
-    mishandled infinities. Ties go to the first offset in row-major window
-    order, like ``argmax``.
+    Padding never wins a maximum, not even over -inf (PyTorch semantics): a
+    mask of real positions decides, and the padding value itself is finite
+    (CuPy's reductions have mishandled infinities). Ties go to the first offset
+    in row-major window order, like ``argmax``.
 
     Parameters
     ----------
@@ -59,12 +68,26 @@ def max_pool2d_forward(
             f"max pooling: pad {pad} must be at most half the window {pool_h}x{pool_w} "
             "(else some windows would hold only padding)"
         )
+    # The fast paths cover the unpadded case (every pooling layer of the book's nets).
+    fast = _fast.lookup("max_pool2d_forward", x) if pad == 0 else None
+    if fast is not None:
+        return fast(x, pool_h, pool_w, stride, pad, OH, OW)
     img = pad_hw(x, pad, float(xp.finfo(x.dtype).min), xp=xp)
     out = img[window_slices(0, 0, stride, OH, OW)]
     arg = xp.zeros(out.shape, dtype=xp.int16, device=device(x))
+    if pad:
+        # Which positions are real input: padding must lose even to -inf.
+        valid = (
+            pad_hw(xp.ones((1, 1, *x.shape[2:]), dtype=xp.int8, device=device(x)), pad, xp=xp) > 0
+        )
+        from_pad = ~valid[window_slices(0, 0, stride, OH, OW)]
     for k in range(1, pool_h * pool_w):
-        view = img[window_slices(k // pool_w, k % pool_w, stride, OH, OW)]
+        idx = window_slices(k // pool_w, k % pool_w, stride, OH, OW)
+        view = img[idx]
         gt = view > out
+        if pad:
+            gt = valid[idx] & (gt | from_pad)
+            from_pad = from_pad & ~gt
         out = xp.where(gt, view, out)
         arg = xp.where(gt, xp.asarray(k, dtype=xp.int16, device=device(x)), arg)
     return out, PoolCache(tuple(x.shape), arg, pool_h, pool_w, stride, pad)
@@ -72,6 +95,11 @@ def max_pool2d_forward(
 
 def max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
     """Gradient of :func:`max_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W)."""
+    fast = _fast.lookup("max_pool2d_backward", dout)
+    if cache.arg is None:  # a fast forward pass's cache: its backward, whatever the switch
+        fast = _fast.backend_module(dout).max_pool2d_backward
+    if fast is not None:
+        return fast(dout, cache)
     xp = array_namespace(dout)
     N, C, H, W = cache.x_shape
     OH, OW = dout.shape[2], dout.shape[3]

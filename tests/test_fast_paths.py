@@ -1,0 +1,396 @@
+"""Every fast path equals the generic array-API path it stands in for.
+
+The generic path is the reference: each test runs an op (or a whole training
+step) twice, with ``xpcnn._fast.enabled(False)`` and with fast paths on, and
+compares. Where a fast path reorders floating-point sums (the per-image GEMMs
+of the NumPy convolution) results agree to rounding; everywhere else they are
+equal, NaN, infinities and ties included. Backends: the fast paths exist for
+NumPy and CuPy (the latter runs only where a GPU is visible); the model-level
+fusion (pool before ReLU) and the in-place Adam run on every backend.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import BACKENDS, Backend
+from helpers import assert_close_scaled
+
+from xpcnn import _fast
+from xpcnn.backend import Device, to_numpy
+from xpcnn.models import MODELS, SimpleConvNet, build_model
+from xpcnn.ops import (
+    col2im,
+    conv2d_backward,
+    conv2d_forward,
+    im2col,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    relu_backward,
+    relu_forward,
+)
+from xpcnn.optim import Adam
+
+FAST_BACKENDS = [p for p in BACKENDS if p.values[0][0] in ("numpy", "cupy")]
+
+
+@pytest.fixture(params=FAST_BACKENDS)
+def fast_backend(request: pytest.FixtureRequest) -> Backend:
+    """The backends that have fast paths (NumPy; CuPy where a GPU is visible)."""
+    return Backend(*request.param)
+
+
+def both(fn: Callable[[], Any]) -> tuple[Any, Any]:
+    """``fn()`` on the generic path, then with fast paths on."""
+    with _fast.enabled(False):
+        generic = fn()
+    with _fast.enabled(True):
+        fast = fn()
+    return generic, fast
+
+
+def host(*arrays: Any) -> list[np.ndarray]:
+    return [None if a is None else to_numpy(a) for a in arrays]
+
+
+def tol(dtype: str) -> dict[str, float]:
+    """Rounding tolerance for results whose sums are ordered differently."""
+    return {"rtol": 1e-5, "atol": 1e-5} if dtype == "float32" else {"rtol": 1e-12, "atol": 1e-12}
+
+
+def assert_same(fast: np.ndarray, generic: np.ndarray, what: str) -> None:
+    """Equal values (NaN where NaN), same shape and dtype."""
+    assert fast.shape == generic.shape, what
+    assert fast.dtype == generic.dtype, what
+    np.testing.assert_array_equal(fast, generic, err_msg=what)
+
+
+# -- the seam ---------------------------------------------------------------------------------
+
+
+def test_lookup_dispatches_by_backend_and_switch(backend):
+    x = backend.asarray(np.zeros((1, 1, 2, 2)), "float32")
+    impl = _fast.lookup("max_pool2d_forward", x)
+    if backend.name in ("numpy", "cupy"):
+        assert impl is not None and impl.__module__.startswith("xpcnn._fast.")
+    else:
+        assert impl is None  # torch, array-api-strict: the generic code
+    with _fast.enabled(False):
+        assert _fast.lookup("max_pool2d_forward", x) is None
+        assert not _fast.is_enabled()
+    assert _fast.lookup("no_such_op", x) is None
+
+
+# -- convolution ------------------------------------------------------------------------------
+
+# (N, C, H, W, FN, FH, FW, stride, pad)
+CONV_GRID = [
+    (2, 1, 28, 28, 4, 5, 5, 1, 0),  # SimpleConvNet's shape, smaller
+    (2, 3, 7, 7, 2, 3, 3, 1, 1),
+    (3, 2, 8, 9, 3, 3, 2, 2, 0),
+    (2, 2, 9, 8, 2, 2, 3, 3, 2),
+    (1, 4, 5, 5, 3, 5, 5, 1, 2),
+    (2, 2, 6, 6, 3, 1, 1, 1, 0),
+    (2, 3, 4, 7, 2, 4, 1, 2, 1),
+]
+
+
+@pytest.mark.parametrize("case", CONV_GRID, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_conv2d_forward_backward_equal_generic(fast_backend, dtype, rng, case, need_dx):
+    N, C, H, W, FN, FH, FW, stride, pad = case
+    bk = fast_backend
+    x = bk.asarray(rng.standard_normal((N, C, H, W)), dtype)
+    w = bk.asarray(rng.standard_normal((FN, C, FH, FW)), dtype)
+    b = bk.asarray(rng.standard_normal(FN), dtype)
+    OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
+    dout = bk.asarray(rng.standard_normal((N, FN, OH, OW)), dtype)
+
+    def run() -> list[np.ndarray]:
+        out, cache = conv2d_forward(x, w, b, stride, pad)
+        dx, dW, db = conv2d_backward(dout, cache, need_dx=need_dx)
+        return host(out, dx, dW, db)
+
+    generic, fast = both(run)
+    for name, g, f in zip(("out", "dx", "dW", "db"), generic, fast, strict=True):
+        if g is None:
+            assert f is None and not need_dx
+            continue
+        assert f.dtype == g.dtype, name
+        assert_close_scaled(f, g, err_msg=name, **tol(dtype))
+
+
+def test_numpy_conv_fast_path_is_taken_and_caches_cross_the_switch(rng):
+    """The cache says which backward it needs, so a forward pass run with fast
+    paths on and a backward run with them off (or the reverse) still agree."""
+    x, w, b = (rng.standard_normal(s) for s in ((2, 2, 6, 6), (3, 2, 3, 3), (3,)))
+    dout = rng.standard_normal((2, 3, 6, 6))
+    _, fast_cache = conv2d_forward(x, w, b, 1, 1)
+    assert fast_cache.layout == "columns"
+    with _fast.enabled(False):
+        _, generic_cache = conv2d_forward(x, w, b, 1, 1)
+        assert generic_cache.layout == "rows"
+        crossed = conv2d_backward(dout, fast_cache)
+    reference = conv2d_backward(dout, generic_cache)
+    for c, r in zip(crossed, reference, strict=True):
+        assert_close_scaled(c, r, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_bytes", [1, 300])
+def test_numpy_conv_input_gradient_in_blocks_equals_generic(monkeypatch, rng, block_bytes):
+    """dx is folded a few images at a time; any block size gives the generic dx."""
+    from xpcnn._fast import numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "_FOLD_BLOCK_BYTES", block_bytes)  # 1 image / a few
+    x, w, b = (rng.standard_normal(s) for s in ((5, 2, 7, 6), (3, 2, 3, 2), (3,)))
+    dout = rng.standard_normal((5, 3, 4, 4))
+    generic, fast = both(lambda: host(conv2d_backward(dout, conv2d_forward(x, w, b, 2, 1)[1])[0]))
+    assert_same(fast[0], generic[0], "dx")
+
+
+@pytest.mark.parametrize("case", CONV_GRID, ids=lambda c: "x".join(map(str, c)))
+def test_im2col_col2im_equal_generic(fast_backend, dtype, rng, case):
+    N, C, H, W, _, FH, FW, stride, pad = case
+    bk = fast_backend
+    x = bk.asarray(rng.standard_normal((N, C, H, W)), dtype)
+    OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
+    col = bk.asarray(rng.standard_normal((N * OH * OW, C * FH * FW)), dtype)
+    generic, fast = both(
+        lambda: host(im2col(x, FH, FW, stride, pad), col2im(col, (N, C, H, W), FH, FW, stride, pad))
+    )
+    assert_same(fast[0], generic[0], "im2col")
+    # col2im adds the offsets in the same order on both paths: equal, not just close.
+    assert_same(fast[1], generic[1], "col2im")
+
+
+# -- max pooling ------------------------------------------------------------------------------
+
+# (N, C, H, W, PH, PW, stride, pad)
+POOL_GRID = [
+    (2, 3, 8, 8, 2, 2, 2, 0),  # tiles the input: the usual case
+    (2, 2, 7, 9, 2, 2, 2, 0),  # odd sizes: the last row/column is left out
+    (2, 2, 7, 7, 3, 3, 2, 1),  # overlapping, padded (AlexNet-like)
+    (1, 2, 6, 5, 2, 3, 1, 1),  # stride 1, non-square window
+    (2, 1, 9, 9, 3, 3, 3, 0),  # tiles with 3x3
+    (2, 2, 5, 5, 2, 2, 3, 0),  # gaps between windows
+    (1, 2, 4, 4, 1, 1, 1, 0),  # 1x1 window
+    (1, 1, 5, 6, 4, 4, 2, 2),  # pad half the window
+]
+
+
+def _pool_inputs(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    if kind == "distinct":
+        return rng.permutation(math.prod(shape)).reshape(shape) / 7.0 - 3.0
+    if kind == "ties":  # few values: many ties, which must go to the first maximum
+        return rng.integers(-2, 3, shape).astype(np.float64)
+    if kind == "constant":  # a blank image: every window is one big tie
+        return np.full(shape, 0.25)
+    x = rng.standard_normal(shape)  # "special": NaN, infinities, signed zeros
+    flat = x.reshape(-1)
+    idx = rng.permutation(flat.size)
+    flat[idx[0::7]] = np.nan
+    flat[idx[1::7]] = np.inf
+    flat[idx[2::7]] = -np.inf
+    flat[idx[3::7]] = -0.0
+    flat[idx[4::7]] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("case", POOL_GRID, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kind", ["distinct", "ties", "constant", "special"])
+def test_max_pool_forward_backward_equal_generic(fast_backend, dtype, rng, case, kind):
+    N, C, H, W, PH, PW, stride, pad = case
+    bk = fast_backend
+    x = bk.asarray(_pool_inputs(rng, (N, C, H, W), kind), dtype)
+    OH, OW = (H + 2 * pad - PH) // stride + 1, (W + 2 * pad - PW) // stride + 1
+    dout = bk.asarray(rng.standard_normal((N, C, OH, OW)), dtype)
+
+    def run() -> list[np.ndarray]:
+        out, cache = max_pool2d_forward(x, PH, PW, stride, pad)
+        return host(out, max_pool2d_backward(dout, cache))
+
+    generic, fast = both(run)
+    assert_same(fast[0], generic[0], "out")
+    assert_same(fast[1], generic[1], "dx")
+
+
+def test_numpy_pool_caches_cross_the_switch(rng):
+    x = _pool_inputs(rng, (2, 2, 6, 6), "ties")
+    dout = rng.standard_normal((2, 2, 3, 3))
+    _, fast_cache = max_pool2d_forward(x, 2, 2, 2)
+    assert fast_cache.arg is None and fast_cache.x is not None
+    with _fast.enabled(False):
+        _, generic_cache = max_pool2d_forward(x, 2, 2, 2)
+        crossed = max_pool2d_backward(dout, fast_cache)
+    assert_same(max_pool2d_backward(dout, generic_cache), crossed, "fast cache, generic switch")
+    assert_same(crossed, max_pool2d_backward(dout, generic_cache), "generic cache, fast switch")
+
+
+# -- ReLU and the bitwise select ---------------------------------------------------------------
+
+
+def test_relu_forward_backward_equal_generic(fast_backend, dtype, rng):
+    bk = fast_backend
+    x = bk.asarray(_pool_inputs(rng, (3, 4, 5, 6), "special"), dtype)
+    dout = bk.asarray(_pool_inputs(rng, (3, 4, 5, 6), "special"), dtype)
+
+    def run() -> list[np.ndarray]:
+        out, mask = relu_forward(x)
+        return host(out, mask, relu_backward(dout, mask))
+
+    generic, fast = both(run)
+    for name, g, f in zip(("out", "mask", "dx"), generic, fast, strict=True):
+        assert_same(f, g, name)
+
+
+@pytest.mark.parametrize("np_dtype", [np.float32, np.float64])
+def test_bitwise_where_and_copyto_are_bit_identical(rng, np_dtype):
+    from xpcnn._fast import numpy_ops
+
+    a = _pool_inputs(rng, (5, 7, 9), "special").astype(np_dtype)
+    b = _pool_inputs(rng, (5, 7, 9), "special").astype(np_dtype)
+    mask = rng.random((5, 7, 9)) < 0.5
+    uint = np.dtype(f"u{a.itemsize}")  # compare bits: -0.0 and NaN payloads too
+    expected = np.where(mask, a, np_dtype(0))
+    got = numpy_ops.where(mask, a)
+    np.testing.assert_array_equal(got.view(uint), expected.view(uint))
+    strided = a[:, ::2, 1::2]  # any strides for the source and an out= view
+    out = np.empty((5, 7, 18), np_dtype)[:, :, ::2][:, ::2, 1::2]
+    numpy_ops.where(mask[:, ::2, 1::2], strided, out=out)
+    np.testing.assert_array_equal(
+        out.view(uint), np.where(mask[:, ::2, 1::2], strided, np_dtype(0)).view(uint)
+    )
+    dst, ref = b.copy(), b.copy()
+    numpy_ops.copyto(dst, a, mask)
+    np.copyto(ref, a, where=mask)
+    np.testing.assert_array_equal(dst.view(uint), ref.view(uint))
+
+
+# -- whole networks: the pool-before-ReLU fusion and everything together ----------------------
+
+
+def _model_gradients(
+    bk: Backend, model: str, dtype: str, rng: np.random.Generator, **config: Any
+) -> tuple[list[dict[str, np.ndarray]], list[Any]]:
+    x = rng.random((4, 1, 28, 28))
+    t = rng.integers(0, 10, 4)
+    dev = Device(bk.name, bk.xp, bk.device)
+    results, plans = [], []
+    for enabled in (False, True):
+        net = build_model({"model": model, "dtype": dtype, **config}, device=dev, seed=3)
+        with _fast.enabled(enabled):
+            grads = net.gradient(bk.asarray(x, dtype), bk.asarray(t))
+            scores = net.predict(bk.asarray(x, dtype))
+        results.append({"scores": to_numpy(scores)} | {k: to_numpy(g) for k, g in grads.items()})
+        plans.append(net._plan)
+    return results, plans
+
+
+def test_simple_convnet_gradients_equal_generic(backend, dtype, rng):
+    """Fast paths and the pool-before-ReLU fusion together leave a training step's
+    gradients unchanged (to rounding), on every backend."""
+    (generic, fast), (plan_off, plan_on) = _model_gradients(backend, "simple", dtype, rng)
+    assert [type(s).__name__ for s in plan_on].count("_PoolThenRelu") == 1
+    assert plan_off is not plan_on and len(plan_on) == len(plan_off) - 1
+    for key in generic:
+        assert_close_scaled(fast[key], generic[key], err_msg=key, **tol(dtype))
+
+
+@pytest.mark.skipif("deep" not in MODELS, reason="DeepConvNet is not built yet")
+def test_deep_convnet_gradients_equal_generic(fast_backend, rng):
+    (generic, fast), (_, plan_on) = _model_gradients(
+        fast_backend, "deep", "float64", rng, dropout_ratio=0.0
+    )
+    assert [type(s).__name__ for s in plan_on].count("_PoolThenRelu") == 3
+    for key in generic:
+        assert_close_scaled(fast[key], generic[key], err_msg=key, **tol("float64"))
+
+
+def test_relu_pool_fusion_skips_avg_pooling_and_other_orders():
+    from xpcnn.models import NetBuilder
+    from xpcnn.models.sequential import _fuse_relu_pool
+
+    net = (
+        NetBuilder((1, 8, 8), seed=0)
+        .conv(2, 3, pad=1)
+        .relu()
+        .pool(2, mode="avg")
+        .conv(2, 3, pad=1)
+        .pool(2)
+        .relu()
+        .affine(3)
+        .build()
+    )
+    assert _fuse_relu_pool(net.layers) == net.layers  # nothing to fuse
+
+
+# -- Adam: in place on mutable backends, bit for bit --------------------------------------------
+
+
+def _adam_run(bk: Backend, dtype: str, enabled: bool, steps: int = 4) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(7)
+    params = {k: bk.asarray(rng.standard_normal(s), dtype) for k, s in (("W", (5, 3)), ("b", (3,)))}
+    opt = Adam(lr=0.01)
+    with _fast.enabled(enabled):
+        for _ in range(steps):
+            grads = {
+                k: bk.asarray(rng.standard_normal(tuple(v.shape)), dtype) for k, v in params.items()
+            }
+            opt.update(params, grads)
+    out = {k: to_numpy(v) for k, v in params.items()}
+    out.update({f"state/{k}": to_numpy(v) for k, v in opt.state_arrays().items()})
+    return out
+
+
+def test_adam_in_place_is_bit_identical_to_rebinding(backend, dtype):
+    generic = _adam_run(backend, dtype, enabled=False)
+    fast = _adam_run(backend, dtype, enabled=True)
+    for key in generic:
+        np.testing.assert_array_equal(fast[key], generic[key], err_msg=key)
+
+
+def test_adam_updates_in_place_but_never_writes_shared_arrays(backend):
+    shared = backend.asarray(np.ones((2, 3)), "float32")
+    params = {"W": shared}
+    opt = Adam()
+    grads = {"W": backend.asarray(np.full((2, 3), 0.5), "float32")}
+    opt.update(params, grads)
+    np.testing.assert_array_equal(to_numpy(shared), np.ones((2, 3)))  # the caller's array
+    first = params["W"]
+    assert first is not shared
+    opt.update(params, grads)
+    assert params["W"] is first  # every backend here is mutable: from now on, in place
+    # Rebinding from outside (a loaded checkpoint) is honoured, and that array is not written.
+    loaded = backend.asarray(np.zeros((2, 3)), "float32")
+    params["W"] = loaded
+    opt.update(params, grads)
+    np.testing.assert_array_equal(to_numpy(loaded), np.zeros((2, 3)))
+    assert params["W"] is not loaded
+
+
+def test_adam_rebinds_read_only_arrays():
+    W = np.broadcast_to(np.float32(1.0), (2, 3))  # read-only, like shape_only networks
+    params = {"W": W}
+    opt = Adam()
+    assert opt._step_in_place is not None
+    opt.update(params, {"W": np.full((2, 3), 0.5, np.float32)})
+    assert params["W"] is not W and params["W"].flags.writeable
+    np.testing.assert_array_equal(W, np.ones((2, 3), np.float32))
+
+
+def test_adam_loaded_state_is_copied(rng):
+    net = SimpleConvNet(input_dim=(1, 8, 8), conv_param={"filter_num": 2}, hidden_size=4, seed=0)
+    opt = Adam()
+    x, t = rng.random((3, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 3)
+    opt.update(net.params, net.gradient(x, t))
+    saved = {k: v.copy() for k, v in opt.state_arrays().items()}
+    restored = Adam()
+    restored.load_state_arrays(saved, opt.iter)
+    before = {k: v.copy() for k, v in saved.items()}
+    restored.update(net.params, net.gradient(x, t))
+    for k in saved:
+        np.testing.assert_array_equal(saved[k], before[k], err_msg=k)
