@@ -298,7 +298,8 @@ class Config:
                 self.net(self.x)
         else:
             with _fast.enabled(self.fast):
-                self.net.predict(self.x, train_flg=False)
+                # like torch.inference_mode: no activations kept for a backward pass
+                self.net.predict(self.x, train_flg=False, keep_cache=False)
 
     def run(self, mode: str, steps: int) -> float:
         """Seconds per step over ``steps`` steps (synchronised on GPUs)."""

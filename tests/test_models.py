@@ -580,3 +580,14 @@ def test_weight_init_is_used_for_the_drawn_weights():
     assert float(np.std(to_numpy(net.params["W1"]))) == pytest.approx(math.sqrt(2 / 400), rel=0.02)
     net = NetBuilder((400,), weight_init="xavier", seed=0).affine(300, weight_init=0.5).build()
     assert float(np.std(to_numpy(net.params["W1"]))) == pytest.approx(0.5, rel=0.02)
+
+
+def test_predict_without_cache_gives_the_same_scores_and_keeps_nothing(backend, rng):
+    net = _tiny_net(backend)
+    x = backend.asarray(rng.standard_normal((3, *TINY_INPUT)), "float64")
+    kept = backend.to_numpy(net.predict(x))
+    assert any(getattr(layer, "_cache", None) is not None for layer in net.layers)
+    dropped = backend.to_numpy(net.predict(x, keep_cache=False))
+    np.testing.assert_array_equal(dropped, kept)
+    for layer in net.layers:
+        assert all(getattr(layer, a, None) is None for a in layer._cache_attrs), layer

@@ -59,6 +59,15 @@ class Layer:
         """Shape of one example's output for one example's input shape (no batch axis)."""
         return input_shape
 
+    # Attributes holding what backward needs from the last forward pass.
+    _cache_attrs: tuple[str, ...] = ("_cache",)
+
+    def clear_cache(self) -> None:
+        """Drop the forward pass's saved arrays (pure inference needs no backward)."""
+        for name in self._cache_attrs:
+            if hasattr(self, name):
+                setattr(self, name, None)
+
     def extra_repr(self) -> str:
         return ""
 
@@ -212,6 +221,8 @@ class Affine(Layer):
 class Relu(Layer):
     """Rectified linear unit; keeps the mask ``x > 0`` for the backward pass."""
 
+    _cache_attrs = ("mask",)
+
     def __init__(self) -> None:
         super().__init__()
         self.mask: Any = None
@@ -226,6 +237,8 @@ class Relu(Layer):
 
 class Sigmoid(Layer):
     """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+
+    _cache_attrs = ("out",)
 
     def __init__(self) -> None:
         super().__init__()
@@ -264,6 +277,8 @@ class SoftmaxWithLoss(Layer):
 
 class Tanh(Layer):
     """Hyperbolic tangent (LeNet's squashing function)."""
+
+    _cache_attrs = ("out",)
 
     def __init__(self) -> None:
         super().__init__()

@@ -64,7 +64,8 @@ def predict_labels(network: Sequential, x: Any, batch_size: int = 500) -> Any:
     out = [
         xp.argmax(
             network.predict(
-                as_input(xp.reshape(x[i : min(i + batch_size, N), ...], shape), network.dtype)
+                as_input(xp.reshape(x[i : min(i + batch_size, N), ...], shape), network.dtype),
+                keep_cache=False,
             ),
             axis=1,
         )

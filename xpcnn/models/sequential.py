@@ -72,6 +72,10 @@ class _PoolThenRelu:
     def backward(self, dout: Any) -> Any:
         return self.pool.backward(self.relu.backward(dout))
 
+    def clear_cache(self) -> None:
+        self.relu.clear_cache()
+        self.pool.clear_cache()
+
 
 def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
     """``layers`` with each ``Relu, Pooling(mode="max")`` pair as one :class:`_PoolThenRelu`."""
@@ -171,13 +175,20 @@ class Sequential:
         self.device = Device.of(first) if first is not None else resolve_device("cpu")
 
     # -- the book's interface -------------------------------------------------
-    def predict(self, x: Any, train_flg: bool = False) -> Any:
+    def predict(self, x: Any, train_flg: bool = False, *, keep_cache: bool = True) -> Any:
         """Scores (N, K) for inputs x (N, *input_dim); ``train_flg`` switches
-        dropout and batch normalisation to training behaviour."""
+        dropout and batch normalisation to training behaviour.
+
+        ``keep_cache=False`` drops each layer's saved arrays as soon as the next
+        layer has run (no backward possible afterwards): pure inference then
+        holds one layer's activations at a time.
+        """
         # With fast paths on, ReLU -> max pooling runs as pooling -> ReLU (_PoolThenRelu).
         self._plan = _fuse_relu_pool(self.layers) if _fast.is_enabled() else self.layers
         for layer in self._plan:
             x = layer.forward(x, train_flg)
+            if not keep_cache:
+                layer.clear_cache()
         return x
 
     def loss(self, x: Any, t: Any, train_flg: bool = True) -> Any:
@@ -196,7 +207,7 @@ class Sequential:
             # Stops past the end are not in the standard (array-api-strict refuses them).
             end = min(i + batch_size, N)
             tt = t[i:end, ...]
-            y = xp.argmax(self.predict(x[i:end, ...]), axis=1)
+            y = xp.argmax(self.predict(x[i:end, ...], keep_cache=False), axis=1)
             if len(tt.shape) == 2:
                 tt = xp.argmax(tt, axis=1)
             correct.append(xp.sum(xp.astype(y == xp.astype(tt, y.dtype), xp.int64)))
