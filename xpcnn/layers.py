@@ -235,21 +235,30 @@ class Relu(Layer):
         return ops.relu_backward(dout, self.mask)
 
 
-class Sigmoid(Layer):
-    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+class _OutputActivation(Layer):
+    """An activation whose backward needs only its own output (sigmoid, tanh)."""
 
     _cache_attrs = ("out",)
+    _forward: Any = None  # ops function x -> (out, out)
+    _backward: Any = None  # ops function (dout, out) -> dx
 
     def __init__(self) -> None:
         super().__init__()
         self.out: Any = None
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
-        self.out, _ = ops.sigmoid_forward(x)
+        self.out, _ = self._forward(x)
         return self.out
 
     def backward(self, dout: Any) -> Any:
-        return ops.sigmoid_backward(dout, self.out)
+        return self._backward(dout, self.out)
+
+
+class Sigmoid(_OutputActivation):
+    """Logistic sigmoid ``1 / (1 + exp(-x))``."""
+
+    _forward = staticmethod(ops.sigmoid_forward)
+    _backward = staticmethod(ops.sigmoid_backward)
 
 
 class SoftmaxWithLoss(Layer):
@@ -275,21 +284,11 @@ class SoftmaxWithLoss(Layer):
         return ops.softmax_cross_entropy_backward(self._cache, dout)
 
 
-class Tanh(Layer):
+class Tanh(_OutputActivation):
     """Hyperbolic tangent (LeNet's squashing function)."""
 
-    _cache_attrs = ("out",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out: Any = None
-
-    def forward(self, x: Any, train_flg: bool = True) -> Any:
-        self.out, _ = ops.tanh_forward(x)
-        return self.out
-
-    def backward(self, dout: Any) -> Any:
-        return ops.tanh_backward(dout, self.out)
+    _forward = staticmethod(ops.tanh_forward)
+    _backward = staticmethod(ops.tanh_backward)
 
 
 class Dropout(Layer):

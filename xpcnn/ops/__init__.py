@@ -17,8 +17,10 @@ from .dense import (
     softmax,
     softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
+    tanh_backward,
+    tanh_forward,
 )
-from .dropout import DropoutCache, dropout_backward, dropout_forward, tanh_backward, tanh_forward
+from .dropout import DropoutCache, dropout_backward, dropout_forward
 from .norm import (
     BatchNormCache,
     LRNCache,

@@ -20,6 +20,8 @@ __all__ = [
     "softmax",
     "softmax_cross_entropy_backward",
     "softmax_cross_entropy_forward",
+    "tanh_backward",
+    "tanh_forward",
 ]
 
 
@@ -80,6 +82,18 @@ def sigmoid_forward(x: Any) -> tuple[Any, Any]:
 
 def sigmoid_backward(dout: Any, out: Any) -> Any:
     return dout * (1.0 - out) * out
+
+
+def tanh_forward(x: Any) -> tuple[Any, Any]:
+    """Hyperbolic tangent; the output is its own backward cache."""
+    xp = array_namespace(x)
+    out = xp.tanh(x)
+    return out, out
+
+
+def tanh_backward(dout: Any, out: Any) -> Any:
+    """``dout * (1 - tanh(x)**2)``, from the forward output."""
+    return dout * (1.0 - out * out)
 
 
 def _log_softmax(x: Any, xp: Any) -> Any:

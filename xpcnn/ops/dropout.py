@@ -1,4 +1,4 @@
-"""Inverted dropout and the tanh activation.
+"""Inverted dropout.
 
 The ops are pure: dropout takes the uniform numbers ``u`` as an input, drawn by
 the caller through :func:`xpcnn.backend.random_uniform` (on the array's own
@@ -15,8 +15,6 @@ __all__ = [
     "DropoutCache",
     "dropout_backward",
     "dropout_forward",
-    "tanh_backward",
-    "tanh_forward",
 ]
 
 
@@ -68,15 +66,3 @@ def dropout_backward(dout: Any, cache: DropoutCache) -> Any:
     return xp.where(
         cache.mask, dout * cache.scale, xp.zeros((), dtype=dout.dtype, device=device(dout))
     )
-
-
-def tanh_forward(x: Any) -> tuple[Any, Any]:
-    """Hyperbolic tangent; the output is its own backward cache."""
-    xp = array_namespace(x)
-    out = xp.tanh(x)
-    return out, out
-
-
-def tanh_backward(dout: Any, out: Any) -> Any:
-    """``dout * (1 - tanh(x)**2)``, from the forward output."""
-    return dout * (1.0 - out * out)
