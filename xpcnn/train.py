@@ -61,17 +61,18 @@ def predict_labels(network: Sequential, x: Any, batch_size: int = 500) -> Any:
     x = dev.asarray(x)
     xp, N = dev.xp, x.shape[0]
     shape = (-1, *network.input_dim)
-    out = [
-        xp.argmax(
-            network.predict(
-                as_input(xp.reshape(x[i : min(i + batch_size, N), ...], shape), network.dtype),
-                keep_cache=False,
-            ),
-            axis=1,
-        )
-        for i in range(0, N, batch_size)
-    ]
-    return xp.concat(out)
+    with dev.activate():  # CuPy allocates on the current GPU, whatever device= says
+        out = [
+            xp.argmax(
+                network.predict(
+                    as_input(xp.reshape(x[i : min(i + batch_size, N), ...], shape), network.dtype),
+                    keep_cache=False,
+                ),
+                axis=1,
+            )
+            for i in range(0, N, batch_size)
+        ]
+        return xp.concat(out)
 
 
 def _accuracy(network: Sequential, x: Any, t: Any, batch_size: int = 500) -> float:

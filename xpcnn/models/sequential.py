@@ -185,10 +185,11 @@ class Sequential:
         """
         # With fast paths on, ReLU -> max pooling runs as pooling -> ReLU (_PoolThenRelu).
         self._plan = _fuse_relu_pool(self.layers) if _fast.is_enabled() else self.layers
-        for layer in self._plan:
-            x = layer.forward(x, train_flg)
-            if not keep_cache:
-                layer.clear_cache()
+        with self.device.activate():  # CuPy allocates on the current GPU, not on device=
+            for layer in self._plan:
+                x = layer.forward(x, train_flg)
+                if not keep_cache:
+                    layer.clear_cache()
         return x
 
     def loss(self, x: Any, t: Any, train_flg: bool = True) -> Any:
@@ -217,9 +218,10 @@ class Sequential:
         """Loss gradients by backpropagation, keyed like :attr:`params`; also
         leaves each layer's ``grads`` filled."""
         self.loss(x, t)
-        dout = self.last_layer.backward(1.0)
-        for layer in reversed(self._plan):  # the layers the forward pass ran, in reverse
-            dout = layer.backward(dout)
+        with self.device.activate():
+            dout = self.last_layer.backward(1.0)
+            for layer in reversed(self._plan):  # the layers the forward pass ran, in reverse
+                dout = layer.backward(dout)
         return {key: layer.grads[k] for key, (layer, k) in self._index.items()}
 
     def numerical_gradient(self, x: Any, t: Any, h: float = 1e-4) -> dict[str, Any]:
