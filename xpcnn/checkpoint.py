@@ -38,13 +38,14 @@ import hmac
 import json
 import os
 import struct
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+
+from ._atomic import atomic_write
 
 __all__ = [
     "FORMAT_NAME",
@@ -261,27 +262,11 @@ def save_checkpoint(
         json.dumps(envelope, sort_keys=True, indent=1).encode("utf-8"), dtype=np.uint8
     )
 
-    try:
-        mode = path.stat().st_mode & 0o7777  # keep an existing file's permissions
-    except OSError:
-        mode = 0o644  # mkstemp would leave 0o600; use the usual default for new files
-
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for key in sorted(checked):
-                    _write_member(zf, key, checked[key])
-                _write_member(zf, META_KEY, meta_bytes)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    with atomic_write(path) as f:
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key in sorted(checked):
+                _write_member(zf, key, checked[key])
+            _write_member(zf, META_KEY, meta_bytes)
     _fsync_directory(directory)
     return path
 

@@ -184,17 +184,10 @@ def _check_writable(folder: Path) -> Path:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    from ._atomic import atomic_write
+
+    with atomic_write(path) as f:
+        f.write((json.dumps(obj, indent=2) + "\n").encode())
 
 
 def _load_data(name: str, data_dir: Path | None, progress: bool = True) -> Any:

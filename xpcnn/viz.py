@@ -17,11 +17,9 @@ The destination directory must exist.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.lib.stride_tricks import sliding_window_view
+
+from ._atomic import atomic_write
 
 __all__ = [
     "DPI",
@@ -85,16 +85,8 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     # print_png renders at figure.dpi with no bbox cropping; savefig would
     # consult rcParams["savefig.bbox"/"savefig.dpi"] and could change the size.
     fig.canvas.print_png(buf)
-    fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buf.getvalue())
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+    with atomic_write(path, mode=0o644) as f:
+        f.write(buf.getvalue())
     return path
 
 
