@@ -23,8 +23,14 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 
 "$py" -m xpcnn info | tee "$out/info.txt"
+if ! "$py" -c "from xpcnn.backend import resolve_device as r, DeviceError as E
+try: r('cuda')
+except E as e: raise SystemExit(f'gpu_check: {e}')"; then
+  echo "gpu_check: no usable GPU (see above); nothing else was run" >&2
+  exit 2
+fi
 
-n_cupy=$("$py" -m pytest --collect-only -q -p no:cacheprovider 2>/dev/null | grep -c '\[.*cupy' || true)
+n_cupy=$("$py" -m pytest --collect-only -q -p no:cacheprovider 2>/dev/null | grep -v test_architecture | grep -cE '[[-]cupy[]-]' || true)
 "$py" -m pytest -q -p no:cacheprovider -o addopts="" --junitxml="$out/junit.xml" 2>&1 | tee "$out/tests.log"
 tests_rc=${PIPESTATUS[0]}
 
