@@ -8,6 +8,7 @@ import signal
 import numpy as np
 import pytest
 
+from xpcnn.backend import to_numpy
 from xpcnn.checkpoint import CheckpointError, load_checkpoint
 from xpcnn.data import load_dataset
 from xpcnn.models import SimpleConvNet
@@ -184,3 +185,35 @@ def test_trainer_runs_on_every_backend(backend, data, tmp_path):
     np.testing.assert_allclose(
         np.asarray(net_cpu.params["W1"]), backend.to_numpy(net.params["W1"]), rtol=0, atol=0
     )
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "torch"])
+def test_resume_of_a_dropout_net_draws_the_same_masks(data, tmp_path, backend_name):
+    """Dropout generators travel in the checkpoint: resuming a net with dropout
+    gives the parameters of an uninterrupted run."""
+    from xpcnn.backend import Device
+    from xpcnn.models import NetBuilder
+
+    if backend_name == "torch":
+        xp = pytest.importorskip("array_api_compat.torch")
+        dev = Device("torch", xp, "cpu")
+    else:
+        dev = "cpu"
+
+    def make(epochs):
+        b = NetBuilder((1, 28, 28), seed=0, dtype="float64", device=dev, weight_init="he")
+        net = b.conv(3, 5).relu().pool(2).affine(16).relu().dropout(0.5).affine(10).build()
+        return Trainer(net, *data, epochs=epochs, mini_batch_size=50, verbose=False, seed=1)
+
+    straight = make(3)
+    straight.train()
+    first = make(1)
+    first.train()
+    first.save_checkpoint(tmp_path / "ck.npz")
+    resumed = make(3)
+    resumed.load_checkpoint(tmp_path / "ck.npz")
+    resumed.train()
+    for k, v in straight.network.params.items():
+        np.testing.assert_allclose(
+            to_numpy(resumed.network.params[k]), to_numpy(v), rtol=0, atol=1e-12, err_msg=k
+        )

@@ -9,6 +9,7 @@ host random-number policy.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ __all__ = [
     "namespace",
     "random_uniform",
     "resolve_device",
+    "rng_state",
+    "set_rng_state",
     "to_device",
     "to_numpy",
 ]
@@ -264,6 +267,37 @@ def random_uniform(like: Any, shape: tuple[int, ...], *, seed_state: dict[str, A
     bits = xp.finfo(like.dtype).bits
     u = seed_state["host"].random(shape, dtype=np.float32 if bits == 32 else np.float64)
     return xp.asarray(u, dtype=like.dtype, device=dev)
+
+
+def rng_state(seed_state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Host snapshots (uint8 arrays) of the generators in a :func:`random_uniform`
+    ``seed_state``, for checkpoints: the host NumPy generator and torch generators.
+
+    CuPy generators expose no state to restore; a resumed run draws fresh masks there.
+    """
+    out = {}
+    for key, gen in seed_state.items():
+        if key == "host":
+            out[key] = np.frombuffer(json.dumps(gen.bit_generator.state).encode(), np.uint8).copy()
+        elif key.startswith("torch:"):
+            out[key] = gen.get_state().numpy().copy()
+    return out
+
+
+def set_rng_state(seed_state: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Restore :func:`rng_state` snapshots into ``seed_state`` (the next draws continue
+    the saved sequences)."""
+    for key, a in arrays.items():
+        if key == "host":
+            gen = np.random.default_rng()
+            gen.bit_generator.state = json.loads(np.asarray(a, np.uint8).tobytes())
+            seed_state[key] = gen
+        elif key.startswith("torch:"):
+            import torch
+
+            gen = torch.Generator(device=key.split(":", 1)[1])
+            gen.set_state(torch.from_numpy(np.array(a, np.uint8)))
+            seed_state[key] = gen
 
 
 def _int_seed(seed: int | np.random.Generator | None) -> int | None:

@@ -311,6 +311,7 @@ class Trainer:
         """Write parameters, optimizer state, progress and RNG state to an ``.npz`` (atomic)."""
         arrays = self.network.state_dict()
         arrays.update({f"optim/{k}": to_numpy(v) for k, v in self.optimizer.state_arrays().items()})
+        arrays.update({f"rng/{k}": v for k, v in self.network.random_state().items()})
         if self._perm is not None and self.step_in_epoch:
             arrays["trainer/perm"] = self._perm
         meta = {
@@ -343,6 +344,9 @@ class Trainer:
             k[len("optim/") :]: dev.asarray(v) for k, v in arrays.items() if k.startswith("optim/")
         }
         self.optimizer.load_state_arrays(opt, meta["optimizer"]["iter"])
+        self.network.set_random_state(
+            {k[len("rng/") :]: v for k, v in arrays.items() if k.startswith("rng/")}
+        )
         tr = meta["trainer"]
         if tr["mini_batch_size"] != self.batch_size:
             raise ValueError(

@@ -9,7 +9,7 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 from .. import _fast
-from ..backend import Device, host_rng, resolve_device, to_numpy
+from ..backend import Device, host_rng, resolve_device, rng_state, set_rng_state, to_numpy
 from ..layers import (
     LRN,
     Affine,
@@ -269,6 +269,22 @@ class Sequential:
         out = {f"params/{k}": to_numpy(v, copy=True) for k, v in self.params.items()}
         out.update({f"buffers/{k}": to_numpy(v, copy=True) for k, v in self.buffers.items()})
         return out
+
+    def random_state(self) -> dict[str, Any]:
+        """Host snapshots of the layers' random generators (dropout masks), keyed
+        ``"<layer index>/<generator>"``, so a resumed run draws the same masks."""
+        return {
+            f"{i}/{key}": a
+            for i, layer in enumerate(self.layers)
+            if hasattr(layer, "seed_state")
+            for key, a in rng_state(layer.seed_state).items()
+        }
+
+    def set_random_state(self, arrays: dict[str, Any]) -> None:
+        """Restore :meth:`random_state`."""
+        for name, a in arrays.items():
+            i, key = name.split("/", 1)
+            set_rng_state(self.layers[int(i)].seed_state, {key: a})
 
     def state_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Expected ``{key: (shape, dtype name)}`` of :meth:`state_dict`."""
