@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from array_api_compat import device as device_of
-from helpers import assert_layer_gradients_match, distinct_values
+from helpers import CONV_CASES, POOL_CASES, assert_layer_gradients_match, distinct_values
 
 from xpcnn.layers import Affine, Convolution, Pooling, Relu, Sigmoid, SoftmaxWithLoss
 from xpcnn.ops import conv_output_size
@@ -24,23 +24,6 @@ from xpcnn.ops import conv_output_size
 # Parameter grids: small, since each numerical gradient runs the layer twice per element
 # --------------------------------------------------------------------------------------------
 
-# (N, C, H, W, FN, FH, FW, stride, pad): strides 1/2/3, pads 0/1/2, non-square inputs and filters
-CONV_CASES = [
-    pytest.param((2, 3, 5, 6, 2, 3, 3, 1, 0), id="s1-p0-5x6-f3x3"),
-    pytest.param((2, 2, 6, 5, 3, 3, 2, 2, 1), id="s2-p1-6x5-f3x2"),
-    pytest.param((1, 2, 7, 8, 2, 2, 3, 3, 2), id="s3-p2-7x8-f2x3"),
-    pytest.param((2, 1, 4, 5, 2, 4, 1, 1, 2), id="s1-p2-4x5-f4x1"),
-    pytest.param((2, 2, 7, 6, 2, 3, 3, 2, 2), id="s2-p2-7x6-f3x3"),
-]
-
-# (N, C, H, W, PH, PW, stride, pad)
-POOL_CASES = [
-    pytest.param((2, 2, 4, 6, 2, 2, 2, 0), id="2x2-s2-p0"),
-    pytest.param((1, 2, 5, 6, 3, 3, 1, 1), id="3x3-s1-p1"),
-    pytest.param((2, 1, 7, 5, 3, 2, 2, 1), id="3x2-s2-p1"),
-    pytest.param((1, 2, 6, 7, 4, 4, 3, 2), id="4x4-s3-p2"),
-    pytest.param((2, 2, 7, 8, 2, 3, 3, 0), id="2x3-s3-p0"),
-]
 
 # (x shape, W shape)
 AFFINE_CASES = [

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from array_api_compat import device as device_of
-from helpers import assert_close_scaled, assert_gradients_match
+from helpers import CONV_CASES, POOL_CASES, assert_close_scaled, assert_gradients_match
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -57,24 +57,6 @@ WINDOW_CASES = [
     pytest.param((2, 2, 3, 3, 1, 1, 1, 0), id="filter-1x1"),
 ]
 
-# (N, C, H, W, FN, FH, FW, stride, pad)
-CONV_CASES = [
-    pytest.param((2, 3, 5, 6, 2, 3, 3, 1, 0), id="s1-p0"),
-    pytest.param((2, 2, 6, 5, 3, 3, 2, 2, 1), id="s2-p1-filter-3x2"),
-    pytest.param((1, 2, 7, 8, 2, 2, 3, 3, 2), id="s3-p2-filter-2x3"),
-    pytest.param((2, 1, 4, 5, 2, 4, 1, 1, 2), id="s1-p2-filter-4x1"),
-    pytest.param((2, 3, 3, 4, 2, 1, 1, 1, 0), id="filter-1x1"),
-]
-
-# (N, C, H, W, PH, PW, stride, pad); pad <= half the window (PyTorch's and xpcnn's rule)
-POOL_CASES = [
-    pytest.param((2, 2, 4, 6, 2, 2, 2, 0), id="2x2-s2-p0"),
-    pytest.param((1, 2, 5, 6, 3, 3, 1, 1), id="3x3-s1-p1"),
-    pytest.param((2, 1, 7, 5, 3, 2, 2, 1), id="3x2-s2-p1"),
-    pytest.param((1, 2, 6, 7, 4, 4, 3, 2), id="4x4-s3-p2"),
-    pytest.param((2, 2, 7, 8, 2, 3, 3, 0), id="2x3-s3-p0"),
-    pytest.param((1, 2, 3, 3, 1, 1, 1, 0), id="1x1-s1"),
-]
 
 POOL_OPS = {
     "max": (max_pool2d_forward, max_pool2d_backward),
