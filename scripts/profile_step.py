@@ -10,11 +10,12 @@ Usage (from the repository root)::
     python scripts/profile_step.py --model deep    # DeepConvNet
 
 Method: the functions the layers call (``xpcnn.ops.conv2d_forward``, ``im2col``,
-``max_pool2d_backward``, ``Adam.update``, ...) and the NumPy fast path's
-``_unfold`` / ``_input_gradient`` are replaced by timing wrappers
+``max_pool2d_backward``, ``Adam.update``, ...) are replaced by timing wrappers
 (``time.perf_counter``). Each row is the function's *self* time: its inclusive
-time minus the time of the instrumented functions it called, so
-``conv2d_forward`` (self) is the GEMM + bias without ``im2col``. "(glue)" is
+time minus the time of the instrumented functions it called, so on the
+generic path ``conv2d_forward`` (self) is the GEMM + bias without ``im2col``;
+the NumPy fast convolution unfolds block by block inside its GEMM loop, so its
+rows include its im2col and col2im. "(glue)" is
 the rest of the step (Python between layers, the loss bookkeeping). Numbers
 are milliseconds per step, means over the timed steps (means add up, so the
 rows sum to the step total); with ``--compare``, the median of those means
@@ -51,9 +52,11 @@ from xpcnn.models import build_model
 # (module, attribute, row label). Package-level names are what the layers call;
 # conv-module names are what conv2d_* call inside.
 TARGETS: list[tuple[Any, str, str]] = [
-    (ops_pkg, "conv2d_forward", "conv fwd (self: GEMM + bias)"),
+    # The NumPy fast convolution unfolds and folds inside its blocked GEMMs, so
+    # its conv rows include its im2col / col2im; the generic path's are separate.
+    (ops_pkg, "conv2d_forward", "conv fwd (self: GEMM + bias; fast: + im2col)"),
     (conv_mod, "im2col", "im2col"),
-    (ops_pkg, "conv2d_backward", "conv bwd (self: dW GEMM + db)"),
+    (ops_pkg, "conv2d_backward", "conv bwd (self: GEMMs + db; fast: + im2col, col2im)"),
     (conv_mod, "col2im", "col2im"),
     (ops_pkg, "relu_forward", "relu fwd"),
     (ops_pkg, "relu_backward", "relu bwd"),
@@ -101,15 +104,8 @@ class Timers:
 @contextlib.contextmanager
 def instrumented(timers: Timers) -> Iterator[None]:
     """Swap every target for its timing wrapper; restore them on exit."""
-    from xpcnn._fast import numpy_ops  # the NumPy fast path's im2col / col2im
-
     saved = []
-    targets = [
-        *TARGETS,
-        (numpy_ops, "_unfold", "im2col (NumPy fast path)"),
-        (numpy_ops, "_input_gradient", "conv dx: GEMM + col2im (NumPy fast path)"),
-    ]
-    for owner, attr, label in targets:
+    for owner, attr, label in TARGETS:
         original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
         saved.append((owner, attr, original))
         setattr(owner, attr, timers.wrap(original, label))

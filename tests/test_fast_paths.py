@@ -130,7 +130,7 @@ def test_numpy_conv_fast_path_is_taken_and_caches_cross_the_switch(rng):
     x, w, b = (rng.standard_normal(s) for s in ((2, 2, 6, 6), (3, 2, 3, 3), (3,)))
     dout = rng.standard_normal((2, 3, 6, 6))
     _, fast_cache = conv2d_forward(x, w, b, 1, 1)
-    assert fast_cache.layout == "columns"
+    assert fast_cache.layout == "chwn"
     with _fast.enabled(False):
         _, generic_cache = conv2d_forward(x, w, b, 1, 1)
         assert generic_cache.layout == "rows"
@@ -140,16 +140,26 @@ def test_numpy_conv_fast_path_is_taken_and_caches_cross_the_switch(rng):
         assert_close_scaled(c, r, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("block_bytes", [1, 300])
-def test_numpy_conv_input_gradient_in_blocks_equals_generic(monkeypatch, rng, block_bytes):
-    """dx is folded a few images at a time; any block size gives the generic dx."""
+@pytest.mark.parametrize("block_bytes", [1, 5000, 1 << 30])
+def test_numpy_conv_in_blocks_of_rows_equals_generic(monkeypatch, rng, block_bytes):
+    """The fast convolution works a few output rows at a time (1 row, 2 rows,
+    all rows here); any block size gives the generic results, and dx exactly:
+    its terms arrive in the generic col2im's order."""
     from xpcnn._fast import numpy_ops
 
-    monkeypatch.setattr(numpy_ops, "_FOLD_BLOCK_BYTES", block_bytes)  # 1 image / a few
+    monkeypatch.setattr(numpy_ops, "_BLOCK_BYTES", block_bytes)
     x, w, b = (rng.standard_normal(s) for s in ((5, 2, 7, 6), (3, 2, 3, 2), (3,)))
     dout = rng.standard_normal((5, 3, 4, 4))
-    generic, fast = both(lambda: host(conv2d_backward(dout, conv2d_forward(x, w, b, 2, 1)[1])[0]))
-    assert_same(fast[0], generic[0], "dx")
+
+    def run() -> list[np.ndarray]:
+        out, cache = conv2d_forward(x, w, b, 2, 1)
+        return host(out, *conv2d_backward(dout, cache))
+
+    generic, fast = both(run)
+    assert_same(fast[1], generic[1], "dx")
+    for k, name in ((0, "out"), (2, "dW"), (3, "db")):
+        f, g = fast[k], generic[k]
+        np.testing.assert_allclose(f, g, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize("case", CONV_GRID, ids=lambda c: "x".join(map(str, c)))

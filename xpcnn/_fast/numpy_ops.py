@@ -3,33 +3,34 @@
 Each function has the signature and the results of the generic op it stands
 in for (the ops validate the arguments first and pass ``OH, OW``); results
 are equal to the generic path's (up to the order of floating-point sums in the
-convolution's GEMMs), but arrays may be stored channel-major (below). Three
-facts drive the choices, measured on a 2-core machine, float32, batch 100:
+convolution's GEMMs), but arrays may be stored in another memory order
+(below). The facts that drive the choices, measured on a 2-core machine
+(one BLAS thread), float32, batch 100:
 
 * ``np.where`` and ``np.copyto(where=)`` run a branchy loop: with an
   unpredictable mask (ReLU, max pooling) they cost ~8 ns/element, 10-20x a
   SIMD ufunc. :func:`where` and :func:`copyto` compute the same selects on the
   bits instead.
-* The generic convolution multiplies ``col (N*OH*OW, C*FH*FW) @ col_W``, which
-  leaves its output in (N, OH, OW, FN) order, and its backward pass copies
-  ``dout`` into that order again; the bias is a separate pass and sum. Here the
-  GEMM runs the other way round, ``col_W (FN, C*FH*FW + 1) @ col (C*FH*FW + 1,
-  N*OH*OW)``: the output is (FN, N, OH, OW), "channel-major", returned as an
-  (N, FN, OH, OW) view. Pooling, ReLU and the next layer's ``col`` read that
-  layout as cheaply as NCHW, the backward pass reshapes ``dout`` to (FN,
-  N*OH*OW) without a copy when it arrives in it (the fast pooling and ReLU
-  keep it), and a row of ones in ``col`` folds the bias into the GEMM and its
-  gradient into the ``dW`` GEMM. One large GEMM per product, not one per image:
-  with a multi-threaded BLAS, many small GEMMs each pay a thread wake-up.
-* ``col`` is filled by FH*FW strided copies whose inner loops run along OW;
-  ``sliding_window_view`` plus one copy measured slower (its inner loop is the
-  FW-long filter row), so there is no NumPy version of the public ``im2col``.
+* NumPy's strided copies and ufuncs pay per inner run: in NCHW the runs of
+  im2col and pooling are one image row (8-28 elements here). The fast
+  convolution stores its output "CHWN", (FN, OH, OW, N) in memory with the
+  batch innermost, returned as an (N, FN, OH, OW) view: then every im2col copy
+  moves runs of OW*N elements, pooling runs of N, and pooling and ReLU keep
+  that layout (their outputs follow their inputs' strides), so it flows from
+  layer to layer and back through the backward pass without copies.
+* A whole ``col`` (nine times the input for a 3x3 filter, 45 MB for the
+  second layer of DeepConvNet) does not fit in cache, so the GEMMs that read it
+  run at memory speed (~80 GFLOP/s instead of ~200). The convolution unfolds
+  a few output rows at a time into one cache-sized buffer and multiplies it at
+  once; the backward pass unfolds the cached padded input again rather than
+  keeping ``col``. A row of ones in ``col`` folds the bias into the GEMM and
+  its gradient into the ``dW`` GEMM.
 * Ufuncs with ``out=`` avoid temporaries (the running maximum).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -82,117 +83,129 @@ def copyto(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
 # -- convolution ------------------------------------------------------------------------
 
 
-def _is_cnhw(x: np.ndarray) -> bool:
-    """True for a logical (N, C, H, W) array stored channel-major, (C, N, H, W) in
-    memory: the layout the fast convolution produces (see :func:`conv2d_forward`)."""
-    return not x.flags.c_contiguous and x.transpose(1, 0, 2, 3).flags.c_contiguous
-
-
-def _empty_image(shape: tuple[int, ...], dtype: Any, cnhw: bool, fill: float | None) -> np.ndarray:
-    """An (N, C, H, W) array, stored (C, N, H, W) when ``cnhw``; filled when ``fill`` is given."""
-    N, C, H, W = shape
-    if cnhw:
-        shape = (C, N, H, W)
-    img = np.empty(shape, dtype=dtype) if fill is None else np.full(shape, fill, dtype=dtype)
-    return img.transpose(1, 0, 2, 3) if cnhw else img
-
-
-def _pad(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
-    """``x`` padded on H and W with ``value``, in ``x``'s memory layout."""
+def _padded(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
+    """``x`` (N, C, H, W) padded on H and W with ``value``, in ``x``'s memory layout."""
     if pad == 0:
         return x
     N, C, H, W = x.shape
-    img = _empty_image((N, C, H + 2 * pad, W + 2 * pad), x.dtype, _is_cnhw(x), value)
+    img = np.full_like(x, value, shape=(N, C, H + 2 * pad, W + 2 * pad))
     img[:, :, pad:-pad, pad:-pad] = x
     return img
 
 
-def _unfold(x: np.ndarray, FH: int, FW: int, stride: int, pad: int, OH: int, OW: int) -> np.ndarray:
-    """``col`` (C*FH*FW + 1, N*OH*OW): the book's ``im2col`` transposed, plus a
-    last row of ones that carries the bias through the GEMM. Filled by one
-    strided copy per filter offset, each with rows of OW contiguous elements."""
-    N, C = x.shape[:2]
+def _chwn(x: np.ndarray, pad: int) -> np.ndarray:
+    """``x`` (N, C, H, W) zero-padded and stored (C, H + 2P, W + 2P, N), C-contiguous.
+
+    No copy when ``x`` is already stored that way (the output of the fast
+    convolution, pooling and ReLU) and ``pad`` is 0.
+    """
+    img = x.transpose(1, 2, 3, 0)
+    if pad == 0 and img.flags.c_contiguous:
+        return img
+    C, H, W, N = img.shape
+    out = np.zeros((C, H + 2 * pad, W + 2 * pad, N), dtype=x.dtype)
+    out[:, pad : pad + H, pad : pad + W] = img
+    return out
+
+
+def _window(img: np.ndarray, i: int, j: int, stride: int, r0: int, r1: int, OW: int) -> np.ndarray:
+    """The (C, r1 - r0, OW, N) view of ``img`` (C, H, W, N) under filter offset (i, j)
+    for output rows ``r0:r1``."""
+    rows = slice(r0 * stride + i, (r1 - 1) * stride + i + 1, stride)
+    return img[:, rows, j : j + (OW - 1) * stride + 1 : stride]
+
+
+def _col_blocks(
+    img: np.ndarray, FH: int, FW: int, stride: int, OH: int, OW: int, *, reverse: bool = False
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """``(r0, r1, col)`` for blocks of output rows: ``col`` (C*FH*FW + 1, (r1-r0)*OW*N)
+    is the book's ``im2col`` of those rows, transposed, plus a last row of ones
+    that carries the bias through the GEMM.
+
+    One buffer of about ``_BLOCK_BYTES`` serves every block, so ``col`` is used
+    while it is in cache and never whole in memory. It is filled by one copy per
+    filter offset whose inner runs are OW*N (stride 1) or N elements long.
+    """
+    C, N = img.shape[0], img.shape[3]
     K = C * FH * FW
-    img = _pad(x, pad).transpose(1, 0, 2, 3)  # (C, N, H, W): a view
-    col = np.empty((K + 1, N * OH * OW), dtype=x.dtype)
-    patches = col[:K].reshape(C, FH, FW, N, OH, OW)  # a view: the rows to fill
-    for i in range(FH):
-        for j in range(FW):
-            patches[:, i, j] = img[window_slices(i, j, stride, OH, OW)]
-    col[K] = 1
-    return col
+    rows = max(1, min(OH, _BLOCK_BYTES // ((K + 1) * OW * N * img.itemsize)))
+    buf = np.empty((K + 1, rows, OW, N), dtype=img.dtype)
+    buf[K] = 1
+    starts = range(0, OH, rows)
+    for r0 in reversed(starts) if reverse else starts:
+        r1 = min(OH, r0 + rows)
+        col = buf[:, : r1 - r0]
+        patches = col[:K].reshape(C, FH, FW, r1 - r0, OW, N)  # a view: the rows to fill
+        for i in range(FH):
+            for j in range(FW):
+                patches[:, i, j] = _window(img, i, j, stride, r0, r1, OW)
+        yield r0, r1, col.reshape(K + 1, -1)
 
 
-def _fold_into(img: np.ndarray, dcol: np.ndarray, FH: int, FW: int, stride: int) -> None:
-    """Add ``dcol`` (C*FH*FW, n*OH*OW) into ``img`` (C, n, H + 2P, W + 2P), offset by
-    offset in the generic col2im's order (so the sums are the same): the adjoint of
-    :func:`_unfold` without the ones row."""
-    C, n = img.shape[:2]
-    OH = (img.shape[2] - FH) // stride + 1
-    OW = (img.shape[3] - FW) // stride + 1
-    dcol = dcol.reshape(C, FH, FW, n, OH, OW)
-    for i in range(FH):
-        for j in range(FW):
-            img[window_slices(i, j, stride, OH, OW)] += dcol[:, i, j]
-
-
-def _input_gradient(dout: np.ndarray, cache: ConvCache) -> np.ndarray:
-    """``dx`` (N, C, H, W), stored channel-major: ``dcol = col_W.T @ dout`` folded
-    back, a few images at a time, so that ``dcol`` (as large as ``col``) is never
-    whole in memory and each block is folded while it is still in cache."""
-    N, C, H, W = cache.x_shape
-    _, _, FH, FW = cache.W_shape
-    K, p = C * FH * FW, cache.pad
-    P = dout.shape[1] // N  # OH*OW
-    img = np.zeros((C, N, H + 2 * p, W + 2 * p), dtype=dout.dtype)
-    W_T = cache.col_W[:, :K].T  # (C*FH*FW, FN)
-    step = max(1, min(N, _FOLD_BLOCK_BYTES // max(1, K * P * dout.itemsize)))
-    for n0 in range(0, N, step):
-        n1 = min(N, n0 + step)
-        dcol = W_T @ dout[:, n0 * P : n1 * P]  # (C*FH*FW, (n1-n0)*OH*OW)
-        _fold_into(img[:, n0:n1], dcol, FH, FW, cache.stride)
-    img = img.transpose(1, 0, 2, 3)
-    return img if p == 0 else img[:, :, p:-p, p:-p]
-
-
-# Bytes of dcol per block in _input_gradient: a few images, about an L2 cache.
-_FOLD_BLOCK_BYTES = 1 << 21
+# Bytes of ``col`` per block of output rows: about an L2 cache.
+_BLOCK_BYTES = 1 << 21
 
 
 def conv2d_forward(
     x: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, pad: int, OH: int, OW: int
 ) -> tuple[np.ndarray, ConvCache]:
-    """Convolution as one GEMM ``col_W (FN, C*FH*FW + 1) @ col (C*FH*FW + 1, N*OH*OW)``,
-    the bias folded in as the last column of ``col_W`` against the ones row of ``col``.
+    """Convolution as GEMMs ``col_W (FN, C*FH*FW + 1) @ col`` over blocks of output
+    rows (:func:`_col_blocks`), the bias folded in as the last column of ``col_W``.
 
-    The output (N, FN, OH, OW) is a view of the (FN, N, OH, OW) product: stored
-    channel-major, which pooling, ReLU and the next convolution read as cheaply
-    as NCHW, and which the backward pass reshapes without a copy.
+    The output (N, FN, OH, OW) is a view of the (FN, OH, OW, N) product: stored
+    "CHWN", batch innermost, which pooling, ReLU and the next convolution read
+    with long contiguous runs and the backward pass reshapes without a copy.
+    The cache keeps the padded input, not ``col``: the backward pass unfolds
+    it again, block by block, which costs less than writing and reading a
+    ``col`` nine times the input's size.
     """
     FN, C, FH, FW = W.shape
     N = x.shape[0]
-    col = _unfold(x, FH, FW, stride, pad, OH, OW)
+    img = _chwn(x, pad)
     col_W = np.concatenate([W.reshape(FN, C * FH * FW), b.reshape(FN, 1)], axis=1)
-    out = col_W @ col  # (FN, N*OH*OW), bias included
-    cache = ConvCache(tuple(x.shape), col, col_W, tuple(W.shape), stride, pad, "columns")
-    return out.reshape(FN, N, OH, OW).transpose(1, 0, 2, 3), cache
+    out = np.empty((FN, OH, OW, N), dtype=np.result_type(x, col_W))
+    for r0, r1, col in _col_blocks(img, FH, FW, stride, OH, OW):
+        np.matmul(col_W, col, out=out[:, r0:r1].reshape(FN, -1))
+    cache = ConvCache(tuple(x.shape), img, col_W, tuple(W.shape), stride, pad, "chwn")
+    return out.transpose(3, 0, 1, 2), cache
 
 
 def conv2d_backward(
     dout: np.ndarray, cache: ConvCache, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Gradients for a "columns" cache from :func:`conv2d_forward`: two GEMMs."""
+    """Gradients for a "chwn" cache from :func:`conv2d_forward`, block by block of
+    output rows: ``[dW | db] += col @ dout.T`` (the ones row of ``col`` sums the
+    bias gradient) and ``dcol = col_W.T @ dout`` folded into ``dx`` at once.
+
+    Blocks run bottom-up, so each element of ``dx`` receives its terms in the
+    generic col2im's order (filter row by filter row).
+    """
     FN, C, FH, FW = cache.W_shape
     K = C * FH * FW
-    # (FN, N*OH*OW): a view when dout is stored channel-major, as the fast paths leave it
-    dout = dout.transpose(1, 0, 2, 3).reshape(FN, -1)
-    # [dW | db] in one GEMM: the ones row of col sums dout into the bias gradient.
-    dWb = dout @ cache.col.T  # (FN, K + 1)
-    dW = dWb[:, :K].reshape(cache.W_shape)
-    db = dWb[:, K].copy()
-    if not need_dx:
+    N, _, OH, OW = dout.shape
+    img, s, p = cache.col, cache.stride, cache.pad
+    # (FN, OH, OW, N): a view when dout is stored CHWN, as the fast paths leave it
+    d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0))
+    dWb = np.zeros((K + 1, FN), dtype=np.result_type(img, d))
+    part = np.empty_like(dWb)
+    dimg = np.zeros_like(img) if need_dx else None
+    W_T = cache.col_W[:, :K].T  # (C*FH*FW, FN)
+    for r0, r1, col in _col_blocks(img, FH, FW, s, OH, OW, reverse=True):
+        d_rows = d[:, r0:r1].reshape(FN, -1)
+        np.matmul(col, d_rows.T, out=part)
+        dWb += part
+        if dimg is not None:
+            dcol = (W_T @ d_rows).reshape(C, FH, FW, r1 - r0, OW, N)
+            for i in range(FH):
+                for j in range(FW):
+                    target = _window(dimg, i, j, s, r0, r1, OW)
+                    target += dcol[:, i, j]
+    dW = dWb[:K].T.reshape(cache.W_shape)
+    db = dWb[K].copy()
+    if dimg is None:
         return None, dW, db
-    return _input_gradient(dout, cache), dW, db
+    H, W = cache.x_shape[2], cache.x_shape[3]
+    return dimg[:, p : p + H, p : p + W].transpose(3, 0, 1, 2), dW, db
 
 
 # -- max pooling ---------------------------------------------------------------------------
@@ -209,7 +222,7 @@ def max_pool2d_forward(
     the cache keeps the padded input and the output, and the backward pass finds
     each window's first maximum.
     """
-    img = _pad(x, pad, float(np.finfo(x.dtype).min))
+    img = _padded(x, pad, float(np.finfo(x.dtype).min))
     views = [
         img[window_slices(k // pool_w, k % pool_w, stride, OH, OW)] for k in range(pool_h * pool_w)
     ]
@@ -242,8 +255,9 @@ def max_pool2d_backward(dout: np.ndarray, cache: PoolCache) -> np.ndarray:
     else:
         hits = _first_hits(img, out, ph, pw, s)
     tiles = p == 0 and s == ph == pw and OH * ph == H and OW * pw == W
-    cnhw = img is not None and _is_cnhw(img)  # keep the forward input's layout
-    dx = _empty_image((N, C, H + 2 * p, W + 2 * p), dout.dtype, cnhw, None if tiles else 0.0)
+    # dx in the forward input's memory layout (img is that input, padded)
+    like = np.empty((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype) if img is None else img
+    dx = np.empty_like(like, dtype=dout.dtype) if tiles else np.zeros_like(like, dtype=dout.dtype)
     for k, hit in enumerate(hits):
         idx = window_slices(k // pw, k % pw, s, OH, OW)
         if tiles:
