@@ -93,18 +93,19 @@ def _padded(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
     return img
 
 
-def _chwn(x: np.ndarray, pad: int) -> np.ndarray:
-    """``x`` (N, C, H, W) zero-padded and stored (C, H + 2P, W + 2P, N), C-contiguous.
+def _chwn(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+    """``x`` (N, C, H, W) zero-padded and stored (C, H + 2*pad_h, W + 2*pad_w, N),
+    C-contiguous.
 
     No copy when ``x`` is already stored that way (the output of the fast
-    convolution, pooling and ReLU) and ``pad`` is 0.
+    convolution, pooling and ReLU) and there is no padding.
     """
     img = x.transpose(1, 2, 3, 0)
-    if pad == 0 and img.flags.c_contiguous:
+    if pad_h == pad_w == 0 and img.flags.c_contiguous:
         return img
     C, H, W, N = img.shape
-    out = np.zeros((C, H + 2 * pad, W + 2 * pad, N), dtype=x.dtype)
-    out[:, pad : pad + H, pad : pad + W] = img
+    out = np.zeros((C, H + 2 * pad_h, W + 2 * pad_w, N), dtype=x.dtype)
+    out[:, pad_h : pad_h + H, pad_w : pad_w + W] = img
     return out
 
 
@@ -146,6 +147,19 @@ def _col_blocks(
 _BLOCK_BYTES = 1 << 21
 
 
+def _correlate(
+    img: np.ndarray, col_W: np.ndarray, FH: int, FW: int, stride: int, OH: int, OW: int
+) -> np.ndarray:
+    """``col_W (FN, C*FH*FW + 1) @ col`` for every block of output rows: the
+    (FN, OH, OW, N) cross-correlation of ``img`` (C, H, W, N), bias included."""
+    N = img.shape[3]
+    FN = col_W.shape[0]
+    out = np.empty((FN, OH, OW, N), dtype=np.result_type(img, col_W))
+    for r0, r1, col in _col_blocks(img, FH, FW, stride, OH, OW):
+        np.matmul(col_W, col, out=out[:, r0:r1].reshape(FN, -1))
+    return out
+
+
 def conv2d_forward(
     x: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, pad: int, OH: int, OW: int
 ) -> tuple[np.ndarray, ConvCache]:
@@ -160,12 +174,9 @@ def conv2d_forward(
     ``col`` nine times the input's size.
     """
     FN, C, FH, FW = W.shape
-    N = x.shape[0]
-    img = _chwn(x, pad)
+    img = _chwn(x, pad, pad)
     col_W = np.concatenate([W.reshape(FN, C * FH * FW), b.reshape(FN, 1)], axis=1)
-    out = np.empty((FN, OH, OW, N), dtype=np.result_type(x, col_W))
-    for r0, r1, col in _col_blocks(img, FH, FW, stride, OH, OW):
-        np.matmul(col_W, col, out=out[:, r0:r1].reshape(FN, -1))
+    out = _correlate(img, col_W, FH, FW, stride, OH, OW)
     cache = ConvCache(tuple(x.shape), img, col_W, tuple(W.shape), stride, pad, "chwn")
     return out.transpose(3, 0, 1, 2), cache
 
@@ -173,12 +184,14 @@ def conv2d_forward(
 def conv2d_backward(
     dout: np.ndarray, cache: ConvCache, need_dx: bool = True
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Gradients for a "chwn" cache from :func:`conv2d_forward`, block by block of
-    output rows: ``[dW | db] += col @ dout.T`` (the ones row of ``col`` sums the
-    bias gradient) and ``dcol = col_W.T @ dout`` folded into ``dx`` at once.
+    """Gradients for a "chwn" cache from :func:`conv2d_forward`.
 
-    Blocks run bottom-up, so each element of ``dx`` receives its terms in the
-    generic col2im's order (filter row by filter row).
+    ``[dW | db] += col @ dout.T`` block by block of output rows (the ones row of
+    ``col`` sums the bias gradient). ``dx``: for stride 1, the "full"
+    correlation of ``dout`` with the flipped filters (:func:`_transposed_input_gradient`);
+    otherwise ``dcol = col_W.T @ dout`` folded into ``dx`` block by block, bottom
+    up, so that each element of ``dx`` receives its terms in the generic
+    col2im's order.
     """
     FN, C, FH, FW = cache.W_shape
     K = C * FH * FW
@@ -186,9 +199,10 @@ def conv2d_backward(
     img, s, p = cache.col, cache.stride, cache.pad
     # (FN, OH, OW, N): a view when dout is stored CHWN, as the fast paths leave it
     d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0))
+    transposed = need_dx and s == 1 and p < min(FH, FW)
     dWb = np.zeros((K + 1, FN), dtype=np.result_type(img, d))
     part = np.empty_like(dWb)
-    dimg = np.zeros_like(img) if need_dx else None
+    dimg = np.zeros_like(img) if need_dx and not transposed else None
     W_T = cache.col_W[:, :K].T  # (C*FH*FW, FN)
     for r0, r1, col in _col_blocks(img, FH, FW, s, OH, OW, reverse=True):
         d_rows = d[:, r0:r1].reshape(FN, -1)
@@ -202,10 +216,26 @@ def conv2d_backward(
                     target += dcol[:, i, j]
     dW = dWb[:K].T.reshape(cache.W_shape)
     db = dWb[K].copy()
+    if transposed:
+        return _transposed_input_gradient(d, cache), dW, db
     if dimg is None:
         return None, dW, db
     H, W = cache.x_shape[2], cache.x_shape[3]
     return dimg[:, p : p + H, p : p + W].transpose(3, 0, 1, 2), dW, db
+
+
+def _transposed_input_gradient(d: np.ndarray, cache: ConvCache) -> np.ndarray:
+    """``dx`` of a stride-1 convolution with ``pad < FH, FW``: ``d`` (FN, OH, OW, N)
+    padded by ``FH-1-pad, FW-1-pad`` and cross-correlated with the filters
+    flipped and transposed to (C, FN, FH, FW). The same GEMM work as ``dcol``,
+    but the result is written once instead of nine read-modify-write folds."""
+    FN, C, FH, FW = cache.W_shape
+    H, W = cache.x_shape[2], cache.x_shape[3]
+    W4 = cache.col_W[:, : C * FH * FW].reshape(FN, C, FH, FW)
+    col_W = np.zeros((C, FN * FH * FW + 1), dtype=W4.dtype)  # no bias: 0 against the ones row
+    col_W[:, :-1] = W4[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(C, -1)
+    img = _chwn(d.transpose(3, 0, 1, 2), FH - 1 - cache.pad, FW - 1 - cache.pad)
+    return _correlate(img, col_W, FH, FW, 1, H, W).transpose(3, 0, 1, 2)
 
 
 # -- max pooling ---------------------------------------------------------------------------
