@@ -269,48 +269,42 @@ def max_pool2d_forward(
 
 
 def max_pool2d_backward(dout: np.ndarray, cache: PoolCache) -> np.ndarray:
-    """Route each ``dout`` to its window's first maximum (the generic ``arg``):
-    offset by offset, the elements equal to the output and not yet taken.
+    """Route each ``dout`` to its window's first maximum (the generic ``arg``),
+    on the bits: offset by offset, the part of ``dout`` not yet routed goes to
+    the elements equal to the output, and is then removed from what is left.
 
     Non-overlapping windows that tile the input (the usual 2x2, stride 2) write
-    each element of ``dx`` once: no zero fill, no read-modify-write.
+    each element of ``dx`` once: no zero fill, no read-modify-write. Every
+    temporary follows the forward output's memory layout (CHWN after the fast
+    convolution), so no ufunc mixes layouts.
     """
     N, C, H, W = cache.x_shape
     OH, OW = dout.shape[2], dout.shape[3]
     ph, pw, s, p = cache.pool_h, cache.pool_w, cache.stride, cache.pad
     img, out = cache.x, cache.out
-    if img is None:  # a cache from the generic forward pass: use its arg
-        arg = cache.arg
-        hits = (arg == k for k in range(ph * pw))
-    else:
-        hits = _first_hits(img, out, ph, pw, s)
     tiles = p == 0 and s == ph == pw and OH * ph == H and OW * pw == W
     # dx in the forward input's memory layout (img is that input, padded)
     like = np.empty((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype) if img is None else img
     dx = np.empty_like(like, dtype=dout.dtype) if tiles else np.zeros_like(like, dtype=dout.dtype)
-    for k, hit in enumerate(hits):
+    bits = _BITS[dout.itemsize]
+    left = np.empty_like(dout if out is None else out, dtype=bits)  # dout not yet routed
+    left[...] = dout.view(bits)
+    last = ph * pw - 1
+    for k in range(last + 1):
         idx = window_slices(k // pw, k % pw, s, OH, OW)
-        if tiles:
-            where(hit, dout, out=dx[idx])
+        if img is None:  # a cache from the generic forward pass: its arg
+            hit = cache.arg == k
         else:
-            dx[idx] += where(hit, dout)
+            hit = np.equal(img[idx], out)
+            if k == 0:
+                hit |= np.isnan(out)  # a NaN maximum came from offset 0
+        target = dx[idx].view(bits) if tiles else np.empty_like(left)
+        np.bitwise_and(left, _ones_where(hit, dout.itemsize), out=target)
+        if k < last:
+            left ^= target
+        if not tiles:
+            dx[idx] += target.view(dx.dtype)
     return dx if p == 0 else dx[:, :, p:-p, p:-p]
-
-
-def _first_hits(img: np.ndarray, out: np.ndarray, ph: int, pw: int, stride: int):
-    """For each window offset k, the mask ``arg == k`` of the generic forward pass:
-    the first offset whose element equals the maximum (a NaN output came from offset 0)."""
-    OH, OW = out.shape[2], out.shape[3]
-    taken = None
-    for k in range(ph * pw):
-        hit = np.equal(img[window_slices(k // pw, k % pw, stride, OH, OW)], out)
-        if taken is None:
-            hit |= np.isnan(out)
-            taken = hit.copy()
-        else:
-            np.greater(hit, taken, out=hit)  # hit and not taken
-            taken |= hit
-        yield hit
 
 
 # -- ReLU ----------------------------------------------------------------------------------
