@@ -150,15 +150,24 @@ def test_numpy_conv_in_blocks_of_rows_equals_generic(monkeypatch, rng, block_byt
     from xpcnn._fast import numpy_ops
 
     monkeypatch.setattr(numpy_ops, "_BLOCK_BYTES", block_bytes)
-    x, w, b = (rng.standard_normal(s) for s in ((5, 2, 7, 6), (3, 2, 3, 2), (3,)))
+    transposed_calls = []
+    transposed = numpy_ops._transposed_input_gradient
+    monkeypatch.setattr(
+        numpy_ops,
+        "_transposed_input_gradient",
+        lambda *a: transposed_calls.append(1) or transposed(*a),
+    )
+    # 2 filters on 2 channels: stride 1 takes the transposed convolution
+    x, w, b = (rng.standard_normal(s) for s in ((5, 2, 7, 6), (2, 2, 3, 2), (2,)))
     OH, OW = (7 + 2 - 3) // stride + 1, (6 + 2 - 2) // stride + 1
-    dout = rng.standard_normal((5, 3, OH, OW))
+    dout = rng.standard_normal((5, 2, OH, OW))
 
     def run() -> list[np.ndarray]:
         out, cache = conv2d_forward(x, w, b, stride, 1)
         return host(out, *conv2d_backward(dout, cache))
 
     generic, fast = both(run)
+    assert len(transposed_calls) == (stride == 1)
     if stride == 2:
         assert_same(fast[1], generic[1], "dx")
     for k, name in ((0, "out"), (1, "dx"), (2, "dW"), (3, "db")):

@@ -187,9 +187,9 @@ def conv2d_backward(
     """Gradients for a "chwn" cache from :func:`conv2d_forward`.
 
     ``[dW | db] += col @ dout.T`` block by block of output rows (the ones row of
-    ``col`` sums the bias gradient). ``dx``: for stride 1, the "full"
-    correlation of ``dout`` with the flipped filters (:func:`_transposed_input_gradient`);
-    otherwise ``dcol = col_W.T @ dout`` folded into ``dx`` block by block, bottom
+    ``col`` sums the bias gradient). ``dx``: for stride 1 and no more filters
+    than channels, the "full" correlation of ``dout`` with the flipped filters
+    (:func:`_transposed_input_gradient`); otherwise ``dcol = col_W.T @ dout`` folded into ``dx`` block by block, bottom
     up, so that each element of ``dx`` receives its terms in the generic
     col2im's order.
     """
@@ -199,7 +199,9 @@ def conv2d_backward(
     img, s, p = cache.col, cache.stride, cache.pad
     # (FN, OH, OW, N): a view when dout is stored CHWN, as the fast paths leave it
     d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0))
-    transposed = need_dx and s == 1 and p < min(FH, FW)
+    # The transposed convolution unfolds dout (FN*FH*FW rows), the fold writes dcol
+    # (C*FH*FW rows): take the smaller (measured on DeepConvNet's layers).
+    transposed = need_dx and s == 1 and p < min(FH, FW) and FN <= C
     dWb = np.zeros((K + 1, FN), dtype=np.result_type(img, d))
     part = np.empty_like(dWb)
     dimg = np.zeros_like(img) if need_dx and not transposed else None
