@@ -166,6 +166,22 @@ def machine_info(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     return info
 
 
+def blas_summary(info: dict[str, Any]) -> str:
+    """NumPy's BLAS and the kernels it runs, e.g. 'openblas 0.3.31 (SkylakeX kernels)'.
+
+    OpenBLAS picks its kernels for the CPU unless ``OPENBLAS_CORETYPE`` forces
+    others (some shared machines set it to Haswell: AVX2 kernels on an AVX-512
+    CPU, about half the float32 GEMM peak), so the variable is reported too.
+    """
+    pools = [p for p in info.get("threadpools", []) if p.get("user_api") == "blas"]
+    text = (
+        ", ".join(f"{p['internal_api']} {p['version']} ({p['architecture']} kernels)" for p in pools)
+        or str(info.get("numpy_blas", "unknown"))
+    )
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return text + (f"; OPENBLAS_CORETYPE={forced} is set" if forced else "")
+
+
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -525,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args, threads)
     info["load_before"] = load()
     print(f"# bench {info['date']}  load {info['load_before']}  threads {threads}")
+    print(f"# numpy BLAS: {blas_summary(info)}")
     for n in notes:
         print(f"# note: {n}")
 
