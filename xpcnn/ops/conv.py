@@ -114,10 +114,10 @@ class ConvCache(NamedTuple):
 
     - ``"rows"`` (the generic path, the book's): ``col`` (N*OH*OW, C*FH*FW) from
       :func:`im2col`, ``col_W`` (C*FH*FW, FN);
-    - ``"columns"`` (the NumPy fast path, see :mod:`xpcnn._fast.numpy_ops`):
-      ``col`` (C*FH*FW + 1, N*OH*OW), the transposed rows plus a row of ones,
-      and ``col_W`` (FN, C*FH*FW + 1), the weights with the bias as the last
-      column.
+    - ``"chwn"`` (the NumPy fast path, see :mod:`xpcnn._fast.numpy_ops`):
+      ``col`` holds no columns but the zero-padded input stored (C, H + 2P,
+      W + 2P, N), which the backward pass unfolds again block by block, and
+      ``col_W`` (FN, C*FH*FW + 1) the weights with the bias as the last column.
     """
 
     x_shape: tuple[int, ...]
