@@ -175,6 +175,26 @@ def test_numpy_conv_in_blocks_of_rows_equals_generic(monkeypatch, rng, block_byt
         np.testing.assert_allclose(f, g, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+def test_empty_batch_equal_generic(fast_backend, rng, stride):
+    """N = 0 runs through the fast convolution, pooling and ReLU like the generic path."""
+    bk = fast_backend
+    x = bk.asarray(np.zeros((0, 2, 6, 6)), "float32")
+    w = bk.asarray(rng.standard_normal((3, 2, 3, 3)), "float32")
+    b = bk.asarray(rng.standard_normal(3), "float32")
+
+    def run() -> list[np.ndarray]:
+        out, conv = conv2d_forward(x, w, b, stride, 1)
+        pooled, pool = max_pool2d_forward(out, 2, 2, 2, 0)
+        y, mask = relu_forward(pooled)
+        dpool = relu_backward(bk.asarray(np.zeros(y.shape), "float32"), mask)
+        return host(out, y, *conv2d_backward(max_pool2d_backward(dpool, pool), conv))
+
+    generic, fast = both(run)
+    for name, f, g in zip(("out", "y", "dx", "dW", "db"), fast, generic, strict=True):
+        assert_same(f, g, name)
+
+
 @pytest.mark.parametrize("case", CONV_GRID, ids=lambda c: "x".join(map(str, c)))
 def test_im2col_col2im_equal_generic(fast_backend, dtype, rng, case):
     N, C, H, W, _, FH, FW, stride, pad = case

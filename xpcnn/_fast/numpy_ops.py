@@ -129,7 +129,8 @@ def _col_blocks(
     """
     C, N = img.shape[0], img.shape[3]
     K = C * FH * FW
-    rows = max(1, min(OH, _BLOCK_BYTES // ((K + 1) * OW * N * img.itemsize)))
+    row_bytes = max(1, (K + 1) * OW * N * img.itemsize)  # 0 for an empty batch
+    rows = max(1, min(OH, _BLOCK_BYTES // row_bytes))
     buf = np.empty((K + 1, rows, OW, N), dtype=img.dtype)
     buf[K] = 1
     starts = range(0, OH, rows)
