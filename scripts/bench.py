@@ -174,10 +174,9 @@ def blas_summary(info: dict[str, Any]) -> str:
     CPU, about half the float32 GEMM peak), so the variable is reported too.
     """
     pools = [p for p in info.get("threadpools", []) if p.get("user_api") == "blas"]
-    text = (
-        ", ".join(f"{p['internal_api']} {p['version']} ({p['architecture']} kernels)" for p in pools)
-        or str(info.get("numpy_blas", "unknown"))
-    )
+    text = ", ".join(
+        f"{p['internal_api']} {p['version']} ({p['architecture']} kernels)" for p in pools
+    ) or str(info.get("numpy_blas", "unknown"))
     forced = os.environ.get("OPENBLAS_CORETYPE")
     return text + (f"; OPENBLAS_CORETYPE={forced} is set" if forced else "")
 
