@@ -83,16 +83,6 @@ def copyto(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
 # -- convolution ------------------------------------------------------------------------
 
 
-def _padded(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
-    """``x`` (N, C, H, W) padded on H and W with ``value``, in ``x``'s memory layout."""
-    if pad == 0:
-        return x
-    N, C, H, W = x.shape
-    img = np.full_like(x, value, shape=(N, C, H + 2 * pad, W + 2 * pad))
-    img[:, :, pad:-pad, pad:-pad] = x
-    return img
-
-
 def _chwn(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
     """``x`` (N, C, H, W) zero-padded and stored (C, H + 2*pad_h, W + 2*pad_w, N),
     C-contiguous.
@@ -190,9 +180,9 @@ def conv2d_backward(
     ``[dW | db] += col @ dout.T`` block by block of output rows (the ones row of
     ``col`` sums the bias gradient). ``dx``: for stride 1 and no more filters
     than channels, the "full" correlation of ``dout`` with the flipped filters
-    (:func:`_transposed_input_gradient`); otherwise ``dcol = col_W.T @ dout`` folded into ``dx`` block by block, bottom
-    up, so that each element of ``dx`` receives its terms in the generic
-    col2im's order.
+    (:func:`_transposed_input_gradient`); otherwise ``dcol = col_W.T @ dout``
+    folded into ``dx`` block by block, bottom up, so that each element of ``dx``
+    receives its terms in the generic col2im's order.
     """
     FN, C, FH, FW = cache.W_shape
     K = C * FH * FW
@@ -242,6 +232,16 @@ def _transposed_input_gradient(d: np.ndarray, cache: ConvCache) -> np.ndarray:
 
 
 # -- max pooling ---------------------------------------------------------------------------
+
+
+def _padded(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
+    """``x`` (N, C, H, W) padded on H and W with ``value``, in ``x``'s memory layout."""
+    if pad == 0:
+        return x
+    N, C, H, W = x.shape
+    img = np.full_like(x, value, shape=(N, C, H + 2 * pad, W + 2 * pad))
+    img[:, :, pad:-pad, pad:-pad] = x
+    return img
 
 
 def max_pool2d_forward(
