@@ -181,6 +181,18 @@ def blas_summary(info: dict[str, Any]) -> str:
     return text + (f"; OPENBLAS_CORETYPE={forced} is set" if forced else "")
 
 
+#: OpenBLAS core types with AVX-512 kernels.
+AVX512_CORETYPES = {"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS"}
+
+
+def _cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def _cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -541,6 +553,12 @@ def main(argv: list[str] | None = None) -> int:
     info["load_before"] = load()
     print(f"# bench {info['date']}  load {info['load_before']}  threads {threads}")
     print(f"# numpy BLAS: {blas_summary(info)}")
+    forced = os.environ.get("OPENBLAS_CORETYPE", "").upper()
+    if forced and forced not in AVX512_CORETYPES and "avx512f" in _cpu_flags():
+        print(
+            f"# note: OPENBLAS_CORETYPE={forced} forces pre-AVX-512 kernels on an AVX-512 CPU; "
+            "unset it (env -u OPENBLAS_CORETYPE) to measure the kernels OpenBLAS picks itself"
+        )
     for n in notes:
         print(f"# note: {n}")
 
