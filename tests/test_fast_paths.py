@@ -175,6 +175,28 @@ def test_numpy_conv_in_blocks_of_rows_equals_generic(monkeypatch, rng, block_byt
         np.testing.assert_allclose(f, g, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
+def test_numpy_chwn_layout_flows_through_conv_relu_pool_and_back(rng):
+    """The fast convolution stores (N, C, H, W) arrays as (C, H, W, N); ReLU,
+    pooling and the next convolution keep that layout forward and backward, so
+    no layer pays a transposing copy (the point of the layout)."""
+
+    def chwn(a: np.ndarray) -> bool:
+        return a.transpose(1, 2, 3, 0).flags.c_contiguous
+
+    x = rng.standard_normal((4, 2, 8, 8)).astype(np.float32)
+    w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((3, 2, 3, 3), (3, 3, 3, 3)))
+    b = np.zeros(3, np.float32)
+    h1, _ = conv2d_forward(x, w1, b, 1, 1)
+    h2, mask = relu_forward(h1)
+    h3, pool = max_pool2d_forward(h2, 2, 2, 2, 0)
+    h4, conv2 = conv2d_forward(h3, w2, b, 1, 1)
+    assert all(chwn(a) for a in (h1, h2, h3, h4))
+    d3 = conv2d_backward(np.ones_like(h4), conv2)[0]  # FN <= C: transposed convolution
+    d2 = max_pool2d_backward(d3, pool)
+    d1 = relu_backward(d2, mask)
+    assert all(chwn(a) for a in (d3, d2, d1))
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_empty_batch_equal_generic(fast_backend, rng, stride):
     """N = 0 runs through the fast convolution, pooling and ReLU like the generic path."""
