@@ -79,7 +79,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import xpcnn  # noqa: E402
 from xpcnn import _fast  # noqa: E402
-from xpcnn.backend import Device, DeviceError, resolve_device, to_numpy  # noqa: E402
+from xpcnn.backend import Device, DeviceError, blas_summary, resolve_device, to_numpy  # noqa: E402
 from xpcnn.layers import Affine, Convolution, Dropout, Pooling, Relu, Sigmoid  # noqa: E402
 from xpcnn.models import MODELS, build_model  # noqa: E402
 from xpcnn.optim import Adam  # noqa: E402
@@ -166,31 +166,13 @@ def machine_info(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     return info
 
 
-def blas_summary(info: dict[str, Any]) -> str:
-    """NumPy's BLAS and the kernels it runs, e.g. 'openblas 0.3.31 (SkylakeX kernels)'.
-
-    OpenBLAS picks its kernels for the CPU unless ``OPENBLAS_CORETYPE`` forces
-    others (some shared machines set it to Haswell: AVX2 kernels on an AVX-512
-    CPU, about half the float32 GEMM peak), so the variable is reported too.
-    """
+def blas_kernels(info: dict[str, Any]) -> str:
+    """NumPy's BLAS and the kernels it runs now, e.g. 'openblas 0.3.31 (SkylakeX kernels)'
+    (threadpoolctl reads them at run time; without it, the build's BLAS)."""
     pools = [p for p in info.get("threadpools", []) if p.get("user_api") == "blas"]
-    text = ", ".join(
+    return ", ".join(
         f"{p['internal_api']} {p['version']} ({p['architecture']} kernels)" for p in pools
     ) or str(info.get("numpy_blas", "unknown"))
-    forced = os.environ.get("OPENBLAS_CORETYPE")
-    return text + (f"; OPENBLAS_CORETYPE={forced} is set" if forced else "")
-
-
-#: OpenBLAS core types with AVX-512 kernels.
-AVX512_CORETYPES = {"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS"}
-
-
-def _cpu_flags() -> set[str]:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def _cpu_model() -> str:
@@ -552,13 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(args, threads)
     info["load_before"] = load()
     print(f"# bench {info['date']}  load {info['load_before']}  threads {threads}")
-    print(f"# numpy BLAS: {blas_summary(info)}")
-    forced = os.environ.get("OPENBLAS_CORETYPE", "").upper()
-    if forced and forced not in AVX512_CORETYPES and "avx512f" in _cpu_flags():
-        print(
-            f"# note: OPENBLAS_CORETYPE={forced} forces pre-AVX-512 kernels on an AVX-512 CPU; "
-            "unset it (env -u OPENBLAS_CORETYPE) to measure the kernels OpenBLAS picks itself"
-        )
+    print(f"# numpy BLAS: {blas_kernels(info)}")
+    if os.environ.get("OPENBLAS_CORETYPE"):  # say so: it can halve the GEMM rate
+        print(f"# note: {blas_summary()}")
     for n in notes:
         print(f"# note: {n}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ __all__ = [
     "Device",
     "DeviceError",
     "array_namespace",
+    "blas_summary",
     "device",
     "gpu_available",
     "gpu_names",
@@ -147,6 +149,30 @@ def resolve_device(spec: str | Device = "cpu") -> Device:
     import array_api_compat.cupy as cp_xp
 
     return Device(f"cuda:{index}", cp_xp, cupy.cuda.Device(index))
+
+
+#: OpenBLAS core types with AVX-512 kernels.
+_AVX512_CORETYPES = {"SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS"}
+
+
+def blas_summary() -> str:
+    """The BLAS NumPy was built with, and a warning when ``OPENBLAS_CORETYPE`` is set.
+
+    That variable makes OpenBLAS use the named core's kernels instead of the best
+    ones for the CPU; a pre-AVX-512 core on an AVX-512 CPU halves the float32
+    GEMM rate, which is most of a convolutional network's training time.
+    """
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        text = f"{blas['name']} {blas.get('version', '')}".strip()
+    except (KeyError, TypeError):
+        text = "unknown"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    if forced:
+        text += f"; OPENBLAS_CORETYPE={forced} is set and forces that core's kernels"
+        if forced.upper() not in _AVX512_CORETYPES:
+            text += " (on an AVX-512 CPU, unset it for about twice the GEMM speed)"
+    return text
 
 
 def gpu_available() -> bool:

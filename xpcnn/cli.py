@@ -429,7 +429,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import platform
     from importlib import metadata
 
-    from .backend import DeviceError, gpu_names, resolve_device
+    from .backend import DeviceError, blas_summary, gpu_names, resolve_device
 
     print(
         f"xpcnn {_version()}  (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)"
@@ -447,6 +447,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
+    print(f"numpy BLAS: {blas_summary()}")
     print("backends: cpu (NumPy)", end="")
     try:
         resolve_device("cuda")
