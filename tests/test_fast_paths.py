@@ -12,7 +12,7 @@ fusion (pool before ReLU) and the in-place Adam run on every backend.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,13 @@ from xpcnn.ops import (
 from xpcnn.optim import Adam
 
 FAST_BACKENDS = [p for p in BACKENDS if p.values[0][0] in ("numpy", "cupy")]
+
+
+@pytest.fixture(autouse=True)
+def fast_paths_on() -> Iterator[None]:
+    """Every test here starts with fast paths on, whatever ``XPCNN_FAST`` says."""
+    with _fast.enabled(True):
+        yield
 
 
 @pytest.fixture(params=FAST_BACKENDS)
