@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..ops._util import window_slices
 from ..ops.conv import ConvCache
@@ -114,11 +115,14 @@ def _col_blocks(
     that carries the bias through the GEMM.
 
     One buffer of about ``_BLOCK_BYTES`` serves every block, so ``col`` is used
-    while it is in cache and never whole in memory. It is filled by one copy per
-    filter offset whose inner runs are OW*N (stride 1) or N elements long.
+    while it is in cache and never whole in memory. Each block is filled by one
+    copy from a (C, FH, FW, OH, OW, N) window view of ``img``, whose inner runs
+    are OW*N (stride 1) or N elements long.
     """
     C, N = img.shape[0], img.shape[3]
     K = C * FH * FW
+    windows = sliding_window_view(img, (FH, FW), axis=(1, 2))[:, ::stride, ::stride]
+    windows = windows.transpose(0, 4, 5, 1, 2, 3)  # (C, FH, FW, OH, OW, N): a view
     row_bytes = max(1, (K + 1) * OW * N * img.itemsize)  # 0 for an empty batch
     rows = max(1, min(OH, _BLOCK_BYTES // row_bytes))
     buf = np.empty((K + 1, rows, OW, N), dtype=img.dtype)
@@ -127,10 +131,7 @@ def _col_blocks(
     for r0 in reversed(starts) if reverse else starts:
         r1 = min(OH, r0 + rows)
         col = buf[:, : r1 - r0]
-        patches = col[:K].reshape(C, FH, FW, r1 - r0, OW, N)  # a view: the rows to fill
-        for i in range(FH):
-            for j in range(FW):
-                patches[:, i, j] = _window(img, i, j, stride, r0, r1, OW)
+        col[:K].reshape(C, FH, FW, r1 - r0, OW, N)[...] = windows[:, :, :, r0:r1]
         yield r0, r1, col.reshape(K + 1, -1)
 
 
