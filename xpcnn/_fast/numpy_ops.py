@@ -235,7 +235,7 @@ def _transposed_input_gradient(d: np.ndarray, cache: ConvCache) -> np.ndarray:
 # -- max pooling ---------------------------------------------------------------------------
 
 
-def _padded(x: np.ndarray, pad: int, value: float = 0.0) -> np.ndarray:
+def _padded(x: np.ndarray, pad: int, value: float) -> np.ndarray:
     """``x`` (N, C, H, W) padded on H and W with ``value``, in ``x``'s memory layout."""
     if pad == 0:
         return x
@@ -288,8 +288,12 @@ def max_pool2d_backward(dout: np.ndarray, cache: PoolCache) -> np.ndarray:
     img, out = cache.x, cache.out
     tiles = p == 0 and s == ph == pw and OH * ph == H and OW * pw == W
     # dx in the forward input's memory layout (img is that input, padded)
-    like = np.empty((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype) if img is None else img
-    dx = np.empty_like(like, dtype=dout.dtype) if tiles else np.zeros_like(like, dtype=dout.dtype)
+    if img is None:
+        dx = np.empty((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype)
+    else:
+        dx = np.empty_like(img, dtype=dout.dtype)
+    if not tiles:
+        dx[...] = 0
     bits = _BITS[dout.itemsize]
     left = np.empty_like(dout if out is None else out, dtype=bits)  # dout not yet routed
     left[...] = dout.view(bits)
