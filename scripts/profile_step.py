@@ -8,6 +8,7 @@ Usage (from the repository root)::
     python scripts/profile_step.py --backend torch # xpcnn on torch tensors (array API)
     python scripts/profile_step.py --cprofile      # cProfile, aggregated by function
     python scripts/profile_step.py --model deep    # DeepConvNet
+    python scripts/profile_step.py --backend cupy  # CuPy on the GPU (synchronised per op)
 
 Method: the functions the layers call (``xpcnn.ops.conv2d_forward``, ``im2col``,
 ``max_pool2d_backward``, ``Adam.update``, ...) are replaced by timing wrappers
@@ -23,6 +24,10 @@ over interleaved rounds. ``--generic`` / the "generic" column switch off every
 fast path (``xpcnn._fast.enabled(False)``): the code before the fast paths.
 The load average is printed because the CPU is shared; ``--threads 1`` keeps
 BLAS on one thread (through threadpoolctl), which is far steadier under load.
+On ``--backend cupy`` every wrapper synchronises the device before it starts
+and stops its clock, so each row is the op's launch overhead plus its GPU
+time; the synchronisations serialise CPU and GPU, so the profiled step is
+slower than an unprofiled one (printed beside it).
 """
 
 from __future__ import annotations
@@ -74,7 +79,8 @@ GLUE = "(glue, unattributed)"
 class Timers:
     """Inclusive and self time per label; nesting is tracked with a stack."""
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        self.sync = sync or (lambda: None)  # device synchronisation (GPU backends)
         self.self_time: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._stack: list[float] = []  # time spent in children of each open frame
@@ -83,10 +89,12 @@ class Timers:
         @functools.wraps(fn)
         def timed(*args: Any, **kwargs: Any) -> Any:
             self._stack.append(0.0)
+            self.sync()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                self.sync()
                 dt = time.perf_counter() - t0
                 children = self._stack.pop()
                 self.self_time[label] += dt - children
@@ -136,7 +144,9 @@ def make_step(
     x = rng.random((batch, 1, 28, 28), dtype=np.float32)
     t = rng.integers(0, 10, batch)
     device: Any = "cpu"
-    if backend == "torch":
+    if backend == "cupy":
+        device = "cuda"
+    elif backend == "torch":
         import array_api_compat.torch as torch_xp
 
         from xpcnn.backend import Device
@@ -153,11 +163,24 @@ def make_step(
     return step, net
 
 
+def device_sync(backend: str) -> Callable[[], None] | None:
+    """A function that waits for the device, for GPU backends; None on the CPU."""
+    if backend != "cupy":
+        return None
+    import cupy
+
+    return lambda: cupy.cuda.Device().synchronize()
+
+
 def profile(
-    step: Callable[[], None], steps: int, warmup: int, generic: bool
+    step: Callable[[], None],
+    steps: int,
+    warmup: int,
+    generic: bool,
+    sync: Callable[[], None] | None = None,
 ) -> tuple[dict[str, float], float, dict[str, int]]:
     """Mean self time per label and mean step time (seconds), per step."""
-    timers = Timers()
+    timers = Timers(sync)
     per_step: dict[str, list[float]] = defaultdict(list)
     totals = []
     with fast_paths(not generic), instrumented(timers):
@@ -165,8 +188,10 @@ def profile(
             step()
         for _ in range(steps):
             timers.reset()
+            timers.sync()
             t0 = time.perf_counter()
             step()
+            timers.sync()
             totals.append(time.perf_counter() - t0)
             for label, v in timers.self_time.items():
                 per_step[label].append(v)
@@ -209,7 +234,7 @@ def table(results: dict[str, tuple[dict[str, float], float, dict[str, int]]]) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--backend", choices=["numpy", "torch"], default="numpy")
+    p.add_argument("--backend", choices=["numpy", "torch", "cupy"], default="numpy")
     p.add_argument("--model", default="simple", help="a name in xpcnn.models.MODELS")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--steps", type=int, default=30, help="timed steps (median reported)")
@@ -240,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
             threadpool_limits(limits=args.threads, user_api="blas")
     step, _ = make_step(args.backend, args.batch, args.model)
+    sync = device_sync(args.backend)
     print(
         f"# {args.model} training step, batch {args.batch}, float32, backend {args.backend}; "
         f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "
@@ -264,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for _ in range(args.rounds):  # interleave: contention hits both alike
             for name in runs:
-                runs[name].append(profile(step, args.steps, args.warmup, name == "generic"))
+                runs[name].append(profile(step, args.steps, args.warmup, name == "generic", sync))
         results = {}
         for name, rs in runs.items():
             labels = {k for r in rs for k in r[0]}
@@ -272,8 +298,18 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = (med, float(np.median([r[1] for r in rs])), rs[0][2])
     else:
         name = "generic" if args.generic else "fast"
-        results = {name: profile(step, args.steps, args.warmup, args.generic)}
+        results = {name: profile(step, args.steps, args.warmup, args.generic, sync)}
     print(table(results))
+    if sync is not None:
+        for name in results:
+            with fast_paths(name != "generic"):
+                sync()
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                sync()
+            ms = (time.perf_counter() - t0) / args.steps * 1e3
+            print(f"# {name}: unprofiled step {ms:.2f} ms (no per-op synchronisation)")
     print(f"# load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
