@@ -425,6 +425,12 @@ def test_adam_in_place_is_bit_identical_to_rebinding(backend, dtype):
         np.testing.assert_array_equal(fast[key], generic[key], err_msg=key)
 
 
+def test_adam_takes_one_fused_kernel_on_cupy_only(backend):
+    # the bit-identity test above then checks that kernel on the cupy backend
+    x = backend.asarray(np.zeros(3), "float32")
+    assert (_fast.lookup("adam_update", x) is not None) == (backend.name == "cupy")
+
+
 def test_adam_updates_in_place_but_never_writes_shared_arrays(backend):
     shared = backend.asarray(np.ones((2, 3)), "float32")
     params = {"W": shared}

@@ -394,7 +394,8 @@ def test_headless_without_pyplot(tmp_path: Path) -> None:
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot was imported'\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MPLBACKEND")}
-    env["PYTHONPATH"] = str(REPO)
+    # the repository first; keep the rest (dependencies installed with --target, say)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     r = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
     )

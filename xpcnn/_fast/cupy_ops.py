@@ -16,7 +16,14 @@ output element:
   ``>`` keeps the first maximum, as ``argmax`` does) and stores its int16
   offset;
 * max pooling backward: each input pixel gathers the ``dout`` of the windows
-  whose maximum it is, again in the generic order.
+  whose maximum it is, again in the generic order;
+* Adam: the whole update of one parameter (both moments and the step) in one
+  launch instead of twelve. A training step is short enough on a GPU that
+  launches, not arithmetic, set its speed. The operations are those of
+  :meth:`xpcnn.optim.Adam._step`, in its order, with the Python scalars
+  rounded to the array's dtype first (as NumPy and CuPy do) and without
+  contracting a multiply and an add into one FMA (``--fmad=false``), so the
+  result is the generic update's, bit for bit.
 
 Index arithmetic uses 64-bit integers for the flat positions.
 """
@@ -30,7 +37,7 @@ import numpy as np
 
 from ..ops.pool import PoolCache
 
-__all__ = ["col2im", "im2col", "max_pool2d_backward", "max_pool2d_forward"]
+__all__ = ["adam_update", "col2im", "im2col", "max_pool2d_backward", "max_pool2d_forward"]
 
 _WINDOW_PARAMS = (
     "int32 C, int32 H, int32 W, int32 OH, int32 OW, int32 FH, int32 FW, int32 S, int32 P"
@@ -127,6 +134,44 @@ _max_pool_backward_kernel = cupy.ElementwiseKernel(
     """,
     "xpcnn_max_pool_backward",
 )
+
+
+_adam_kernel = cupy.ElementwiseKernel(
+    "T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr_t",
+    "T param, T m, T v",
+    """
+    m = m + (grad - m) * one_minus_beta1;
+    v = v + (grad * grad - v) * one_minus_beta2;
+    param = param - m * lr_t / (sqrt(v) + eps);
+    """,
+    "xpcnn_adam",
+    options=("--fmad=false",),  # an FMA would round once where the generic code rounds twice
+)
+
+
+def adam_update(
+    param: Any,
+    grad: Any,
+    m: Any,
+    v: Any,
+    lr_t: float,
+    one_minus_beta1: float,
+    one_minus_beta2: float,
+    eps: float,
+) -> None:
+    """One Adam step in place on ``param``, ``m`` and ``v`` (same shape and dtype), one kernel."""
+    scalar = param.dtype.type
+    with param.device:
+        _adam_kernel(
+            grad,
+            scalar(one_minus_beta1),
+            scalar(one_minus_beta2),
+            scalar(eps),
+            scalar(lr_t),
+            param,
+            m,
+            v,
+        )
 
 
 def im2col(
