@@ -43,7 +43,8 @@ fi
 # 1. tests. Parallel workers each hold their own CUDA context; a per-test limit
 # keeps one hung kernel from eating the phase.
 extra=()
-"$py" -c "import xdist" 2>/dev/null && extra+=(-n "${GPU_CHECK_WORKERS:-8}")
+# pytest-benchmark (in some GPU images) warns once per worker that xdist disables it
+"$py" -c "import xdist" 2>/dev/null && extra+=(-n "${GPU_CHECK_WORKERS:-8}" -p no:benchmark)
 "$py" -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 120)
 n_cupy=$("$py" -m pytest --collect-only -q -p no:cacheprovider 2>/dev/null | grep -cE '[[-]cupy[]-]' || true)
 timeout 240 "$py" -m pytest -q -p no:cacheprovider -o addopts="" -rfE --durations=10 "${extra[@]}" 2>&1 \
