@@ -32,7 +32,6 @@ object array is refused on both save and load.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -169,7 +168,7 @@ def _validate_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_directory(path: Path) -> Path:
+def _check_directory(path: Path) -> None:
     directory = path.parent
     if not directory.exists():
         raise FileNotFoundError(
@@ -190,23 +189,12 @@ def _check_directory(path: Path) -> Path:
             f"cannot save checkpoint {path}: it is a directory; give a file name such as "
             f"{path / 'checkpoint.npz'}"
         )
-    return directory
 
 
 def _write_member(zf: zipfile.ZipFile, key: str, array: np.ndarray) -> None:
     # force_zip64: sizes are unknown while streaming; large members need it.
     with zf.open(key + _NPY, "w", force_zip64=True) as fh:
         np.lib.format.write_array(fh, array, allow_pickle=False)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Make the rename itself durable (POSIX); not possible on Windows.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_checkpoint(
@@ -249,7 +237,7 @@ def save_checkpoint(
         user_meta = json.loads(json.dumps(dict(meta), default=_json_default))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint meta is not JSON-serialisable: {exc}") from exc
-    directory = _check_directory(path)
+    _check_directory(path)
 
     envelope = {
         "format": FORMAT_NAME,
@@ -267,7 +255,6 @@ def save_checkpoint(
             for key in sorted(checked):
                 _write_member(zf, key, checked[key])
             _write_member(zf, META_KEY, meta_bytes)
-    _fsync_directory(directory)
     return path
 
 

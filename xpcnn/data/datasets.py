@@ -1,6 +1,6 @@
 """Loading the data sets: the IDX files of MNIST / Fashion-MNIST (found or downloaded by
 :mod:`xpcnn.data.sources`) and the bundled sample, as a :class:`Dataset`; the book's
-:func:`load_mnist`. Nothing is ever pickled; the gzip files decode in well under a second.
+:func:`load_mnist`. Nothing is ever pickled.
 """
 
 from __future__ import annotations
