@@ -36,9 +36,9 @@ _BLOCK_BYTES = 1 << 21
 def filter_transform(W: np.ndarray) -> np.ndarray:
     """``U = G W G^T`` for filters ``W`` (FN, C, 3, 3): (16, FN, C) in ``W``'s dtype,
     ``U[4*i + j]`` the (i, j) element of every transformed filter. Computed in
-    float64 and rounded once."""
-    U = np.einsum("ai,fcij,bj->abfc", G, W.astype(np.float64), G)
+    float64 (two 3-term sums per element) and rounded once."""
     FN, C = W.shape[:2]
+    U = (G @ W.astype(np.float64) @ G.T).transpose(2, 3, 0, 1)  # (4, 4, FN, C)
     return np.ascontiguousarray(U.reshape(16, FN, C), dtype=W.dtype)
 
 
@@ -209,8 +209,8 @@ def _weight_gradient(dout: np.ndarray, img: np.ndarray) -> np.ndarray:
             _dout_transform(cols, out)
         np.matmul(D.reshape(16, FN, -1), V.reshape(16, C, -1).transpose(0, 2, 1), out=part)
         P += part
-    dW = np.einsum("ia,ijfc,jb->fcab", _GS, P.astype(np.float64).reshape(4, 4, FN, C), _GS)
-    return dW.astype(img.dtype)
+    P4 = P.astype(np.float64).reshape(4, 4, FN, C).transpose(2, 3, 0, 1)  # (FN, C, 4, 4)
+    return (_GS.T @ P4 @ _GS).astype(img.dtype)
 
 
 def conv3x3_backward(
