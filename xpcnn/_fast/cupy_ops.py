@@ -19,8 +19,8 @@ output element:
 * max pooling backward: each input pixel gathers the ``dout`` of the windows
   whose maximum it is, again in the generic order;
 * Adam: the whole update of one parameter (both moments in place, the new
-  parameter into a new array) in one launch instead of twelve. A training step is short enough on a GPU that
-  launches, not arithmetic, set its speed. The operations are those of
+  parameter into a new array) in one launch instead of twelve. A training
+  step is short enough on a GPU that launches, not arithmetic, set its speed. The operations are those of
   :meth:`xpcnn.optim.Adam._step`, in its order, with the Python scalars
   rounded to the array's dtype first (as NumPy and CuPy do) and without
   contracting a multiply and an add into one FMA (``--fmad=false``), so the
