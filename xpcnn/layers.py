@@ -14,8 +14,8 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from . import ops
+from ._window import check_window
 from .backend import random_uniform
-from .ops._util import check_window
 from .ops.dropout import _check_ratio
 
 __all__ = [

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
-from .. import _fast
+from .. import ops
 from ..backend import Device, host_rng, resolve_device, rng_state, set_rng_state, to_numpy
 from ..layers import (
     LRN,
@@ -52,40 +52,37 @@ def init_std(weight_init: float | str, fan_in: int) -> float:
     return float(weight_init)
 
 
-class _PoolThenRelu:
-    """A ``Relu`` followed by a max ``Pooling``, run as pooling then ReLU.
-
-    Maximum and ReLU commute, gradients included: ``relu(maxpool(x)) ==
-    maxpool(relu(x))``; a window whose maximum is positive routes ``dout`` to the
-    same first maximum either way, one whose maximum is not positive passes
-    nothing either way. The ReLU then touches 1/(pool_h*pool_w) of the elements.
-    The two layers' own ``forward``/``backward`` run in swapped order (so the
-    Relu's ``mask`` has the pooled shape). Only NaN inputs can give other results.
-    """
+class _ReluMaxPool:
+    """A ``Relu`` followed by a max ``Pooling``, run as one op,
+    :func:`xpcnn.ops.relu_max_pool2d_forward`: a fast path may run it as pooling
+    then ReLU (ReLU on 1/(pool_h*pool_w) of the elements) with the same results,
+    NaN included. The two layers keep their places in ``Sequential.layers``."""
 
     def __init__(self, relu: Relu, pool: Pooling) -> None:
         self.relu, self.pool = relu, pool
+        self._cache: Any = None
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
-        return self.relu.forward(self.pool.forward(x, train_flg), train_flg)
+        p = self.pool
+        out, self._cache = ops.relu_max_pool2d_forward(x, p.pool_h, p.pool_w, p.stride, p.pad)
+        return out
 
     def backward(self, dout: Any) -> Any:
-        return self.pool.backward(self.relu.backward(dout))
+        return ops.relu_max_pool2d_backward(dout, self._cache)
 
     def clear_cache(self) -> None:
-        self.relu.clear_cache()
-        self.pool.clear_cache()
+        self._cache = None
 
 
 def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
-    """``layers`` with each ``Relu, Pooling(mode="max")`` pair as one :class:`_PoolThenRelu`."""
+    """``layers`` with each ``Relu, Pooling(mode="max")`` pair as one :class:`_ReluMaxPool`."""
     plan: list[Any] = []
     i = 0
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if type(layer) is Relu and type(nxt) is Pooling and nxt.mode == "max":
-            plan.append(_PoolThenRelu(layer, nxt))
+            plan.append(_ReluMaxPool(layer, nxt))
             i += 2
         else:
             plan.append(layer)
@@ -183,8 +180,8 @@ class Sequential:
         layer has run (no backward possible afterwards): pure inference then
         holds one layer's activations at a time.
         """
-        # With fast paths on, ReLU -> max pooling runs as pooling -> ReLU (_PoolThenRelu).
-        self._plan = _fuse_relu_pool(self.layers) if _fast.is_enabled() else self.layers
+        # ReLU -> max pooling runs as one op (_ReluMaxPool), whatever the fast-path switch.
+        self._plan = _fuse_relu_pool(self.layers)
         with self.device.activate():  # CuPy allocates on the current GPU, not on device=
             for layer in self._plan:
                 x = layer.forward(x, train_flg)
