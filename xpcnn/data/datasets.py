@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xpcnn.data.idx import IDXError, read_idx
+from xpcnn.inputs import as_input
 
 __all__ = [
     "CLASS_NAMES",
@@ -545,7 +546,7 @@ def load_mnist(
 
     def images(x: np.ndarray) -> np.ndarray:
         x = x.reshape(len(x), -1) if flatten else x
-        return x.astype(np.float32) / np.float32(255.0) if normalize else x.copy()
+        return as_input(x, np.float32) if normalize else x.copy()
 
     def labels(t: np.ndarray) -> np.ndarray:
         if not one_hot_label:
