@@ -5,7 +5,8 @@ For a one-channel network the picture is prepared the way MNIST's digits were
 (LeCun et al.): light-on-dark (a dark-on-light drawing is inverted), the
 background taken off and the contrast stretched, the digit's bounding box
 fitted into 20x20 keeping its aspect ratio, then placed in the 28x28 field so
-that its centre of mass is at the centre. Other sizes scale these numbers
+that its centre of mass is at the centre (moved only as far as keeps the whole
+box inside the field). Other sizes scale these numbers
 (20/28 of the field). A three-channel network gets the whole picture resized.
 """
 
@@ -64,7 +65,7 @@ def prepare(img: Any, input_dim: Sequence[int], *, style: str = "mnist") -> np.n
         img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img.alpha_composite(rgba)
     if C == 3:
-        rgb = img.convert("RGB").resize((W, H), Image.Resampling.LANCZOS)
+        rgb = img.convert("RGB").resize((W, H), Image.Resampling.BOX)
         return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1).copy()
     a = np.asarray(img.convert("L"), dtype=np.float64)
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
@@ -83,27 +84,28 @@ def prepare(img: Any, input_dim: Sequence[int], *, style: str = "mnist") -> np.n
     box = (min(H, W) * 20 + 14) // 28 if style == "mnist" else min(H, W)
     h, w = a.shape
     scale = box / max(h, w)
-    patch = _resized(a, max(1, round(w * scale)), max(1, round(h * scale))).astype(np.float64)
+    patch = _resized(a, max(1, round(w * scale)), max(1, round(h * scale)))
     h, w = patch.shape
     if style == "mnist":  # centre of mass at (H/2, W/2), in pixel-index coordinates
-        mass = patch.sum()
-        cy = (patch.sum(axis=1) @ np.arange(h)) / mass
-        cx = (patch.sum(axis=0) @ np.arange(w)) / mass
-        top, left = round(H / 2 - cy), round(W / 2 - cx)
+        mass = patch.sum(dtype=np.float64)
+        cy = (patch.sum(axis=1, dtype=np.float64) @ np.arange(h)) / mass
+        cx = (patch.sum(axis=0, dtype=np.float64) @ np.arange(w)) / mass
+        # A lopsided digit (a 7's heavy bar) could be pushed out: keep the box inside.
+        top = min(max(int(np.floor(H / 2 - cy + 0.5)), 0), H - h)
+        left = min(max(int(np.floor(W / 2 - cx + 0.5)), 0), W - w)
     else:
         top, left = (H - h) // 2, (W - w) // 2
-    out = np.zeros((H, W), dtype=np.float64)
-    # Paste, clipped to the field (a far off-centre mass can push the box out).
-    y0, x0 = max(top, 0), max(left, 0)
-    y1, x1 = min(top + h, H), min(left + w, W)
-    out[y0:y1, x0:x1] = patch[y0 - top : y1 - top, x0 - left : x1 - left]
-    return np.round(out).astype(np.uint8)[None]
+    out = np.zeros((H, W), dtype=np.uint8)
+    out[top : top + h, left : left + w] = patch
+    return out[None]
 
 
 def _resized(a: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Grey pixels (float 0..255) resized to (h, w) with Lanczos, as uint8."""
+    """Grey pixels (float 0..255) resized to (h, w), as uint8: area averages when
+    shrinking (anti-aliased like MNIST, without Lanczos' ringing), bilinear otherwise."""
     Image = _pil()
     img = Image.fromarray(np.round(a).astype(np.uint8), mode="L")
     if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.LANCZOS)
+        shrink = w <= img.size[0] and h <= img.size[1]
+        img = img.resize((w, h), Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
