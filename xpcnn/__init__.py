@@ -8,6 +8,7 @@ written once against the Python array API standard, run on NumPy or CuPy.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .backend import Device, DeviceError, resolve_device, to_numpy
 from .models import NetBuilder, Sequential, SimpleConvNet, build_model
@@ -23,7 +24,7 @@ def load_network(path: str | os.PathLike[str], device: str | Device = "cpu") -> 
     (``"cpu"``, ``"cuda"``, ``"cuda:N"``). Raises :class:`xpcnn.checkpoint.CheckpointError`
     for a damaged file. ``xpcnn.train.load_network`` also returns the file's metadata.
     """
-    return _load_network(path, device)[0]
+    return _load_network(Path(path), device)[0]
 
 
 __all__ = [

@@ -40,8 +40,8 @@ def build_model(
     name = kwargs.pop("model", None)
     if name == "sequential":
         raise ValueError(
-            "the file holds a network built with NetBuilder or Sequential, which cannot be "
-            "rebuilt from it: build the same network again and call net.load_params(path)"
+            "unknown model 'sequential': a network built with NetBuilder or Sequential cannot "
+            "be rebuilt from its file; build the same network again and call net.load_params(path)"
         )
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)}")
