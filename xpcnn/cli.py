@@ -165,6 +165,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(v)
 
     sub.add_parser("info", help="versions, backends and whether a GPU is visible")
+
+    pr = sub.add_parser(
+        "predict", help="classify your own images (PNG, JPEG, ...) with a checkpoint"
+    )
+    pr.add_argument("checkpoint", type=Path)
+    pr.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    pr.add_argument(
+        "--top", type=_positive_int, default=1, help="the K likeliest classes (default 1)"
+    )
+    pr.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
+    pr.add_argument(
+        "--style",
+        choices=("mnist", "fashion", "resize"),
+        help="preparation: mnist (fit 20x20, centre of mass), fashion (fit the field), "
+        "resize (whole picture); default: from the checkpoint's dataset",
+    )
+    add_device(pr)
+
+    ex = sub.add_parser("export", help="write a checkpoint's network as an ONNX model")
+    ex.add_argument("checkpoint", type=Path)
+    ex.add_argument("output", type=Path, help="the .onnx file to write")
     return parser
 
 
@@ -347,6 +368,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_visualize(args: argparse.Namespace) -> int:
     from . import viz
     from .backend import to_numpy
+    from .inputs import as_input
     from .models import build_model
     from .train import predict_labels
 
@@ -362,7 +384,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--image-index {args.image_index} is outside 0..{dataset.x_test.shape[0] - 1}"
         )
-    image = dataset.x_test[args.image_index].astype("float32") / 255.0
+    image = as_input(dataset.x_test[args.image_index], "float32")
     convs = [layer for layer in network.layers if type(layer).__name__ == "Convolution"]
     if "filters" in what and convs:
         after = to_numpy(convs[0].W)
@@ -462,6 +484,72 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .backend import resolve_device, to_numpy
+    from .data import CLASS_NAMES
+    from .images import load_image
+    from .train import load_network
+
+    network, meta = load_network(args.checkpoint, resolve_device(args.device))
+    if len(network.input_dim) != 3:
+        raise CLIError(f"{args.checkpoint} takes inputs {network.input_dim}, not images (C, H, W)")
+    dataset = meta.get("run", {}).get("dataset", "mnist")
+    style = args.style or ("fashion" if dataset == "fashion-mnist" else "mnist")
+    paths, images, failed = [], [], 0
+    for path in args.images:
+        try:
+            images.append(load_image(path, network.input_dim, style=style))
+            paths.append(path)
+        except Exception as exc:  # any unreadable file: report it, classify the others
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if type(exc).__name__ == "UnidentifiedImageError":
+                why = "not an image file Pillow can read (PNG, JPEG, ...)"
+            print(f"xpcnn predict: error: {path}: {why}", file=sys.stderr)
+            failed += 1
+    results = []
+    for i in range(0, len(images), 500):
+        scores = to_numpy(network.predict(np.stack(images[i : i + 500]), keep_cache=False))
+        z = np.exp(scores - scores.max(axis=1, keepdims=True))
+        results.extend(z / z.sum(axis=1, keepdims=True))
+    names = CLASS_NAMES.get(dataset, ())
+    out = []
+    for path, p in zip(paths, results, strict=True):
+        top = [int(k) for k in np.argsort(-p, kind="stable")[: args.top]]
+        out.append(
+            {
+                "path": str(path),
+                "top": [
+                    {"label": k, "class": names[k] if k < len(names) else str(k), "p": float(p[k])}
+                    for k in top
+                ],
+            }
+        )
+    if args.json:
+        print(json.dumps(out, indent=2))
+    for r in [] if args.json else out:
+        print(f"{r['path']}: " + ", ".join(f"{t['class']} (p={t['p']:.2f})" for t in r["top"]))
+    return EXIT_ERROR if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
+    from .train import load_network
+
+    network, _ = load_network(args.checkpoint)
+    try:
+        path = export_onnx(network, args.output)
+    except ImportError as exc:  # no onnx package
+        raise CLIError(str(exc)) from None
+    dims = ", ".join(map(str, network.input_dim))
+    print(
+        f"wrote {path}: ONNX opset {OPSET}, input {INPUT_NAME!r} float32 (N, {dims}) in [0, 1], "
+        f"output {OUTPUT_NAME!r} float32 (N, {network.output_shapes()[-1][0]})"
+    )
+    return 0
+
+
 def _version() -> str:
     from . import __version__
 
@@ -473,6 +561,8 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "visualize": cmd_visualize,
     "info": cmd_info,
+    "predict": cmd_predict,
+    "export": cmd_export,
 }
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .backend import Device, host_rng, to_numpy
 from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .inputs import as_input
 from .models import Sequential, build_model
 from .optim import Optimizer, make_optimizer
 
@@ -43,15 +44,6 @@ class TrainingDiverged(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: raised after the current step completed, so
     the trainer's state is consistent and can be checkpointed."""
-
-
-def as_input(x: Any, dtype: Any) -> Any:
-    """A batch as network input: integer images (uint8 pixels) become
-    ``dtype`` in [0, 1]; float arrays are cast to ``dtype`` if needed."""
-    xp = Device.of(x).xp
-    if xp.isdtype(x.dtype, "integral"):
-        return xp.astype(x, dtype) / 255.0
-    return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
 def predict_labels(network: Sequential, x: Any, batch_size: int = 500) -> Any:
@@ -125,7 +117,8 @@ class Trainer:
     progress : bool or None
         Progress bar per epoch; None follows ``verbose`` (shown on terminals only).
     seed : int, Generator or None
-        Host RNG for the shuffles (saved in checkpoints).
+        Host RNG for the shuffles (saved in checkpoints); None derives it from the
+        network's weights (:meth:`~xpcnn.models.Sequential.shuffle_seed`).
     log_every : int
         Steps between host copies of the loss (also when divergence is detected).
     on_epoch_end : callable(trainer), optional
@@ -180,7 +173,8 @@ class Trainer:
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
         self.verbose = verbose
         self.progress = verbose if progress is None else progress
-        self.rng = host_rng(seed)
+        # None: derived from the initial weights, so a seeded network shuffles reproducibly.
+        self.rng = host_rng(network.shuffle_seed() if seed is None else seed)
         self.log_every = log_every
         self.on_epoch_end = on_epoch_end
 

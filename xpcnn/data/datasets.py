@@ -15,6 +15,7 @@ import numpy as np
 
 from xpcnn.data.idx import IDXError, read_idx
 from xpcnn.data.sources import FILES, DatasetError, canonical_name, resolve_files
+from xpcnn.inputs import as_input
 
 __all__ = ["CLASS_NAMES", "Dataset", "load_dataset", "load_mnist"]
 
@@ -212,7 +213,7 @@ def load_mnist(
 
     def images(x: np.ndarray) -> np.ndarray:
         x = x.reshape(len(x), -1) if flatten else x
-        return x.astype(np.float32) / np.float32(255.0) if normalize else x.copy()
+        return as_input(x, np.float32) if normalize else x.copy()
 
     def labels(t: np.ndarray) -> np.ndarray:
         if not one_hot_label:
