@@ -2,7 +2,10 @@
 
 Every expected failure (bad option, no CuPy/GPU, missing or damaged data, a
 checkpoint that does not fit, an unwritable output folder) ends as one line on
-stderr and a non-zero exit status, never a traceback.
+stderr and a non-zero exit status; anything else is a bug and keeps its traceback.
+
+One ``cmd_*`` function per subcommand, one ``_add_*`` function per subcommand's
+parser and per shared option group.
 """
 
 from __future__ import annotations
@@ -11,12 +14,31 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import array_api_compat
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from . import __version__
+from ._atomic import atomic_write
+from .backend import Device, DeviceError, blas_summary, gpu_names, resolve_device, to_numpy
+from .checkpoint import load_checkpoint
+from .data import CLASS_NAMES, DATASET_NAMES, Dataset, DatasetError, IDXError, load_dataset
+from .errors import XpcnnError
+from .inputs import as_input
+from .layers import Convolution
+from .metrics import predict_labels
+from .models import MODELS, Sequential, build_model
+from .optim import OPTIMIZERS
+from .train import Checkpoint, Trainer, TrainingDiverged, TrainingInterrupted, load_network
 
 __all__ = ["main"]
 
@@ -50,14 +72,20 @@ RESUMED_FROM_CHECKPOINT = (
     "seed",
     "eval_samples",
 )
+VISUALS = ("filters", "responses", "features", "curves", "errors", "confusion")
 
 
-class CLIError(Exception):
+class CLIError(XpcnnError):
     """An error to report as one line, with an exit status."""
 
     def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.status = status
+
+
+# Reported as one line. DeviceError, DatasetError and IDXError predate XpcnnError;
+# OSError is the environment's (permissions, a full disk), not a bug.
+USER_ERRORS = (XpcnnError, DeviceError, DatasetError, IDXError, OSError)
 
 
 def _positive_int(text: str) -> int:
@@ -80,70 +108,96 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASET_NAMES
-    from .models import MODELS
-    from .optim import OPTIMIZERS
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(i) for i in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xpcnn",
         description="Convolutional networks from 'Deep Learning from Scratch' ch. 7 on NumPy or CuPy.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_visualize_parser(sub)
+    _add_predict_parser(sub)
+    _add_export_parser(sub)
+    sub.add_parser("info", help="versions, backends and whether a GPU is visible")
+    return parser
 
-    def add_device(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--device", default="cpu", help="cpu (NumPy), cuda or cuda:N (CuPy); default cpu"
-        )
 
-    def add_data(p: argparse.ArgumentParser, default: str | None) -> None:
-        p.add_argument(
-            "--dataset",
-            choices=DATASET_NAMES,
-            default=default,
-            help="mnist-sample (bundled, offline), mnist or fashion-mnist"
-            + ("" if default else "; default: the one the checkpoint was trained on"),
-        )
-        p.add_argument(
-            "--data-dir",
-            type=Path,
-            help="folder with the IDX files (else $XPCNN_DATA, the cache, a download)",
-        )
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="cpu", help="cpu (NumPy), cuda or cuda:N (CuPy); default cpu"
+    )
 
+
+def _add_data_options(p: argparse.ArgumentParser, default: str = "the checkpoint's") -> None:
+    p.add_argument(
+        "--dataset",
+        choices=DATASET_NAMES,
+        help=f"mnist-sample (bundled, offline), mnist or fashion-mnist (default {default})",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with the IDX files (else $XPCNN_DATA, the cache, a download)",
+    )
+
+
+def _add_train_option(p: argparse.ArgumentParser, flag: str, help: str, **kw: Any) -> None:
+    """An option of `xpcnn train` whose default (shown in the help) is in TRAIN_DEFAULTS."""
+    default = TRAIN_DEFAULTS[flag[2:].replace("-", "_")]
+    shown = "all" if default is None else default
+    p.add_argument(flag, help=f"{help} (default {shown})", **kw)
+
+
+def _add_train_parser(sub: Any) -> None:
     t = sub.add_parser("train", help="train a network and report its test accuracy")
-    t.add_argument(
-        "--model", choices=sorted(MODELS), help=f"network (default {TRAIN_DEFAULTS['model']})"
+    _add_train_option(t, "--model", "network", choices=sorted(MODELS))
+    _add_data_options(t, f"{TRAIN_DEFAULTS['dataset']}, or the resumed run's")
+    _add_train_option(t, "--epochs", "epochs in all", type=_positive_int)
+    _add_train_option(t, "--batch-size", "mini-batch size", type=_positive_int)
+    _add_train_option(t, "--optimizer", "update rule", type=str.lower, choices=sorted(OPTIMIZERS))
+    _add_train_option(t, "--lr", "learning rate", type=_positive_float)
+    _add_device_option(t)
+    _add_train_option(t, "--dtype", "float type", choices=("float32", "float64"))
+    _add_train_option(t, "--seed", "seed of the initial weights and the shuffles", type=int)
+    _add_train_option(
+        t, "--train-size", "train on the first N images only (quick runs)", type=_positive_int
     )
-    add_data(t, None)
-    t.add_argument(
-        "--epochs", type=_positive_int, help=f"epochs in all (default {TRAIN_DEFAULTS['epochs']})"
-    )
-    t.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default 100)")
-    t.add_argument("--optimizer", type=str.lower, choices=sorted(OPTIMIZERS), help="default adam")
-    t.add_argument("--lr", type=_positive_float, help="learning rate (default 0.001)")
-    add_device(t)
-    t.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
-    t.add_argument(
-        "--seed", type=int, help="seed of the initial weights and the shuffles (default 0)"
-    )
-    t.add_argument(
-        "--train-size", type=_positive_int, help="train on the first N images only (quick runs)"
-    )
-    t.add_argument(
-        "--eval-samples", type=_positive_int, help="examples evaluated per epoch (default 10000)"
-    )
+    _add_train_option(t, "--eval-samples", "examples evaluated per epoch", type=_positive_int)
     t.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     t.add_argument(
         "--resume", type=Path, metavar="CHECKPOINT", help="continue a run from its checkpoint"
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="BLAS threads (and PyTorch's, on the torch backend); default: the library's own",
+    )
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="accuracy (overall and per class) of a checkpoint")
     e.add_argument("checkpoint", type=Path)
-    add_data(e, None)
-    add_device(e)
+    _add_data_options(e)
+    _add_device_option(e)
     e.add_argument("--batch-size", type=_positive_int, default=500)
 
+
+def _add_visualize_parser(sub: Any) -> None:
     v = sub.add_parser(
         "visualize", help="filters, feature maps, curves, errors of a checkpoint, as PNG"
     )
@@ -151,21 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, required=True, help="output folder for the PNG files")
     v.add_argument(
         "--what",
-        default="filters,responses,features,curves,errors,confusion",
-        help="comma-separated subset of: filters,responses,features,curves,errors,confusion",
+        default=",".join(VISUALS),
+        help=f"comma-separated subset of: {','.join(VISUALS)}",
     )
     v.add_argument("--image-index", type=int, default=0, help="test image for responses/features")
     v.add_argument(
         "--filters",
-        type=lambda text: [int(i) for i in text.split(",")],
+        type=_int_list,
         default=None,
         help="first-layer filters whose responses to show, e.g. 0,3,7 (default: the first four)",
     )
-    add_data(v, None)
-    add_device(v)
+    _add_data_options(v)
+    _add_device_option(v)
 
-    sub.add_parser("info", help="versions, backends and whether a GPU is visible")
 
+def _add_predict_parser(sub: Any) -> None:
     pr = sub.add_parser(
         "predict", help="classify your own images (PNG, JPEG, ...) with a checkpoint"
     )
@@ -181,12 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="preparation: mnist (fit 20x20, centre of mass), fashion (fit the field), "
         "resize (whole picture); default: from the checkpoint's dataset",
     )
-    add_device(pr)
+    _add_device_option(pr)
 
+
+def _add_export_parser(sub: Any) -> None:
     ex = sub.add_parser("export", help="write a checkpoint's network as an ONNX model")
     ex.add_argument("checkpoint", type=Path)
     ex.add_argument("output", type=Path, help="the .onnx file to write")
-    return parser
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -205,21 +260,18 @@ def _check_writable(folder: Path) -> Path:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from ._atomic import atomic_write
-
     with atomic_write(path) as f:
         f.write((json.dumps(obj, indent=2) + "\n").encode())
 
 
-def _load_data(name: str, data_dir: Path | None, progress: bool = True) -> Any:
-    from .data import load_dataset
+def _say(*lines: str, file: Any = None) -> None:
+    """Print and flush at once, so a redirected log (``xpcnn train > log``) sees it live."""
+    stream = file or sys.stdout
+    for line in lines:
+        print(line, file=stream, flush=True)
 
-    return load_dataset(name, data_dir, progress=progress)
 
-
-def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
-    from .models import MODELS
-
+def _build_network(cfg: dict[str, Any], dataset: Dataset, device: Device) -> Sequential:
     cls = MODELS[cfg["model"]]
     input_dim = tuple(dataset.x_train.shape[1:])
     # AlexNet's full configuration wants 227x227 images: small inputs get its reduced form.
@@ -233,50 +285,74 @@ def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
     )
 
 
-# -- commands ----------------------------------------------------------------------------
+# -- threads ------------------------------------------------------------------------------
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .backend import resolve_device
-    from .checkpoint import load_checkpoint
-    from .train import Trainer, TrainingDiverged, TrainingInterrupted
-    from .viz import plot_history
+def _uses_torch(device: Device) -> bool:
+    return bool(array_api_compat.is_torch_namespace(device.xp))
 
+
+@contextlib.contextmanager
+def _thread_limits(n: int | None, device: Device) -> Iterator[None]:
+    """BLAS (and PyTorch's intra-op) threads limited to ``n`` inside the block; None: as they are."""
+    with threadpool_limits(limits=n, user_api="blas"):
+        if n is None or not _uses_torch(device):
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def _threads_line(device: Device) -> str:
+    """The thread counts in use, as threadpoolctl (and PyTorch) report them."""
+    blas = [
+        f"{i['internal_api']} {i['num_threads']}"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
+    line = "threads: BLAS " + (", ".join(blas) or "none loaded")
+    if _uses_torch(device):
+        import torch
+
+        line += f"; torch {torch.get_num_threads()}"
+    return line
+
+
+# -- train --------------------------------------------------------------------------------
+
+
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's configuration: defaults, then the resumed run's, then the options given."""
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
-    meta: dict[str, Any] = {}
-    if args.resume is not None:
-        _, meta = load_checkpoint(args.resume)
-        stored = meta.get("run")
-        if not stored:
+    if args.resume is None:
+        return {**TRAIN_DEFAULTS, **given}
+    _, meta = load_checkpoint(args.resume)
+    stored = meta.get("run")
+    if not stored:
+        raise CLIError(
+            f"{args.resume} has no run configuration: it was not written by `xpcnn train`"
+        )
+    for k in RESUMED_FROM_CHECKPOINT:
+        if k in given and given[k] != stored.get(k):
             raise CLIError(
-                f"{args.resume} has no run configuration: it was not written by `xpcnn train`"
+                f"--{k.replace('_', '-')} {given[k]} differs from the resumed run's {stored.get(k)}; "
+                "drop the option to resume, or start a new run without --resume"
             )
-        for k in RESUMED_FROM_CHECKPOINT:
-            if k in given and given[k] != stored.get(k):
-                raise CLIError(
-                    f"--{k.replace('_', '-')} {given[k]} differs from the resumed run's {stored.get(k)}; "
-                    "drop the option to resume, or start a new run without --resume"
-                )
-        cfg = {**TRAIN_DEFAULTS, **stored, **given}
-    else:
-        cfg = {**TRAIN_DEFAULTS, **given}
-    out = args.out or (
-        args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
-    )
-    _check_writable(out)
-    device = resolve_device(args.device)
-    progress = not args.no_progress
-    dataset = _load_data(cfg["dataset"], args.data_dir, progress)
-    network = _build_network(cfg, dataset, device)
-    ckpt = out / "checkpoint.npz"
-    run_meta = {"run": {**cfg, "device": device.name}}
+    return {**TRAIN_DEFAULTS, **stored, **given}
 
-    def save(trainer: Trainer) -> None:
-        trainer.save_checkpoint(ckpt, extra=run_meta)
 
+def _make_trainer(
+    cfg: dict[str, Any], dataset: Dataset, device: Device, progress: bool, checkpoint: Checkpoint
+) -> Trainer:
     n = cfg["train_size"]
-    trainer = Trainer(
-        network,
+    return Trainer(
+        _build_network(cfg, dataset, device),
         dataset.x_train[:n],
         dataset.t_train[:n],
         dataset.x_test,
@@ -289,61 +365,98 @@ def cmd_train(args: argparse.Namespace) -> int:
         verbose=True,
         progress=progress,
         seed=cfg["seed"],
-        on_epoch_end=save,
+        extensions=[checkpoint],
     )
-    if args.resume is not None:
-        trainer.load_checkpoint(args.resume)
-        print(
-            f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
-            file=sys.stderr,
-        )
-    print(
-        f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
-        f"{dataset.x_test.shape[0]} test) on {device.name}, {cfg['dtype']}, {cfg['epochs']} epochs, "
-        f"batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
-        file=sys.stderr,
-    )
-    start = time.perf_counter()
+
+
+def _fit(trainer: Trainer, checkpoint: Checkpoint) -> int | None:
+    """Train; None when done, else the exit status (Ctrl-C saves a checkpoint first)."""
     try:
         trainer.train()
     except TrainingInterrupted:
-        save(trainer)
-        print(
-            f"\ninterrupted: checkpoint saved to {ckpt}; continue with: xpcnn train --resume {ckpt}",
+        if trainer.comm.rank == 0:
+            checkpoint.on_epoch_end(trainer)
+        _say(
+            f"\ninterrupted: checkpoint saved to {checkpoint.path}; "
+            f"continue with: xpcnn train --resume {checkpoint.path}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     except TrainingDiverged as exc:
         last = (
-            f"the last good checkpoint (epoch {trainer.epoch}) is {ckpt}"
-            if ckpt.exists()
+            f"the last good checkpoint (epoch {trainer.epoch}) is {checkpoint.path}"
+            if checkpoint.path.exists()
             else "no checkpoint was written"
         )
         raise CLIError(f"{exc}; {last}", EXIT_DIVERGED) from None
-    seconds = time.perf_counter() - start
+    return None
+
+
+def _finish(trainer: Trainer, checkpoint: Checkpoint, out: Path, seconds: float) -> None:
+    """Final test accuracy, checkpoint, history.json and curves (rank 0 writes)."""
     test_acc = trainer.test_accuracy()
-    save(trainer)
+    if trainer.comm.rank != 0:
+        return
+    from .viz import plot_history  # matplotlib: loaded only when plotting
+
+    checkpoint.on_epoch_end(trainer)
     history = trainer.history()
+    config = dict(checkpoint.extra or {}).get("run", {})
     _write_json(
         out / "history.json",
-        {"config": run_meta["run"], "final_test_accuracy": test_acc, "seconds": seconds, **history},
+        {"config": config, "final_test_accuracy": test_acc, "seconds": seconds, **history},
     )
     if history["test_acc"]:
         plot_history(history, out / "curves.png")
-    print(
-        f"test accuracy {test_acc:.4f} ({dataset.x_test.shape[0]} images); wrote {ckpt}, {out / 'history.json'}"
+    _say(
+        f"test accuracy {test_acc:.4f} ({trainer.x_test.shape[0]} images); "
+        f"wrote {checkpoint.path}, {out / 'history.json'}"
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _train_config(args)
+    out = args.out or (
+        args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
+    )
+    _check_writable(out)
+    device = resolve_device(args.device)
+    with _thread_limits(args.threads, device):
+        progress = not args.no_progress
+        dataset = load_dataset(cfg["dataset"], args.data_dir, progress=progress)
+        checkpoint = Checkpoint(
+            out / "checkpoint.npz", extra={"run": {**cfg, "device": device.name}}
+        )
+        trainer = _make_trainer(cfg, dataset, device, progress, checkpoint)
+        _say(_threads_line(device), file=sys.stderr)
+        if args.resume is not None:
+            trainer.load_checkpoint(args.resume)
+            _say(
+                f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
+                file=sys.stderr,
+            )
+        _say(
+            f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
+            f"{trainer.x_test.shape[0]} test) on {device.name}, {cfg['dtype']}, "
+            f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
+            file=sys.stderr,
+        )
+        start = time.perf_counter()
+        status = _fit(trainer, checkpoint)
+        if status is not None:
+            return status
+        _finish(trainer, checkpoint, out, time.perf_counter() - start)
     return 0
 
 
-def _network_and_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
-    from .backend import resolve_device
-    from .train import load_network
+# -- evaluate -----------------------------------------------------------------------------
 
+
+def _network_and_data(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any], Dataset]:
     device = resolve_device(args.device)
     network, meta = load_network(args.checkpoint, device)
     name = args.dataset or meta.get("run", {}).get("dataset") or "mnist-sample"
-    dataset = _load_data(name, args.data_dir)
+    dataset = load_dataset(name, args.data_dir)
     if tuple(dataset.x_test.shape[1:]) != network.input_dim:
         raise CLIError(
             f"{name} images are {tuple(dataset.x_test.shape[1:])} but the network expects {network.input_dim}"
@@ -352,9 +465,6 @@ def _network_and_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], An
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .backend import to_numpy
-    from .train import predict_labels
-
     network, _, dataset = _network_and_data(args)
     pred = to_numpy(predict_labels(network, dataset.x_test, args.batch_size))
     t = dataset.t_test
@@ -365,108 +475,134 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from . import viz
-    from .backend import to_numpy
-    from .inputs import as_input
-    from .models import build_model
-    from .train import predict_labels
+# -- visualize ----------------------------------------------------------------------------
 
-    allowed = ("filters", "responses", "features", "curves", "errors", "confusion")
-    what = [w.strip() for w in args.what.split(",") if w.strip()]
-    unknown = sorted(set(what) - set(allowed))
+
+def _parse_what(text: str) -> list[str]:
+    what = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = sorted(set(what) - set(VISUALS))
     if unknown or not what:
-        raise CLIError(f"--what: unknown {unknown or 'empty'}; choose from {','.join(allowed)}")
+        raise CLIError(f"--what: unknown {unknown or 'empty'}; choose from {','.join(VISUALS)}")
+    return what
+
+
+def _first_conv(network: Sequential) -> Convolution | None:
+    return next((layer for layer in network.layers if isinstance(layer, Convolution)), None)
+
+
+def _filter_figures(viz: Any, conv: Convolution, meta: dict[str, Any], out: Path) -> list[Path]:
+    """First-layer filters after training, and before when the run's seed is known."""
+    written = []
+    seed = meta.get("run", {}).get("seed")
+    initial = _first_conv(build_model(meta["model"], seed=seed)) if seed is not None else None
+    if initial is not None:
+        written.append(
+            viz.plot_filters(
+                to_numpy(initial.W),
+                out / "filters_before.png",
+                title="first-layer filters before training",
+            )
+        )
+    written.append(
+        viz.plot_filters(
+            to_numpy(conv.W), out / "filters_after.png", title="first-layer filters after training"
+        )
+    )
+    return written
+
+
+def _response_figure(
+    viz: Any, conv: Convolution, image: np.ndarray, filters: list[int] | None, out: Path
+) -> Path:
+    W = to_numpy(conv.W)
+    bad = [i for i in filters or [] if not 0 <= i < W.shape[0]]
+    if bad:
+        raise CLIError(f"--filters {bad}: the first layer has filters 0..{W.shape[0] - 1}")
+    return viz.plot_filter_responses(
+        image[0], W, out / "filter_responses.png", filter_indices=filters
+    )
+
+
+def _feature_figure(viz: Any, network: Sequential, image: np.ndarray, out: Path) -> Path:
+    """Every convolution's output maps for one image."""
+    maps, x = [], network.device.asarray(image[None], network.dtype)
+    for layer in network.layers:
+        x = layer.forward(x, False)
+        if isinstance(layer, Convolution):
+            maps.append((f"conv{len(maps) + 1}", to_numpy(x)[0]))
+    return viz.plot_feature_maps(image[0], maps, out / "feature_maps.png")
+
+
+def _prediction_figures(
+    viz: Any, network: Sequential, dataset: Dataset, what: list[str], out: Path
+) -> list[Path]:
+    """Misclassified test images and the confusion matrix."""
+    if "errors" not in what and "confusion" not in what:
+        return []
+    pred = to_numpy(predict_labels(network, dataset.x_test))
+    x, t, names = dataset.x_test, dataset.t_test, dataset.class_names
+    written = []
+    if "errors" in what:
+        written.append(
+            viz.plot_misclassified(x, t, pred, out / "misclassified.png", class_names=names)
+        )
+    if "confusion" in what:
+        written.append(
+            viz.plot_confusion_matrix(t, pred, out / "confusion_matrix.png", class_names=names)
+        )
+    return written
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from . import viz  # matplotlib: loaded only when plotting
+
+    what = _parse_what(args.what)
     network, meta, dataset = _network_and_data(args)
     out = _check_writable(args.out)
-    written = []
     if not 0 <= args.image_index < dataset.x_test.shape[0]:
         raise CLIError(
             f"--image-index {args.image_index} is outside 0..{dataset.x_test.shape[0] - 1}"
         )
-    image = as_input(dataset.x_test[args.image_index], "float32")
-    convs = [layer for layer in network.layers if type(layer).__name__ == "Convolution"]
-    if "filters" in what and convs:
-        after = to_numpy(convs[0].W)
-        seed = meta.get("run", {}).get("seed")
-        if seed is not None:
-            initial = build_model(meta["model"], seed=seed)
-            W0 = to_numpy(
-                next(layer for layer in initial.layers if type(layer).__name__ == "Convolution").W
-            )
-            written.append(
-                viz.plot_filters(
-                    W0, out / "filters_before.png", title="first-layer filters before training"
-                )
-            )
-        written.append(
-            viz.plot_filters(
-                after, out / "filters_after.png", title="first-layer filters after training"
-            )
-        )
-    if "responses" in what and convs:
-        W = to_numpy(convs[0].W)
-        bad = [i for i in args.filters or [] if not 0 <= i < W.shape[0]]
-        if bad:
-            raise CLIError(f"--filters {bad}: the first layer has filters 0..{W.shape[0] - 1}")
-        written.append(
-            viz.plot_filter_responses(
-                image[0], W, out / "filter_responses.png", filter_indices=args.filters
-            )
-        )
-    if "features" in what and convs:
-        maps, x = [], network.device.asarray(image[None], network.dtype)
-        for layer in network.layers:
-            x = layer.forward(x, False)
-            if type(layer).__name__ == "Convolution":
-                maps.append((f"conv{len(maps) + 1}", to_numpy(x)[0]))
-        written.append(viz.plot_feature_maps(image[0], maps, out / "feature_maps.png"))
+    image = as_input(dataset.x_test[args.image_index], np.float32)
+    conv = _first_conv(network)
+    written = []
+    if conv is not None:
+        if "filters" in what:
+            written += _filter_figures(viz, conv, meta, out)
+        if "responses" in what:
+            written.append(_response_figure(viz, conv, image, args.filters, out))
+        if "features" in what:
+            written.append(_feature_figure(viz, network, image, out))
     if "curves" in what and meta.get("history", {}).get("test_acc"):
         written.append(viz.plot_history(meta["history"], out / "curves.png"))
-    if "errors" in what or "confusion" in what:
-        pred = to_numpy(predict_labels(network, dataset.x_test))
-        names = dataset.class_names
-        if "errors" in what:
-            written.append(
-                viz.plot_misclassified(
-                    dataset.x_test,
-                    dataset.t_test,
-                    pred,
-                    out / "misclassified.png",
-                    class_names=names,
-                )
-            )
-        if "confusion" in what:
-            written.append(
-                viz.plot_confusion_matrix(
-                    dataset.t_test, pred, out / "confusion_matrix.png", class_names=names
-                )
-            )
+    written += _prediction_figures(viz, network, dataset, what, out)
     for p in written:
         print(p)
     return 0
 
 
+# -- info ---------------------------------------------------------------------------------
+
+_INFO_PACKAGES = (
+    "numpy",
+    "array-api-compat",
+    "array-api-extra",
+    "matplotlib",
+    "tqdm",
+    "threadpoolctl",
+    "cupy-cuda12x",
+    "cupy-cuda13x",
+    "cupy",
+    "torch",
+)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    import platform
-    from importlib import metadata
-
-    from .backend import DeviceError, blas_summary, gpu_names, resolve_device
-
     print(
-        f"xpcnn {_version()}  (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)"
+        f"xpcnn {__version__}  (Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs)"
     )
-    for pkg in (
-        "numpy",
-        "array-api-compat",
-        "array-api-extra",
-        "matplotlib",
-        "tqdm",
-        "cupy-cuda12x",
-        "cupy-cuda13x",
-        "cupy",
-        "torch",
-    ):
+    for pkg in _INFO_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")
@@ -485,12 +621,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .backend import resolve_device, to_numpy
-    from .data import CLASS_NAMES
-    from .images import load_image
-    from .train import load_network
+    from .images import load_image  # Pillow: loaded only for this command
 
     network, meta = load_network(args.checkpoint, resolve_device(args.device))
     if len(network.input_dim) != 3:
@@ -534,8 +665,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx
-    from .train import load_network
+    from .export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx  # onnx: an optional extra
 
     network, _ = load_network(args.checkpoint)
     try:
@@ -550,12 +680,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -568,19 +692,12 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xpcnn`` console script; returns the exit status."""
-    from .backend import DeviceError
-    from .checkpoint import CheckpointError
-    from .data import DatasetError, IDXError
-
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except CLIError as exc:
+    except USER_ERRORS as exc:
         print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
-        return exc.status
-    except (DeviceError, DatasetError, IDXError, CheckpointError, ValueError, OSError) as exc:
-        print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return getattr(exc, "status", EXIT_ERROR)
     except KeyboardInterrupt:
         print(f"xpcnn {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
