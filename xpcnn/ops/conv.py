@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
@@ -99,11 +100,12 @@ def _col2im_generic(
     col = xp.reshape(col, (N, OH, OW, C, filter_h, filter_w))
     col = xp.permute_dims(col, (0, 3, 4, 5, 1, 2))  # (N, C, FH, FW, OH, OW)
     img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device(col))
-    # Within one offset the strided targets are distinct, so slice += is a true scatter-add.
+    # Within one offset the strided targets are distinct, so a slice add is a true
+    # scatter-add; xpx.at writes in place where it can and copies on immutable arrays (JAX).
     for i in range(filter_h):
         for j in range(filter_w):
             idx = window_slices(i, j, stride, OH, OW)
-            img[idx] += col[:, :, i, j, :, :]
+            img = xpx.at(img, idx).add(col[:, :, i, j, :, :], xp=xp)
     return crop_hw(img, pad)
 
 

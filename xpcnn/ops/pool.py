@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
@@ -108,7 +109,7 @@ def max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
     zero = xp.zeros((), dtype=dout.dtype, device=device(dout))
     for k in range(cache.pool_h * cache.pool_w):
         idx = window_slices(k // cache.pool_w, k % cache.pool_w, cache.stride, OH, OW)
-        dx[idx] += xp.where(cache.arg == k, dout, zero)
+        dx = xpx.at(dx, idx).add(xp.where(cache.arg == k, dout, zero), xp=xp)
     return crop_hw(dx, p)
 
 
@@ -139,5 +140,6 @@ def avg_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
     dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
     share = dout / float(cache.pool_h * cache.pool_w)
     for k in range(cache.pool_h * cache.pool_w):
-        dx[window_slices(k // cache.pool_w, k % cache.pool_w, cache.stride, OH, OW)] += share
+        idx = window_slices(k // cache.pool_w, k % cache.pool_w, cache.stride, OH, OW)
+        dx = xpx.at(dx, idx).add(share, xp=xp)
     return crop_hw(dx, p)
