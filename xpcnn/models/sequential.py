@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
+from array_api_compat import array_namespace
+
 from .. import _fast
 from ..backend import Device, host_rng, resolve_device, rng_state, set_rng_state, to_numpy
 from ..layers import (
@@ -91,6 +93,22 @@ def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
             plan.append(layer)
             i += 1
     return plan
+
+
+def _check_library(net: Sequential, x: Any) -> None:
+    """One clear line when ``x`` comes from another array library than the network's
+    parameters (instead of array-api-compat's "Multiple namespaces for array inputs")."""
+    try:
+        xp = array_namespace(x)
+    except TypeError:
+        return  # not an array: the first layer says what it expects
+    if xp is not net.device.xp:
+        theirs = Device.of(x).backend
+        raise TypeError(
+            f"{type(net).__name__} holds {net.device.backend} arrays ({net.device.name}) but was "
+            f"given a {theirs} array: move the input with net.device.asarray(x), or build the "
+            f"network with backend={theirs!r}"
+        )
 
 
 class _ParamView(MutableMapping):
@@ -183,6 +201,7 @@ class Sequential:
         layer has run (no backward possible afterwards): pure inference then
         holds one layer's activations at a time.
         """
+        _check_library(self, x)
         # With fast paths on, ReLU -> max pooling runs as pooling -> ReLU (_PoolThenRelu).
         self._plan = _fuse_relu_pool(self.layers) if _fast.is_enabled() else self.layers
         with self.device.activate():  # CuPy allocates on the current GPU, not on device=
@@ -362,6 +381,7 @@ class NetBuilder:
         seed: Any = None,
         dtype: str = "float32",
         device: str | Device = "cpu",
+        backend: str | None = None,
         shape_only: bool = False,
     ) -> None:
         self.shape_only = bool(shape_only)
@@ -374,7 +394,8 @@ class NetBuilder:
         self.weight_init = weight_init
         self.rng = host_rng(seed)
         self.dtype = str(dtype)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, backend)
+        self.device.check_dtype(self.dtype)  # float64 on JAX needs x64
         self.layers: list[Layer] = []
 
     def _weights(self, shape: tuple[int, ...], fan_in: int, weight_init: Any) -> tuple[Any, Any]:
