@@ -80,6 +80,25 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def add_backend(p: argparse.ArgumentParser) -> None:
+    """``--backend``: the array library that holds the network (with ``--device``)."""
+    from .backend import BACKENDS
+
+    p.add_argument(
+        "--backend",
+        type=str.lower,
+        choices=BACKENDS,
+        help="array library (default: numpy for --device cpu, cupy for cuda)",
+    )
+
+
+def _device(args: argparse.Namespace) -> Any:
+    """The :class:`~xpcnn.backend.Device` that ``--device`` and ``--backend`` name."""
+    from .backend import resolve_device
+
+    return resolve_device(args.device, args.backend)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASET_NAMES
     from .models import MODELS
@@ -87,14 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="xpcnn",
-        description="Convolutional networks from 'Deep Learning from Scratch' ch. 7 on NumPy or CuPy.",
+        description="Convolutional networks from 'Deep Learning from Scratch' ch. 7 on NumPy, "
+        "CuPy or any array-API library (--backend).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add_device(p: argparse.ArgumentParser) -> None:
         p.add_argument(
-            "--device", default="cpu", help="cpu (NumPy), cuda or cuda:N (CuPy); default cpu"
+            "--device",
+            help="cpu, cuda or cuda:N, within --backend (default: cpu; CuPy: cuda:0; "
+            "JAX: its default device)",
         )
+        add_backend(p)
 
     def add_data(p: argparse.ArgumentParser, default: str | None) -> None:
         p.add_argument(
@@ -216,7 +239,6 @@ def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .backend import resolve_device
     from .checkpoint import load_checkpoint
     from .train import Trainer, TrainingDiverged, TrainingInterrupted
     from .viz import plot_history
@@ -243,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
     )
     _check_writable(out)
-    device = resolve_device(args.device)
+    device = _device(args)
     progress = not args.no_progress
     dataset = _load_data(cfg["dataset"], args.data_dir, progress)
     network = _build_network(cfg, dataset, device)
@@ -316,10 +338,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _network_and_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
-    from .backend import resolve_device
     from .train import load_network
 
-    device = resolve_device(args.device)
+    device = _device(args)
     network, meta = load_network(args.checkpoint, device)
     name = args.dataset or meta.get("run", {}).get("dataset") or "mnist-sample"
     dataset = _load_data(name, args.data_dir)
@@ -429,7 +450,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     import platform
     from importlib import metadata
 
-    from .backend import DeviceError, blas_summary, gpu_names, resolve_device
+    from .backend import (
+        BACKENDS,
+        DeviceError,
+        backend_devices,
+        blas_summary,
+        gpu_names,
+        resolve_device,
+    )
 
     print(
         f"xpcnn {_version()}  (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)"
@@ -444,11 +472,20 @@ def cmd_info(args: argparse.Namespace) -> int:
         "cupy-cuda13x",
         "cupy",
         "torch",
+        "jax",
+        "array-api-strict",
     ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")
-    print("backends: cpu (NumPy)", end="")
+    print("backends (--backend: --device ...):")
+    for name in BACKENDS:
+        try:
+            devices = ", ".join(backend_devices(name)) or "no GPU visible"
+        except DeviceError as exc:
+            devices = f"not available ({exc})"
+        print(f"  {name:<17} {devices}")
+    print("default: cpu (NumPy)", end="")
     try:
         resolve_device("cuda")
     except DeviceError as exc:
