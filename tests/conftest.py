@@ -14,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# The plugin module is imported here before pytest loads it: register it first (no warning).
-pytest.register_assert_rewrite("xpcnn.testing")
-
-from xpcnn.backend import Device  # noqa: E402
-from xpcnn.testing import xp_backend_params  # noqa: E402
+from xpcnn.backend import Device
+from xpcnn.testing import xp_backend_params
 
 # The plugin also switches JAX to 64-bit mode for the session (float64 tests).
 pytest_plugins = ["xpcnn.testing"]

@@ -13,6 +13,9 @@
   tests run there too.
 
 This module imports neither pytest nor any optional array library at import time.
+Its failures are explicit ``AssertionError`` messages, so pytest need not rewrite
+its asserts (PYTEST_DONT_REWRITE): importing it before pytest loads the plugin
+gives no warning.
 
 Example::
 
@@ -165,9 +168,8 @@ def assert_close_scaled(
     """
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
-    assert actual.shape == expected.shape, (
-        f"{err_msg}: shape {actual.shape} != expected {expected.shape}"
-    )
+    if actual.shape != expected.shape:
+        raise AssertionError(f"{err_msg}: shape {actual.shape} != expected {expected.shape}")
     scale = max(1.0, float(np.max(np.abs(expected)))) if expected.size else 1.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=err_msg)
 
