@@ -309,9 +309,6 @@ def check_layer(
 def pytest_configure(config: Any) -> None:
     """float64 on JAX for the whole session (created float32 must be asked for)."""
     enable_jax_x64()
-    config.addinivalue_line(
-        "markers", "xp_backend: parametrised over xpcnn.testing.backends() (xpcnn plugin)"
-    )
 
 
 def pytest_generate_tests(metafunc: Any) -> None:
