@@ -222,7 +222,7 @@ def resolve_device(spec: str | Device | None = "cpu", backend: str | None = None
             raise DeviceError(f"unknown device {spec!r}: the CPU takes no index, use 'cpu'")
         kind, index = m.group(1), int(m.group(2) or 0)
     try:
-        mod = _import(backend, text)
+        mod = _import(backend, f"--device {text}" if defaulted else f"--backend {backend}")
     except DeviceError as exc:
         if defaulted and backend == "cupy":
             raise DeviceError(
@@ -278,7 +278,7 @@ def backend_devices(backend: str) -> list[str]:
         For an unknown backend or a library that is not installed.
     """
     backend = _canonical_backend(backend)
-    mod = _import(backend, None)
+    mod = _import(backend, f"--backend {backend}")
     if backend == "numpy":
         return ["cpu"]
     if backend == "array-api-strict":
@@ -309,14 +309,14 @@ def _canonical_backend(name: str) -> str:
     return key
 
 
-def _import(backend: str, spec: str | None) -> Any:
-    """The library's module, or a DeviceError saying how to install it."""
+def _import(backend: str, what: str) -> Any:
+    """The library's module, or a DeviceError saying that ``what`` (the option that
+    asked for it) needs it and how to install it."""
     import importlib
 
     try:
         return importlib.import_module(_MODULES[backend])
     except ImportError as exc:
-        what = f"--backend {backend}" if spec is None else f"--device {spec}"
         name = _DISPLAY.get(backend, backend)
         raise DeviceError(
             f"{what} needs {name}, which is not installed: {_INSTALL[backend]}"
@@ -358,7 +358,7 @@ def _cupy_device(cupy: Any, index: int, spec: str | None) -> Device:
 
 def _strict_device(spec: str | None) -> Device:
     """array-api-strict's devices: its CPU and the GPU stand-ins ``device1``, ``device2``."""
-    strict = _import("array-api-strict", spec)
+    strict = _import("array-api-strict", "--backend array-api-strict")
     names = {d._device: d for d in strict.__array_namespace_info__().devices()}
     key = "CPU_DEVICE" if spec is None or spec.lower() == "cpu" else spec
     if key not in names:
