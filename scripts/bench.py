@@ -13,7 +13,11 @@ pixels in [0, 1), random labels; speed does not depend on the values):
 ``xpcnn-numpy``          xpcnn on NumPy arrays, fast paths on (the default)
 ``xpcnn-numpy-generic``  the same with fast paths off: the generic array-API code
 ``xpcnn-torch``          xpcnn on torch tensors through the array API
-                         (``Device("torch", array_api_compat.torch, ...)``)
+                         (``resolve_device(device, "torch")``; the generic code)
+``xpcnn-jax``            xpcnn on JAX arrays (generic code, eager: no ``jax.jit``),
+                         CPU only; timed blocks end with ``jax.block_until_ready``
+``xpcnn-strict``         xpcnn on array-api-strict (generic code; NumPy underneath,
+                         plus strict's checks), CPU only
 ``torch``                native PyTorch: ``torch.nn`` layers built from the xpcnn
                          network's layer list (same architecture and initial
                          weights), ``torch.optim.Adam``, ``F.cross_entropy``
@@ -84,7 +88,24 @@ from xpcnn.layers import Affine, Convolution, Dropout, Pooling, Relu, Sigmoid  #
 from xpcnn.models import MODELS, build_model  # noqa: E402
 from xpcnn.optim import Adam  # noqa: E402
 
-CPU_IMPLS = ("xpcnn-numpy", "xpcnn-numpy-generic", "xpcnn-torch", "torch")
+CPU_IMPLS = (
+    "xpcnn-numpy",
+    "xpcnn-numpy-generic",
+    "xpcnn-torch",
+    "xpcnn-jax",
+    "xpcnn-strict",
+    "torch",
+)
+#: The array library of each xpcnn implementation (``resolve_device``'s backend).
+IMPL_BACKEND = {
+    "xpcnn-numpy": "numpy",
+    "xpcnn-numpy-generic": "numpy",
+    "xpcnn-cupy": "cupy",
+    "xpcnn-cupy-generic": "cupy",
+    "xpcnn-torch": "torch",
+    "xpcnn-jax": "jax",
+    "xpcnn-strict": "array-api-strict",
+}
 CUDA_IMPLS = ("xpcnn-cupy", "xpcnn-cupy-generic", "xpcnn-torch", "torch")
 BASELINE = "torch"
 MODES = ("train", "infer")
@@ -192,13 +213,7 @@ def load() -> list[float]:
 
 def xpcnn_device(impl: str, device: str) -> Device:
     """The xpcnn Device of an implementation name."""
-    if impl.startswith("xpcnn-torch"):
-        import array_api_compat.torch as torch_xp
-        import torch
-
-        dev = torch.device("cuda") if device == "cuda" else torch.device("cpu")
-        return Device(f"torch:{dev}", torch_xp, dev)
-    return resolve_device(device)
+    return resolve_device(device, IMPL_BACKEND[impl])
 
 
 def synchronizer(impl: str, device: str) -> Callable[[], None]:
@@ -284,6 +299,11 @@ class Config:
             self.net = build_model({"model": model}, device=dev, seed=seed)
             self.opt = Adam(lr=0.001)
             self.x, self.t = dev.asarray(x), dev.asarray(t)
+        self._last: Any = None
+        if impl == "xpcnn-jax":  # JAX dispatches asynchronously, on the CPU too
+            import jax
+
+            self.sync = lambda: jax.block_until_ready((self._last, dict(self.net.params)))
 
     def train(self) -> None:
         if self.impl == BASELINE:
@@ -297,6 +317,7 @@ class Config:
             with _fast.enabled(self.fast):
                 grads = self.net.gradient(self.x, self.t)
                 self.opt.update(self.net.params, grads)
+                self._last = grads
 
     def infer(self) -> None:
         if self.impl == BASELINE:
@@ -308,7 +329,7 @@ class Config:
         else:
             with _fast.enabled(self.fast):
                 # like torch.inference_mode: no activations kept for a backward pass
-                self.net.predict(self.x, train_flg=False, keep_cache=False)
+                self._last = self.net.predict(self.x, train_flg=False, keep_cache=False)
 
     def run(self, mode: str, steps: int) -> float:
         """Seconds per step over ``steps`` steps (synchronised on GPUs)."""
@@ -468,6 +489,14 @@ def format_table(rows: list[dict[str, Any]], device: str) -> str:
     return "\n".join(lines)
 
 
+def _installed(backend: str) -> bool:
+    try:
+        resolve_device(None, backend)
+    except DeviceError:
+        return False
+    return True
+
+
 def check_cuda(impls: tuple[str, ...]) -> None:
     """Fail with a clear message when the CUDA comparison cannot run."""
     import torch
@@ -514,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     impls = tuple(args.impls or (CUDA_IMPLS if args.device == "cuda" else CPU_IMPLS))
+    if not args.impls:  # the default list skips libraries that are not installed
+        impls = tuple(i for i in impls if _installed(IMPL_BACKEND.get(i, "torch")))
     if args.device == "cuda":
         check_cuda(impls)
     batches = args.batches or ([100] if args.quick else [32, 100, 256])

@@ -3,14 +3,15 @@
 # (no network needed), each phase under its own time limit:
 #   1. the whole test suite with the cupy backend enabled (parallel with
 #      pytest-xdist when it is installed);
-#   2. a short end-to-end `xpcnn train --device cuda` on the bundled sample;
+#   2. a short end-to-end `xpcnn train --device cuda` on the bundled sample, then the
+#      same on PyTorch CUDA tensors (`--backend torch --device cuda`, when torch sees the GPU);
 #   3. the GPU benchmark: xpcnn on CuPy vs native PyTorch CUDA (scripts/bench.py);
 #   4. a per-op profile of the CuPy training step (scripts/profile_step.py).
 # A short summary is printed last and saved as summary.txt.
 #
 #   bash scripts/gpu_check.sh [OUTDIR]          # default $OUT or /tmp/xpcnn-gpu-check
 #
-# OUTDIR receives seven files: info.txt tests.log train.log bench.log
+# OUTDIR receives eight files: info.txt tests.log train.log train_torch.log bench.log
 # bench_gpu.json profile.log summary.txt. BENCH_ARGS overrides the benchmark's
 # options (default: batch 100, 5 interleaved rounds of 0.3 s).
 #
@@ -56,6 +57,12 @@ tests_rc=${PIPESTATUS[0]}
 timeout 90 "$py" -m xpcnn train --device cuda --epochs 2 --out "$work/run" --no-progress 2>&1 \
   | tee "$out/train.log"
 train_rc=${PIPESTATUS[0]}
+torch_rc=skipped
+if "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+  timeout 90 "$py" -m xpcnn train --backend torch --device cuda --epochs 2 --out "$work/run-torch" \
+    --no-progress 2>&1 | tee "$out/train_torch.log"
+  torch_rc=${PIPESTATUS[0]}
+fi
 
 # 3. benchmark
 # shellcheck disable=SC2086  # bench_args is a list of options
@@ -75,8 +82,10 @@ profile_rc=${PIPESTATUS[0]}
   grep -iE "cuda|gpu" "$out/info.txt" | tail -n 2
   echo "tests: exit $tests_rc; $(tail -n 1 "$out/tests.log"); $n_cupy tests collected on the cupy backend"
   echo "train --device cuda: exit $train_rc; $(tail -n 1 "$out/train.log")"
+  echo "train --backend torch --device cuda: exit $torch_rc; $(tail -n 1 "$out/train_torch.log" 2>/dev/null)"
   echo "bench: exit $bench_rc; profile: exit $profile_rc"
   grep -iE "ratio|simple|deep" "$out/bench.log" | tail -n 16
   grep -E "step total|unprofiled" "$out/profile.log"
 } | tee "$out/summary.txt"
-[ "$tests_rc" -eq 0 ] && [ "$train_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$n_cupy" -gt 0 ]
+[ "$tests_rc" -eq 0 ] && [ "$train_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$n_cupy" -gt 0 ] \
+  && { [ "$torch_rc" = skipped ] || [ "$torch_rc" -eq 0 ]; }

@@ -38,7 +38,7 @@ from xpcnn.ops import (
 )
 from xpcnn.optim import Adam
 
-FAST_BACKENDS = [p for p in BACKENDS if p.values[0][0] in ("numpy", "cupy")]
+FAST_BACKENDS = [b for b in BACKENDS if b.name in ("numpy", "cupy")]
 
 
 @pytest.fixture(autouse=True)
@@ -48,10 +48,10 @@ def fast_paths_on() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(params=FAST_BACKENDS)
+@pytest.fixture(params=FAST_BACKENDS, ids=lambda b: b.name)
 def fast_backend(request: pytest.FixtureRequest) -> Backend:
     """The backends that have fast paths (NumPy; CuPy where a GPU is visible)."""
-    return Backend(*request.param)
+    return request.param
 
 
 def both(fn: Callable[[], Any]) -> tuple[Any, Any]:

@@ -21,59 +21,89 @@ import numpy as np
 from array_api_compat import array_namespace, device, is_cupy_array, is_numpy_array
 
 __all__ = [
+    "BACKENDS",
     "Device",
     "DeviceError",
     "array_namespace",
+    "backend_devices",
     "blas_summary",
     "device",
     "gpu_available",
     "gpu_names",
     "host_rng",
-    "namespace",
     "random_uniform",
     "resolve_device",
     "rng_state",
     "set_rng_state",
-    "to_device",
     "to_numpy",
 ]
 
+#: Array libraries ``resolve_device`` knows, by the name ``--backend`` takes.
+BACKENDS = ("numpy", "cupy", "torch", "jax", "array-api-strict")
+
 _DEVICE_RE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
-_CUPY_HINT = (
-    'install CuPy with `pip install "xpcnn[cuda12]"` (CUDA 12) or `"xpcnn[cuda13]"` (CUDA 13)'
-)
+_INSTALL = {
+    "numpy": "pip install numpy",
+    "cupy": (
+        "pip install cupy-cuda12x (CUDA 12) or cupy-cuda13x (CUDA 13), "
+        'or pip install ".[cuda12]" from a clone of xpcnn'
+    ),
+    "torch": "pip install torch (CUDA builds: https://pytorch.org/get-started/locally/)",
+    "jax": 'pip install "jax[cpu]", or "jax[cuda12]" for NVIDIA GPUs',
+    "array-api-strict": "pip install array-api-strict",
+}
+_MODULES = {"numpy": "numpy", "cupy": "cupy", "torch": "torch", "jax": "jax"}
+_MODULES["array-api-strict"] = "array_api_strict"
+_DISPLAY = {"numpy": "NumPy", "cupy": "CuPy", "torch": "PyTorch", "jax": "JAX"}
 
 
 class DeviceError(RuntimeError):
-    """The requested device cannot be used (bad name, CuPy missing, no GPU)."""
+    """The requested device cannot be used (bad name, library missing, no such device)."""
 
 
 @dataclass(frozen=True)
 class Device:
-    """A resolved compute target.
+    """A resolved compute target: an array library and a device of it.
 
     Attributes
     ----------
     name : str
-        Canonical name, ``"cpu"`` or ``"cuda:N"``.
+        A label: ``"cpu"`` (NumPy), ``"cuda:N"`` (CuPy), ``"<backend>:<device>"``
+        for the others (``"torch:cuda:0"``, ``"jax:cpu"``), or a test id.
     xp : module
-        Array-API-compatible namespace (``array_api_compat.numpy`` or ``.cupy``).
+        Array-API-compatible namespace (``array_api_compat.numpy``, ``.cupy``,
+        ``.torch``, ``jax.numpy``, ``array_api_strict``).
     device : object
         The namespace's device object, passed as ``device=`` to creation calls.
+    backend : str
+        The library, one of :data:`BACKENDS` (derived from ``xp`` when not given).
     """
 
     name: str
     xp: Any
     device: Any
+    backend: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.backend:
+            object.__setattr__(self, "backend", _library(self.xp))
 
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """Copy ``a`` (NumPy, a list, or an array of any supported backend) onto this device.
 
         ``dtype`` may be a dtype of ``xp`` or its name (``"float32"``).
+
+        Raises
+        ------
+        DeviceError
+            For float64 on JAX without ``jax_enable_x64``.
         """
         if isinstance(dtype, str):
+            self.check_dtype(dtype)
             dtype = getattr(self.xp, dtype)
+        elif dtype is not None and self.backend == "jax":
+            self.check_dtype(str(np.dtype(dtype)))
         if not (is_numpy_array(a) or _belongs_to(a, self.xp)):
             a = to_numpy(a)
         elif (
@@ -85,11 +115,29 @@ class Device:
         with self.activate():
             return self.xp.asarray(a, dtype=dtype, device=self.device)
 
+    def check_dtype(self, dtype: str) -> None:
+        """Raise :class:`DeviceError` when this device cannot hold ``dtype`` (a name):
+        JAX gives float64 only with ``jax_enable_x64`` (else it silently truncates)."""
+        if self.backend == "jax" and str(dtype) == "float64":
+            import jax
+
+            if not jax.config.jax_enable_x64:
+                raise DeviceError(
+                    "float64 on JAX needs 64-bit mode: set JAX_ENABLE_X64=1 in the environment, "
+                    'or call jax.config.update("jax_enable_x64", True) before creating arrays'
+                )
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """Array ``x`` (of this or any backend) as a host NumPy array (see :func:`to_numpy`)."""
+        return to_numpy(x)
+
     @classmethod
     def of(cls, x: Any) -> Device:
         """The Device an existing array lives on (any array-API backend)."""
         xp = array_namespace(x)
-        return cls(f"{xp.__name__}:{device(x)}", xp, device(x))
+        lib = _library(xp)
+        dev = device(x)
+        return cls(_label(lib, dev), xp, dev, lib)
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
@@ -104,33 +152,190 @@ class Device:
         return self.name
 
 
-def resolve_device(spec: str | Device = "cpu") -> Device:
-    """Resolve ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` to a :class:`Device`.
+def _library(xp: Any) -> str:
+    """The :data:`BACKENDS` name of a namespace."""
+    for name, test in (
+        ("numpy", array_api_compat.is_numpy_namespace),
+        ("cupy", array_api_compat.is_cupy_namespace),
+        ("torch", array_api_compat.is_torch_namespace),
+        ("jax", array_api_compat.is_jax_namespace),
+        ("array-api-strict", array_api_compat.is_array_api_strict_namespace),
+    ):
+        if test(xp):
+            return name
+    return getattr(xp, "__name__", str(xp))
+
+
+def _label(backend: str, dev: Any) -> str:
+    if backend == "numpy":
+        return "cpu"
+    if backend == "cupy":
+        return f"cuda:{dev.id}"
+    if backend == "jax":
+        return f"jax:{'cuda' if dev.platform == 'gpu' else dev.platform}:{dev.id}"
+    if backend == "array-api-strict":
+        return f"array-api-strict:{dev._device}"
+    return f"{backend}:{dev}"
+
+
+def resolve_device(spec: str | Device | None = "cpu", backend: str | None = None) -> Device:
+    """Resolve a device of an array library to a :class:`Device`.
+
+    Parameters
+    ----------
+    spec : str, Device or None
+        The device within the library: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+        (array-api-strict: also ``"device1"``, ``"device2"``). None: the
+        library's default (JAX's default device; ``cuda:0`` for CuPy; else the CPU).
+    backend : str or None
+        ``"numpy"``, ``"cupy"``, ``"torch"``, ``"jax"`` or ``"array-api-strict"``
+        (:data:`BACKENDS`). None: NumPy for the CPU, CuPy for ``cuda``.
 
     Raises
     ------
     DeviceError
-        For an unknown name, a CUDA request without CuPy installed, without a
-        visible GPU, or with an index past the number of GPUs.
+        One line naming the problem and the fix: an unknown backend or device, a
+        library that is not installed, or one without such a device (no GPU,
+        an index past the number of GPUs).
     """
     if isinstance(spec, Device):
+        if backend is not None and _canonical_backend(backend) != spec.backend:
+            raise DeviceError(f"device {spec} is a {spec.backend} device, not {backend}")
         return spec
-    m = _DEVICE_RE.match(str(spec).strip().lower())
-    if m is None:
-        raise DeviceError(f"unknown device {spec!r}: use 'cpu', 'cuda' or 'cuda:N' (N = GPU index)")
-    kind, index = m.group(1), int(m.group(2) or 0)
-    if kind == "cpu":
-        if m.group(2) is not None:
+    defaulted = backend is None
+    if backend is None:
+        cuda = spec is not None and str(spec).strip().lower().startswith("cuda")
+        backend = "cupy" if cuda else "numpy"
+    backend = _canonical_backend(backend)
+    text = None if spec is None else str(spec).strip()
+    if backend == "array-api-strict":
+        return _strict_device(text)
+    if text is None:
+        kind, index = ("cuda", 0) if backend == "cupy" else ("default", 0)
+    else:
+        m = _DEVICE_RE.match(text.lower())
+        if m is None:
+            raise DeviceError(
+                f"unknown device {spec!r}: use 'cpu', 'cuda' or 'cuda:N' (N = GPU index)"
+            )
+        if m.group(1) == "cpu" and m.group(2) is not None:
             raise DeviceError(f"unknown device {spec!r}: the CPU takes no index, use 'cpu'")
+        kind, index = m.group(1), int(m.group(2) or 0)
+    try:
+        mod = _import(backend, f"--device {text}" if defaulted else f"--backend {backend}")
+    except DeviceError as exc:
+        if defaulted and backend == "cupy":
+            raise DeviceError(
+                f"{exc}; or --backend torch / jax with a CUDA build of those"
+            ) from None
+        raise
+    if backend == "numpy":
+        if kind == "cuda":
+            raise DeviceError(
+                f"--device {text}: NumPy runs on the CPU only; use --backend cupy, torch or jax for a GPU"
+            )
         import array_api_compat.numpy as np_xp
 
-        return Device("cpu", np_xp, "cpu")
+        return Device("cpu", np_xp, "cpu", "numpy")
+    if backend == "cupy":
+        if kind != "cuda":
+            raise DeviceError(
+                f"--device {text}: CuPy runs on GPUs only; use --device cuda, or --backend numpy for the CPU"
+            )
+        return _cupy_device(mod, index, text)
+    if backend == "torch":
+        import array_api_compat.torch as torch_xp
+
+        if kind in ("cpu", "default"):
+            return Device("torch:cpu", torch_xp, mod.device("cpu"), "torch")
+        count = mod.cuda.device_count() if mod.cuda.is_available() else 0
+        _check_gpu_index(backend, text, index, count, _INSTALL["torch"])
+        return Device(f"torch:cuda:{index}", torch_xp, mod.device("cuda", index), "torch")
+    # jax
+    import jax.numpy as jnp
+
+    if kind == "default":
+        dev = mod.devices()[0]
+    elif kind == "cpu":
+        dev = mod.devices("cpu")[0]
+    else:
+        try:
+            gpus = mod.devices("gpu")
+        except RuntimeError:
+            gpus = []
+        _check_gpu_index(backend, text, index, len(gpus), _INSTALL["jax"])
+        dev = gpus[index]
+    return Device(_label("jax", dev), jnp, dev, "jax")
+
+
+def backend_devices(backend: str) -> list[str]:
+    """The devices of an installed array library, as ``--device`` names
+    (``["cpu", "cuda:0"]``).
+
+    Raises
+    ------
+    DeviceError
+        For an unknown backend or a library that is not installed.
+    """
+    backend = _canonical_backend(backend)
+    mod = _import(backend, f"--backend {backend}")
+    if backend == "numpy":
+        return ["cpu"]
+    if backend == "array-api-strict":
+        return [
+            "cpu" if d == mod.Device("CPU_DEVICE") else d._device
+            for d in mod.__array_namespace_info__().devices()
+        ]
+    if backend == "cupy":
+        try:
+            n = mod.cuda.runtime.getDeviceCount()
+        except Exception:  # CUDARuntimeError when there is no driver
+            n = 0
+        return [f"cuda:{i}" for i in range(n)]
+    if backend == "torch":
+        n = mod.cuda.device_count() if mod.cuda.is_available() else 0
+        return ["cpu"] + [f"cuda:{i}" for i in range(n)]
+    out = ["cpu"]
+    with contextlib.suppress(RuntimeError):
+        out += [f"cuda:{i}" for i in range(len(mod.devices("gpu")))]
+    return out
+
+
+def _canonical_backend(name: str) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    key = {"strict": "array-api-strict", "jax.numpy": "jax"}.get(key, key)
+    if key not in BACKENDS:
+        raise DeviceError(f"unknown backend {name!r}: use one of {', '.join(BACKENDS)}")
+    return key
+
+
+def _import(backend: str, what: str) -> Any:
+    """The library's module, or a DeviceError saying that ``what`` (the option that
+    asked for it) needs it and how to install it."""
+    import importlib
+
     try:
-        import cupy
+        return importlib.import_module(_MODULES[backend])
     except ImportError as exc:
+        name = _DISPLAY.get(backend, backend)
         raise DeviceError(
-            f"--device {spec} needs CuPy, which is not installed: {_CUPY_HINT}"
+            f"{what} needs {name}, which is not installed: {_INSTALL[backend]}"
         ) from exc
+
+
+def _check_gpu_index(backend: str, spec: str | None, index: int, count: int, hint: str) -> None:
+    if count == 0:
+        raise DeviceError(
+            f"--backend {backend} --device {spec}: {backend} sees no GPU (a CPU-only build, "
+            f"or no driver); install a CUDA build ({hint}), or use --device cpu"
+        )
+    if index >= count:
+        raise DeviceError(
+            f"--device {spec}: only {count} GPU(s) visible to {backend} (cuda:0..cuda:{count - 1})"
+        )
+
+
+def _cupy_device(cupy: Any, index: int, spec: str | None) -> Device:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # CUDARuntimeError when there is no driver
@@ -148,7 +353,20 @@ def resolve_device(spec: str | Device = "cpu") -> Device:
         )
     import array_api_compat.cupy as cp_xp
 
-    return Device(f"cuda:{index}", cp_xp, cupy.cuda.Device(index))
+    return Device(f"cuda:{index}", cp_xp, cupy.cuda.Device(index), "cupy")
+
+
+def _strict_device(spec: str | None) -> Device:
+    """array-api-strict's devices: its CPU and the GPU stand-ins ``device1``, ``device2``."""
+    strict = _import("array-api-strict", "--backend array-api-strict")
+    names = {d._device: d for d in strict.__array_namespace_info__().devices()}
+    key = "CPU_DEVICE" if spec is None or spec.lower() == "cpu" else spec
+    if key not in names:
+        raise DeviceError(
+            f"unknown array-api-strict device {spec!r}: use "
+            + ", ".join("cpu" if n == "CPU_DEVICE" else n for n in names)
+        )
+    return Device(_label("array-api-strict", names[key]), strict, names[key], "array-api-strict")
 
 
 #: OpenBLAS core types with AVX-512 kernels.
@@ -194,11 +412,6 @@ def gpu_names() -> list[str]:
     return [cupy.cuda.runtime.getDeviceProperties(i)["name"].decode() for i in range(n)]
 
 
-def namespace(*arrays: Any) -> Any:
-    """The array-API namespace shared by ``arrays`` (``array_api_compat.array_namespace``)."""
-    return array_namespace(*arrays)
-
-
 def _belongs_to(a: Any, xp: Any) -> bool:
     try:
         return array_namespace(a) is xp
@@ -207,7 +420,7 @@ def _belongs_to(a: Any, xp: Any) -> bool:
 
 
 def to_numpy(x: Any, *, copy: bool = False) -> np.ndarray:
-    """Any supported array (NumPy, CuPy, torch, array-api-strict on any device) as NumPy.
+    """Any supported array (NumPy, CuPy, torch, JAX, array-api-strict on any device) as NumPy.
 
     Without ``copy``, a NumPy array (or a CPU tensor) may come back as itself or a
     view; ``copy=True`` always gives an independent snapshot.
@@ -216,6 +429,8 @@ def to_numpy(x: Any, *, copy: bool = False) -> np.ndarray:
         return x.get()
     if array_api_compat.is_torch_array(x):
         x = x.detach().cpu().numpy()
+    elif array_api_compat.is_jax_array(x):
+        return np.array(x)  # jax arrays copy to the host through __array__ (any device)
     elif array_api_compat.is_array_api_obj(x) and not is_numpy_array(x):
         if array_api_compat.is_array_api_strict_namespace(array_namespace(x)):
             import array_api_strict
@@ -223,11 +438,6 @@ def to_numpy(x: Any, *, copy: bool = False) -> np.ndarray:
             x = x.to_device(array_api_strict.Device("CPU_DEVICE"))
         return np.from_dlpack(x).copy()
     return np.array(x, copy=True) if copy else np.asarray(x)
-
-
-def to_device(x: Any, like: Any) -> Any:
-    """Copy array ``x`` (any backend) onto the namespace and device of array ``like``."""
-    return Device.of(like).asarray(x)
 
 
 def host_rng(seed: int | np.random.Generator | None = None) -> np.random.Generator:
@@ -246,7 +456,7 @@ def random_uniform(like: Any, shape: tuple[int, ...], *, seed_state: dict[str, A
 
     - CuPy: a ``cupy.random.Generator`` on ``like``'s GPU;
     - torch: a ``torch.Generator`` on ``like``'s device;
-    - any other backend (NumPy, array-api-strict, ...): the host
+    - any other backend (NumPy, JAX, array-api-strict, ...): the host
       ``numpy.random.Generator``, then ``xp.asarray(..., device=device(like))``.
 
     Parameters

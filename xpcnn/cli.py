@@ -29,7 +29,16 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from . import __version__
 from ._atomic import atomic_write
-from .backend import Device, DeviceError, blas_summary, gpu_names, resolve_device, to_numpy
+from .backend import (
+    BACKENDS,
+    Device,
+    DeviceError,
+    backend_devices,
+    blas_summary,
+    gpu_names,
+    resolve_device,
+    to_numpy,
+)
 from .checkpoint import load_checkpoint
 from .data import CLASS_NAMES, DATASET_NAMES, Dataset, DatasetError, IDXError, load_dataset
 from .errors import XpcnnError
@@ -123,7 +132,8 @@ def _int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xpcnn",
-        description="Convolutional networks from 'Deep Learning from Scratch' ch. 7 on NumPy or CuPy.",
+        description="Convolutional networks from 'Deep Learning from Scratch' ch. 7 on NumPy, "
+        "CuPy or any array-API library (--backend).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train_parser(sub)
@@ -136,9 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_device_option(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--backend``: the array library that holds the network, and where."""
     p.add_argument(
-        "--device", default="cpu", help="cpu (NumPy), cuda or cuda:N (CuPy); default cpu"
+        "--device",
+        help="cpu, cuda or cuda:N, within --backend (default: cpu; CuPy: cuda:0; "
+        "JAX: its default device)",
     )
+    p.add_argument(
+        "--backend",
+        type=str.lower,
+        choices=BACKENDS,
+        help="array library (default: numpy for --device cpu, cupy for cuda)",
+    )
+
+
+def _device(args: argparse.Namespace) -> Device:
+    """The :class:`~xpcnn.backend.Device` that ``--device`` and ``--backend`` name."""
+    return resolve_device(args.device, args.backend)
 
 
 def _add_data_options(p: argparse.ArgumentParser, default: str = "the checkpoint's") -> None:
@@ -420,7 +444,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
     )
     _check_writable(out)
-    device = resolve_device(args.device)
+    device = _device(args)
     with _thread_limits(args.threads, device):
         progress = not args.no_progress
         dataset = load_dataset(cfg["dataset"], args.data_dir, progress=progress)
@@ -453,7 +477,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _network_and_data(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any], Dataset]:
-    device = resolve_device(args.device)
+    device = _device(args)
     network, meta = load_network(args.checkpoint, device)
     name = args.dataset or meta.get("run", {}).get("dataset") or "mnist-sample"
     dataset = load_dataset(name, args.data_dir)
@@ -594,6 +618,8 @@ _INFO_PACKAGES = (
     "cupy-cuda13x",
     "cupy",
     "torch",
+    "jax",
+    "array-api-strict",
 )
 
 
@@ -606,7 +632,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")
-    print("backends: cpu (NumPy)", end="")
+    print("backends (--backend: --device ...):")
+    for name in BACKENDS:
+        try:
+            devices = ", ".join(backend_devices(name)) or "no GPU visible"
+        except DeviceError as exc:
+            devices = f"not available ({exc})"
+        print(f"  {name:<17} {devices}")
+    print("default: cpu (NumPy)", end="")
     try:
         resolve_device("cuda")
     except DeviceError as exc:
@@ -623,7 +656,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .images import load_image  # Pillow: loaded only for this command
 
-    network, meta = load_network(args.checkpoint, resolve_device(args.device))
+    network, meta = load_network(args.checkpoint, _device(args))
     if len(network.input_dim) != 3:
         raise CLIError(f"{args.checkpoint} takes inputs {network.input_dim}, not images (C, H, W)")
     dataset = meta.get("run", {}).get("dataset", "mnist")

@@ -33,9 +33,14 @@ MODELS: dict[str, type[Sequential]] = {
 
 
 def build_model(
-    config: dict[str, Any], *, device: str | Device = "cpu", seed: Any = None
+    config: dict[str, Any],
+    *,
+    device: str | Device = "cpu",
+    backend: str | None = None,
+    seed: Any = None,
 ) -> Sequential:
-    """Rebuild a named network from its ``config`` (as stored in checkpoints)."""
+    """Rebuild a named network from its ``config`` (as stored in checkpoints) on
+    ``device`` of ``backend`` (:func:`~xpcnn.backend.resolve_device`)."""
     kwargs = dict(config)
     name = kwargs.pop("model", None)
     if name == "sequential":
@@ -45,4 +50,4 @@ def build_model(
         )
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)}")
-    return MODELS[name](**kwargs, device=device, seed=seed)
+    return MODELS[name](**kwargs, device=device, backend=backend, seed=seed)

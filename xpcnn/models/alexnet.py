@@ -44,7 +44,7 @@ class AlexNet(Sequential):
     dropout_ratio : float (0.5; 0 disables dropout)
     lrn_param : dict ``size``, ``alpha``, ``beta``, ``k`` (5, 1e-4, 0.75, 2)
     weight_init_std : float or "he" (default) / "xavier" / "std"
-    dtype, device, seed : as for :class:`~xpcnn.models.SimpleConvNet`
+    dtype, device, backend, seed : as for :class:`~xpcnn.models.SimpleConvNet`
     shape_only : build without drawing weights (see :class:`NetBuilder`): the full
         configuration's summary and shapes without allocating its 250 MB of float32.
 
@@ -64,6 +64,7 @@ class AlexNet(Sequential):
         *,
         dtype: str = "float32",
         device: str | Device = "cpu",
+        backend: str | None = None,
         seed: Any = None,
         shape_only: bool = False,
     ) -> None:
@@ -79,6 +80,7 @@ class AlexNet(Sequential):
             seed=seed,
             dtype=dtype,
             device=device,
+            backend=backend,
             shape_only=shape_only,
         )
         b.conv(channels[0], conv1["filter_size"], conv1["stride"], conv1["pad"]).relu()

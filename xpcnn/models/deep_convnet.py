@@ -40,7 +40,7 @@ class DeepConvNet(Sequential):
     dropout_ratio : float, both dropout layers (the book: 0.5; 0 disables them,
         e.g. for gradient checks)
     weight_init_std : float or "he" (the book's choice) / "xavier" / "std"
-    dtype, device, seed : as for :class:`~xpcnn.models.SimpleConvNet`; ``seed``
+    dtype, device, backend, seed : as for :class:`~xpcnn.models.SimpleConvNet`; ``seed``
         also fixes the dropout masks
     shape_only : build without drawing weights (see :class:`NetBuilder`)
 
@@ -63,6 +63,7 @@ class DeepConvNet(Sequential):
         *,
         dtype: str = "float32",
         device: str | Device = "cpu",
+        backend: str | None = None,
         seed: Any = None,
         shape_only: bool = False,
     ) -> None:
@@ -77,6 +78,7 @@ class DeepConvNet(Sequential):
             seed=seed,
             dtype=dtype,
             device=device,
+            backend=backend,
             shape_only=shape_only,
         )
         for block in range(3):

@@ -35,7 +35,7 @@ class LeNet(Sequential):
     pool : "avg" (subsampling, default) or "max"
     weight_init_std : float or "he" / "xavier" / "std"; None: "xavier" for sigmoid
         and tanh, "he" for relu
-    dtype, device, seed, shape_only : as for :class:`~xpcnn.models.DeepConvNet`
+    dtype, device, backend, seed, shape_only : as for :class:`~xpcnn.models.DeepConvNet`
 
     Parameters are named ``W1, W2`` (convolutions), ``W3 .. W5`` (affine).
     """
@@ -54,6 +54,7 @@ class LeNet(Sequential):
         *,
         dtype: str = "float32",
         device: str | Device = "cpu",
+        backend: str | None = None,
         seed: Any = None,
         shape_only: bool = False,
     ) -> None:
@@ -76,6 +77,7 @@ class LeNet(Sequential):
             seed=seed,
             dtype=dtype,
             device=device,
+            backend=backend,
             shape_only=shape_only,
         )
         b.conv(conv_channels[0], filter_size, pad=pad).activation(activation)

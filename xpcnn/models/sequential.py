@@ -11,6 +11,8 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from array_api_compat import array_namespace, is_numpy_array
+
 from .. import ops
 from ..backend import Device, host_rng, resolve_device, rng_state, set_rng_state, to_numpy
 from ..inputs import as_input
@@ -93,6 +95,23 @@ def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
             plan.append(layer)
             i += 1
     return plan
+
+
+def _check_library(net: Sequential, x: Any) -> None:
+    """One clear line when ``x`` comes from another array library than the network's
+    parameters (instead of array-api-compat's "Multiple namespaces for array inputs").
+    NumPy arrays are host data: they are copied to the network's device."""
+    try:
+        xp = array_namespace(x)
+    except TypeError:
+        return  # not an array: the first layer says what it expects
+    if xp is not net.device.xp and not is_numpy_array(x):
+        theirs = Device.of(x).backend
+        raise TypeError(
+            f"{type(net).__name__} holds {net.device.backend} arrays ({net.device.name}) but was "
+            f"given a {theirs} array: move the input with net.device.asarray(x), or build the "
+            f"network with backend={theirs!r}"
+        )
 
 
 class _ParamView(MutableMapping):
@@ -182,7 +201,9 @@ class Sequential:
         """``x`` as this network's input: on its device (host arrays are copied
         there), integer pixels scaled to [0, 1] and floats cast to its dtype
         (:func:`xpcnn.inputs.as_input`, as the Trainer does), flat (N, D) rows
-        reshaped to (N, *input_dim). Any other shape is refused in one line."""
+        reshaped to (N, *input_dim). Any other shape, or an array of another
+        library than the network's (NumPy excepted), is refused in one line."""
+        _check_library(self, x)
         shape, D = tuple(x.shape), math.prod(self.input_dim)
         if shape[1:] != self.input_dim:
             # A 1-D input_dim (a stack of Affine layers) flattens whatever it gets.
@@ -433,6 +454,7 @@ class NetBuilder:
         seed: Any = None,
         dtype: str = "float32",
         device: str | Device = "cpu",
+        backend: str | None = None,
         shape_only: bool = False,
     ) -> None:
         self.shape_only = bool(shape_only)
@@ -445,7 +467,8 @@ class NetBuilder:
         self.weight_init = weight_init
         self.rng = host_rng(seed)
         self.dtype = str(dtype)
-        self.device = resolve_device(device)
+        self.device = resolve_device(device, backend)
+        self.device.check_dtype(self.dtype)  # float64 on JAX needs x64
         self.layers: list[Layer] = []
 
     def _weights(self, shape: tuple[int, ...], fan_in: int, weight_init: Any) -> tuple[Any, Any]:

@@ -25,6 +25,8 @@ class SimpleConvNet(Sequential):
     weight_init_std : float or "std" / "he" / "xavier" (the book: 0.01)
     dtype : "float32" (default) or "float64"
     device : "cpu", "cuda", "cuda:N" or a :class:`~xpcnn.backend.Device`
+    backend : "numpy", "cupy", "torch", "jax" or "array-api-strict" (default: NumPy
+        for the CPU, CuPy for CUDA); see :func:`~xpcnn.backend.resolve_device`
     seed : int or numpy Generator for the initial weights
 
     Parameters are named ``W1, b1`` (convolution), ``W2, b2``, ``W3, b3``
@@ -41,11 +43,17 @@ class SimpleConvNet(Sequential):
         *,
         dtype: str = "float32",
         device: str | Device = "cpu",
+        backend: str | None = None,
         seed: Any = None,
     ) -> None:
         conv = merge_options("conv_param", _DEFAULT_CONV, conv_param, int)
         b = NetBuilder(
-            input_dim, weight_init=weight_init_std, seed=seed, dtype=dtype, device=device
+            input_dim,
+            weight_init=weight_init_std,
+            seed=seed,
+            dtype=dtype,
+            device=device,
+            backend=backend,
         )
         b.conv(conv["filter_num"], conv["filter_size"], conv["stride"], conv["pad"]).relu()
         b.pool(2, stride=2).affine(hidden_size).relu().affine(output_size)
