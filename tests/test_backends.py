@@ -158,13 +158,25 @@ def test_a_network_on_each_library(backend, kind):
 
 @needs("torch")
 def test_a_network_given_arrays_of_another_library_says_so():
-    net = SimpleConvNet(seed=0, backend="torch", input_dim=(1, 8, 8))
+    import torch
+
+    net = SimpleConvNet(seed=0, input_dim=(1, 8, 8))
     with pytest.raises(TypeError) as exc:
-        net.predict(np.zeros((2, 1, 8, 8), np.float32))
+        net.predict(torch.zeros((2, 1, 8, 8)))
     msg = str(exc.value)
     assert "\n" not in msg
-    assert "holds torch arrays" in msg and "given a numpy array" in msg
-    assert "net.device.asarray(x)" in msg
+    assert "holds numpy arrays" in msg and "given a torch array" in msg
+    assert "net.device.asarray(x)" in msg and "backend='torch'" in msg
+
+
+@needs("torch")
+def test_numpy_input_is_host_data_copied_to_the_networks_library():
+    on_torch = SimpleConvNet(seed=0, backend="torch", input_dim=(1, 8, 8))
+    x = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    y = on_torch.predict(x)
+    assert on_torch.device.backend == "torch" and type(y).__module__.startswith("torch")
+    ref = SimpleConvNet(seed=0, input_dim=(1, 8, 8)).predict(x)
+    np.testing.assert_allclose(on_torch.device.to_numpy(y), ref, rtol=1e-5, atol=1e-6)
 
 
 @needs("array-api-strict")
