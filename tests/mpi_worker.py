@@ -1,0 +1,106 @@
+"""Run under ``mpiexec -n N`` by tests/test_distributed.py (not collected by pytest).
+
+``python tests/mpi_worker.py SCENARIO OUT_DIR``: each rank writes what it saw to
+``OUT_DIR/rank<r>.json``; the test process checks it against its own reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's backends
+
+from xpcnn.distributed import (  # noqa: E402
+    ConfigMismatchError,
+    abort_on_exception,
+    check_same_config,
+    get_communicator,
+)
+
+
+def rank_input(rank: int, dtype: str) -> np.ndarray:
+    """Rank ``rank``'s input: the test process draws the same numbers."""
+    a = np.random.default_rng(100 + rank).standard_normal((3, 4)) * 10
+    return a.astype(dtype)
+
+
+def collectives(comm, out: Path) -> None:
+    from conftest import BACKENDS, Backend
+
+    seen = {}
+    for param in BACKENDS:
+        b = Backend(*param.values[0])
+        for dtype in ("float32", "float64", "int64"):
+            x = b.asarray(rank_input(comm.rank, dtype), dtype)
+            s = comm.allreduce(x)
+            c = comm.bcast(x, root=comm.size - 1)
+            seen[f"{b.name}/{dtype}"] = {
+                "input": _describe(x),
+                "allreduce": _describe(s),
+                "bcast": _describe(c),
+            }
+    seen["object"] = comm.bcast_object({"rank": comm.rank, "x": [1.5, "a"]}, root=comm.size - 1)
+    seen["local_rank"] = comm.local_rank
+    comm.barrier()
+    (out / f"rank{comm.rank}.json").write_text(json.dumps(seen))
+
+
+def _describe(x) -> dict:
+    from array_api_compat import array_namespace, device
+
+    from xpcnn.backend import to_numpy
+
+    return {
+        "values": to_numpy(x).tolist(),
+        "dtype": str(x.dtype),
+        "device": str(device(x)),
+        "namespace": array_namespace(x).__name__,
+    }
+
+
+def fault(comm, how: str) -> None:
+    """Rank 1 fails while rank 0 waits in a collective (which would hang forever)."""
+    if comm.rank == 1:
+        time.sleep(0.2)
+        if how == "raise":
+            raise RuntimeError("rank 1 failed on purpose")
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+    comm.allreduce(np.ones(3))
+    comm.barrier()
+
+
+def mismatch(comm, out: Path) -> None:
+    try:
+        check_same_config({"seed": comm.rank, "lr": 0.001, "data": "same"})
+    except ConfigMismatchError as exc:
+        (out / f"rank{comm.rank}.json").write_text(json.dumps({"error": str(exc)}))
+        return
+    check_same_config({"seed": 0, "lr": 0.001})  # equal configurations pass
+    (out / f"rank{comm.rank}.json").write_text(json.dumps({"error": None}))
+
+
+def main() -> None:
+    scenario, out = sys.argv[1], Path(sys.argv[2])
+    comm = get_communicator()
+    with abort_on_exception(comm):
+        if scenario == "collectives":
+            collectives(comm, out)
+        elif scenario.startswith("fault-"):
+            fault(comm, scenario.removeprefix("fault-"))
+        elif scenario == "mismatch":
+            mismatch(comm, out)
+        else:
+            raise SystemExit(f"unknown scenario {scenario!r}")
+
+
+if __name__ == "__main__":
+    main()

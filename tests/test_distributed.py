@@ -1,0 +1,163 @@
+"""xpcnn.distributed: the one-process communicator here, the MPI one under ``mpiexec -n 2``.
+
+The MPI tests launch ``mpiexec`` in a subprocess (tests/mpi_worker.py), each bounded by
+a timeout so that a hang fails; they are skipped, with the reason, when mpi4py or
+``mpiexec`` is missing (``pip install -e ".[mpi]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+from helpers import mpi_available, run_mpi
+
+from xpcnn import distributed
+from xpcnn.distributed import (
+    ConfigMismatchError,
+    SingleCommunicator,
+    array_digest,
+    check_same_config,
+    rank_seed,
+    shard,
+)
+
+needs_mpi = pytest.mark.skipif(mpi_available() is not None, reason=str(mpi_available()))
+
+
+# -- one process ------------------------------------------------------------------------
+
+
+def test_single_communicator_is_the_identity(backend):
+    comm = SingleCommunicator()
+    x = backend.asarray(np.arange(6.0).reshape(2, 3), "float32")
+    assert (comm.rank, comm.size, comm.local_rank) == (0, 1, 0)
+    assert comm.allreduce(x) is x
+    assert comm.bcast(x) is x
+    assert comm.bcast_object({"a": [1, 2.5]}) == {"a": [1, 2.5]}
+    comm.barrier()
+    with pytest.raises(TypeError, match="JSON-able"):
+        comm.bcast_object({"a": object()})
+    with pytest.raises(ValueError, match="root 1 is not a rank"):
+        comm.bcast(x, root=1)
+
+
+def test_get_communicator_without_a_launcher_is_single(monkeypatch):
+    for var in distributed._SIZE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(distributed, "_COMM", None)
+    assert isinstance(distributed.get_communicator(), SingleCommunicator)
+    check_same_config({"seed": 1})  # nothing to compare with
+
+
+def test_launched_by_mpiexec_without_mpi4py_is_refused(monkeypatch):
+    monkeypatch.setenv("PMI_SIZE", "2")
+    monkeypatch.setattr(distributed, "_COMM", None)
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails
+    with pytest.raises(RuntimeError, match=r"one of 2 .*mpi4py is not installed.*xpcnn\[mpi\]"):
+        distributed.get_communicator()
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 10, 99, 100])
+@pytest.mark.parametrize("size", [1, 2, 3, 8])
+def test_shard_splits_contiguously_and_evenly(n, size):
+    bounds = [shard(n, size, r) for r in range(size)]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(bounds[r][1] == bounds[r + 1][0] for r in range(size - 1))
+    lengths = [b - a for a, b in bounds]
+    assert max(lengths) - min(lengths) <= 1
+
+
+def test_rank_seed():
+    assert rank_seed(7, 0) == 7  # rank 0 keeps the one-process stream
+    assert rank_seed(None, 3) is None
+    seeds = {rank_seed(7, r) for r in range(1, 64)} | {rank_seed(8, r) for r in range(1, 64)}
+    assert len(seeds) == 126 and 7 not in seeds  # distinct per (seed, rank)
+    assert rank_seed(7, 5) == rank_seed(7, 5)
+
+
+def test_array_digest_sees_values_shape_and_dtype(backend):
+    a = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    d = array_digest(backend.asarray(a), a[:, :2])
+    assert d == array_digest(a, a[:, :2])
+    b = a.copy()
+    b[2, 3] += 1
+    assert d != array_digest(b, a[:, :2])
+    assert d != array_digest(a.reshape(4, 3), a[:, :2])
+    assert d != array_digest(a.astype(np.int16), a[:, :2])
+
+
+# -- two processes -------------------------------------------------------------------------
+
+
+def _rank_results(tmp_path, n=2):
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(n)]
+
+
+@pytest.fixture(scope="module")
+def collectives_run(tmp_path_factory):
+    if mpi_available() is not None:
+        pytest.skip(mpi_available())
+    out = tmp_path_factory.mktemp("mpi")
+    proc = run_mpi(2, ["tests/mpi_worker.py", "collectives", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    return _rank_results(out)
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_allreduce_and_bcast_over_two_ranks(collectives_run, backend, dtype):
+    from mpi_worker import rank_input
+
+    a, b = rank_input(0, dtype), rank_input(1, dtype)
+    for rank, seen in enumerate(collectives_run):
+        r = seen[f"{backend.name}/{dtype}"]
+        for key in ("allreduce", "bcast"):  # same namespace, device and dtype as the input
+            for attr in ("namespace", "device", "dtype"):
+                assert r[key][attr] == r["input"][attr], (rank, key, attr)
+        assert r["input"]["dtype"].endswith(dtype)
+        got = np.array(r["allreduce"]["values"], dtype=dtype)
+        np.testing.assert_array_equal(got, a + b)  # one addition: exact in any dtype
+        np.testing.assert_array_equal(np.array(r["bcast"]["values"], dtype=dtype), b)
+
+
+@needs_mpi
+def test_bcast_object_and_local_rank(collectives_run):
+    assert [s["object"] for s in collectives_run] == [{"rank": 1, "x": [1.5, "a"]}] * 2
+    assert sorted(s["local_rank"] for s in collectives_run) == [0, 1]  # one node
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    ("how", "status", "says"),
+    [
+        ("raise", 1, "rank 1 failed on purpose"),
+        ("exit", 3, ""),
+        ("kill", None, ""),
+    ],
+)
+def test_a_failing_rank_ends_the_job(tmp_path, how, status, says):
+    start = time.monotonic()
+    proc = run_mpi(2, ["tests/mpi_worker.py", f"fault-{how}", str(tmp_path)], timeout=60)
+    assert proc.returncode != 0
+    if status is not None:
+        assert proc.returncode == status
+    assert says in proc.stderr
+    assert time.monotonic() - start < 60
+
+
+@needs_mpi
+def test_mismatched_configs_are_refused_on_every_rank(tmp_path):
+    proc = run_mpi(2, ["tests/mpi_worker.py", "mismatch", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    for seen in _rank_results(tmp_path):
+        assert seen["error"].startswith("the ranks were started with different options or data")
+        assert "seed (rank 0 has 0, 1 of the other 1 ranks not)" in seen["error"]
+        assert "lr (" not in seen["error"] and "data (" not in seen["error"]
+
+
+def test_mismatch_error_is_collective():
+    assert ConfigMismatchError.collective is True
