@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's backends
 
-from xpcnn.distributed import (  # noqa: E402
+from xpcnn.distributed import (
     ConfigMismatchError,
     abort_on_exception,
     check_same_config,
