@@ -44,6 +44,7 @@ __all__ = [
     "get_communicator",
     "launcher_world_size",
     "mpi_summary",
+    "rank_device",
     "rank_seed",
     "shard",
 ]
@@ -332,24 +333,41 @@ def check_same_config(cfg: Mapping[str, Any], comm: Any = None) -> None:
     )
 
 
-def rank_seed(seed: int | None, rank: int) -> int | None:
+def rank_seed(seed: int | None, rank: int, step: int = 0) -> int | None:
     """The seed of rank ``rank``'s random stream (dropout masks) in a job seeded ``seed``.
 
     Rank 0 keeps ``seed``, so a one-process run is unchanged; every other rank gets a
-    distinct seed mixed from ``(seed, rank)`` by ``numpy.random.SeedSequence``. None
-    (fresh entropy) stays None.
+    distinct seed mixed from ``(seed, rank)``, and ``step`` when non-zero (a stream
+    restarted after a resume at optimizer step ``step`` does not repeat the first
+    one), by ``numpy.random.SeedSequence``. None (fresh entropy) stays None.
     """
     if seed is None or rank == 0:
         return seed
-    if rank < 0 or seed < 0:
-        raise ValueError(f"seed and rank must be non-negative, got seed {seed}, rank {rank}")
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1, np.uint32)[0])
+    if rank < 0 or seed < 0 or step < 0:
+        raise ValueError(
+            f"seed, rank and step must be non-negative, got seed {seed}, rank {rank}, step {step}"
+        )
+    entropy = [seed, rank, step] if step else [seed, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
 
 
 def shard(n: int, size: int, rank: int) -> tuple[int, int]:
     """``(start, stop)`` of rank ``rank``'s contiguous share of ``n`` items split over
     ``size`` ranks; shares differ in length by at most one."""
     return n * rank // size, n * (rank + 1) // size
+
+
+def rank_device(spec: str, comm: Any = None) -> str:
+    """The device of this rank for a ``--device`` given to every rank: plain ``"cuda"``
+    becomes ``"cuda:<local_rank mod GPUs>"`` (one GPU per rank on each node); any
+    other spec (``"cpu"``, an explicit ``"cuda:N"``) is returned unchanged."""
+    comm = get_communicator() if comm is None else comm
+    if comm.size == 1 or str(spec).strip().lower() != "cuda":
+        return spec
+    from .backend import gpu_names
+
+    n = len(gpu_names())
+    return f"cuda:{comm.local_rank % n}" if n else spec  # no GPU: resolve_device says so
 
 
 def mpi_summary() -> str:
