@@ -2,6 +2,8 @@
 
 ``python tests/mpi_worker.py SCENARIO OUT_DIR``: each rank writes what it saw to
 ``OUT_DIR/rank<r>.json``; the test process checks it against its own reference.
+``python tests/mpi_worker.py cli-FAULT XPCNN_ARGS...``: the ``xpcnn`` command with a
+fault injected on rank 1.
 """
 
 from __future__ import annotations
@@ -88,9 +90,36 @@ def mismatch(comm, out: Path) -> None:
     (out / f"rank{comm.rank}.json").write_text(json.dumps({"error": None}))
 
 
+def cli(comm, how: str, argv: list[str]) -> int:
+    """``xpcnn`` on every rank, with a fault on rank 1: ``raise`` or ``kill`` in its
+    7th training step, or ``lr``: started with another learning rate."""
+    from xpcnn import train
+    from xpcnn.cli import main
+
+    if comm.rank == 1 and how in ("raise", "kill"):
+        step = train.Trainer.train_step
+        calls = [0]
+
+        def failing_step(self, *args):
+            calls[0] += 1
+            if calls[0] == 7:
+                if how == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise RuntimeError("rank 1 failed in step 7 on purpose")
+            return step(self, *args)
+
+        train.Trainer.train_step = failing_step
+    if comm.rank == 1 and how == "lr":
+        argv = [*argv, "--lr", "0.002"]
+    return main(argv)
+
+
 def main() -> None:
-    scenario, out = sys.argv[1], Path(sys.argv[2])
+    scenario = sys.argv[1]
     comm = get_communicator()
+    if scenario.startswith("cli-"):  # the rest of the command line is xpcnn's
+        sys.exit(cli(comm, scenario.removeprefix("cli-"), sys.argv[2:]))
+    out = Path(sys.argv[2])
     with abort_on_exception(comm):
         if scenario == "collectives":
             collectives(comm, out)

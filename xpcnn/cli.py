@@ -53,11 +53,13 @@ RESUMED_FROM_CHECKPOINT = (
 
 
 class CLIError(Exception):
-    """An error to report as one line, with an exit status."""
+    """An error to report as one line, with an exit status. ``collective``: raised
+    on every rank of a data-parallel run at once (rank 0 alone reports it)."""
 
-    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+    def __init__(self, message: str, status: int = EXIT_ERROR, collective: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.collective = collective
 
 
 def _positive_int(text: str) -> int:
@@ -218,9 +220,12 @@ def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from .backend import resolve_device
     from .checkpoint import load_checkpoint
+    from .distributed import array_digest, check_same_config, get_communicator, rank_device
     from .train import Trainer, TrainingDiverged, TrainingInterrupted
     from .viz import plot_history
 
+    comm = get_communicator()  # data-parallel under `mpiexec -n N`, N > 1
+    lead = comm.rank == 0  # prints and writes files
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
     meta: dict[str, Any] = {}
     if args.resume is not None:
@@ -242,18 +247,35 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = args.out or (
         args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
     )
-    _check_writable(out)
-    device = resolve_device(args.device)
-    progress = not args.no_progress
+    if lead:
+        _check_writable(out)
+    device = resolve_device(rank_device(args.device, comm))
+    progress = not args.no_progress and lead
+    if not lead:  # rank 0 downloads a missing dataset before the others read it
+        comm.barrier()
     dataset = _load_data(cfg["dataset"], args.data_dir, progress)
+    if lead:
+        comm.barrier()
+    n = cfg["train_size"]
+    check_same_config(
+        {
+            **cfg,
+            "device": args.device,
+            "resume": args.resume is not None,
+            "data": array_digest(
+                dataset.x_train[:n], dataset.t_train[:n], dataset.x_test, dataset.t_test
+            ),
+        },
+        comm,
+    )
     network = _build_network(cfg, dataset, device)
     ckpt = out / "checkpoint.npz"
-    run_meta = {"run": {**cfg, "device": device.name}}
+    run_meta = {"run": {**cfg, "device": device.name, "world_size": comm.size}}
 
     def save(trainer: Trainer) -> None:
-        trainer.save_checkpoint(ckpt, extra=run_meta)
+        if lead:
+            trainer.save_checkpoint(ckpt, extra=run_meta)
 
-    n = cfg["train_size"]
     trainer = Trainer(
         network,
         dataset.x_train[:n],
@@ -269,38 +291,48 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=progress,
         seed=cfg["seed"],
         on_epoch_end=save,
+        comm=comm,
     )
     if args.resume is not None:
         trainer.load_checkpoint(args.resume)
+        if lead:
+            print(
+                f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
+                file=sys.stderr,
+            )
+    if lead:
+        ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
         print(
-            f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
+            f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
+            f"{dataset.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
+            f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
             file=sys.stderr,
         )
-    print(
-        f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
-        f"{dataset.x_test.shape[0]} test) on {device.name}, {cfg['dtype']}, {cfg['epochs']} epochs, "
-        f"batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
-        file=sys.stderr,
-    )
     start = time.perf_counter()
     try:
         trainer.train()
-    except TrainingInterrupted:
+    except TrainingInterrupted:  # on every rank after the same step
         save(trainer)
-        print(
-            f"\ninterrupted: checkpoint saved to {ckpt}; continue with: xpcnn train --resume {ckpt}",
-            file=sys.stderr,
-        )
+        comm.barrier()  # no rank exits before rank 0's checkpoint is written
+        if lead:
+            launch = f"mpiexec -n {comm.size} " if comm.size > 1 else ""
+            print(
+                f"\ninterrupted: checkpoint saved to {ckpt}; continue with: "
+                f"{launch}xpcnn train --resume {ckpt}",
+                file=sys.stderr,
+            )
         return EXIT_INTERRUPTED
-    except TrainingDiverged as exc:
+    except TrainingDiverged as exc:  # on every rank: the loss is the global batch's
         last = (
             f"the last good checkpoint (epoch {trainer.epoch}) is {ckpt}"
             if ckpt.exists()
             else "no checkpoint was written"
         )
-        raise CLIError(f"{exc}; {last}", EXIT_DIVERGED) from None
+        raise CLIError(f"{exc}; {last}", EXIT_DIVERGED, collective=True) from None
     seconds = time.perf_counter() - start
-    test_acc = trainer.test_accuracy()
+    test_acc = trainer.test_accuracy()  # a collective: every rank evaluates its shard
+    if not lead:
+        return 0
     save(trainer)
     history = trainer.history()
     _write_json(
@@ -430,6 +462,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from importlib import metadata
 
     from .backend import DeviceError, blas_summary, gpu_names, resolve_device
+    from .distributed import mpi_summary
 
     print(
         f"xpcnn {_version()}  (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)"
@@ -448,6 +481,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")
+    print(f"MPI: {mpi_summary()}")
     print("backends: cpu (NumPy)", end="")
     try:
         resolve_device("cuda")
@@ -477,23 +511,57 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``xpcnn`` console script; returns the exit status."""
+    """Entry point of the ``xpcnn`` console script; returns the exit status.
+
+    Under ``mpiexec -n N`` (N > 1), an error on one rank alone ends the whole job
+    (``MPI_Abort``) so that no rank waits forever; errors raised on every rank at once
+    (different options, divergence) are reported by rank 0 and end each rank normally.
+    """
+    from .distributed import abort_on_exception, get_communicator
+
+    args = build_parser().parse_args(argv)
+    try:
+        comm = get_communicator()
+    except RuntimeError as exc:  # launched by mpiexec without mpi4py
+        print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    with abort_on_exception(comm):
+        status, collective = _run(args, comm.rank, comm.size)
+        if status != 0 and comm.size > 1 and not collective:
+            comm.abort(status)
+    return status
+
+
+def _run(args: argparse.Namespace, rank: int, size: int) -> tuple[int, bool]:
+    """Run a command: ``(exit status, whether every rank ends with it)``; only
+    ``train`` runs on every rank of an MPI job, the other commands on rank 0."""
     from .backend import DeviceError
     from .checkpoint import CheckpointError
     from .data import DatasetError, IDXError
 
-    args = build_parser().parse_args(argv)
+    where = f" (rank {rank} of {size})" if size > 1 else ""
+    if rank != 0 and args.command != "train":  # one report, not one per rank
+        return 0, True
     try:
-        return COMMANDS[args.command](args)
-    except CLIError as exc:
-        print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
-        return exc.status
-    except (DeviceError, DatasetError, IDXError, CheckpointError, ValueError, OSError) as exc:
-        print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return COMMANDS[args.command](args), True
+    except (
+        CLIError,
+        DeviceError,
+        DatasetError,
+        IDXError,
+        CheckpointError,
+        ValueError,
+        OSError,
+    ) as exc:
+        collective = getattr(exc, "collective", False)
+        if rank == 0 or not collective:
+            print(
+                f"xpcnn {args.command}: error{'' if collective else where}: {exc}", file=sys.stderr
+            )
+        return (exc.status if isinstance(exc, CLIError) else EXIT_ERROR), collective
     except KeyboardInterrupt:
-        print(f"xpcnn {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"xpcnn {args.command}: interrupted{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED, False
 
 
 if __name__ == "__main__":
