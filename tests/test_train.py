@@ -217,3 +217,197 @@ def test_resume_of_a_dropout_net_draws_the_same_masks(data, tmp_path, backend_na
         np.testing.assert_allclose(
             to_numpy(resumed.network.params[k]), to_numpy(v), rtol=0, atol=1e-12, err_msg=k
         )
+
+
+# -- the parts: batch iterator, extensions, checkpoint validation ---------------------
+
+
+def test_images_per_second_counts_the_partial_last_batch(data):
+    tr = make_trainer(data, epochs=1, mini_batch_size=64)  # 4*64 + 44 images, not 5*64
+    h = tr.train()
+    assert h["images_per_sec"][0] * h["epoch_seconds"][0] == pytest.approx(300, rel=1e-9)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3])
+def test_batch_iterator_shares_cover_each_global_batch(size):
+    from xpcnn.train import BatchIterator
+
+    its = [BatchIterator(11, 4, np.random.default_rng(7), rank=r, size=size) for r in range(size)]
+    for _ in range(2):  # two epochs: a new permutation each
+        seen = []
+        for batches in zip(*(it.epoch_batches() for it in its), strict=True):
+            lens = [len(b.indices) for b in batches]
+            assert max(lens) - min(lens) <= 1
+            whole = np.concatenate([b.indices for b in batches])
+            assert len(whole) == batches[0].global_size == min(4, 11 - len(seen))
+            seen.extend(whole)
+        assert sorted(seen) == list(range(11))
+        for it in its:
+            it.end_epoch()
+    assert all(it.epoch == 2 and it.step == 0 for it in its)
+
+
+def test_extensions_run_in_order_and_rank0_only_is_respected(data):
+    from xpcnn.train import Extension
+
+    calls = []
+
+    class Record(Extension):
+        def on_epoch_end(self, trainer):
+            calls.append(("epoch_end", trainer.epoch, len(trainer.test_acc_list)))
+
+        def on_train_end(self, trainer):
+            calls.append(("train_end",))
+
+    class Rank0(Extension):
+        rank0_only = True
+
+        def on_epoch_begin(self, trainer):
+            calls.append(("rank0",))
+
+    make_trainer(data, epochs=2, extensions=[Record(), Rank0()]).train()
+    # evaluation (built in) ran before the user's extension saw the epoch's end
+    assert calls == [
+        ("rank0",),
+        ("epoch_end", 1, 1),
+        ("rank0",),
+        ("epoch_end", 2, 2),
+        ("train_end",),
+    ]
+    calls.clear()
+    # two ranks (threads): both evaluate, only rank 0 runs a rank0_only extension
+    ranks = run_ranks(2, lambda comm: make_trainer(data, epochs=1, extensions=[Rank0()], comm=comm))
+    assert calls == [("rank0",)] and all(len(tr.test_acc_list) == 1 for tr in ranks)
+
+
+def test_single_process_is_a_communicator():
+    from xpcnn.train import Communicator, SingleProcess
+
+    c = SingleProcess()
+    assert isinstance(c, Communicator) and (c.rank, c.size) == (0, 1)
+    x = np.arange(3.0)
+    assert c.allreduce(x) is x and c.bcast(x) is x and c.bcast_object({"a": 1}) == {"a": 1}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"mini_batch_size": 30}, "mini_batch_size 50, not 30"),
+        ({"optimizer": "SGD"}, "optimizer Adam, not SGD"),
+    ],
+)
+def test_a_refused_checkpoint_changes_nothing(data, tmp_path, change, match):
+    tr = make_trainer(data, epochs=1)
+    tr.train()
+    tr.save_checkpoint(tmp_path / "ck.npz")
+    other = make_trainer(data, epochs=2, **change)
+    other.train()  # its own parameters, optimizer state and progress
+    before, state, progress = params_of(other), dict(other.optimizer.state_arrays()), other.epoch
+    with pytest.raises(CheckpointError, match=match):
+        other.load_checkpoint(tmp_path / "ck.npz")
+    after = params_of(other)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert other.optimizer.state_arrays().keys() == state.keys()
+    assert all(other.optimizer.state_arrays()[k] is v for k, v in state.items())
+    assert other.epoch == progress
+
+
+def test_a_mid_epoch_checkpoint_of_another_training_set_is_refused(data, tmp_path):
+    tr = make_trainer(data, epochs=1)
+    tr.train()
+    tr.step_in_epoch, tr.batches.perm = 2, np.arange(300)
+    tr.save_checkpoint(tmp_path / "ck.npz")
+    small = make_trainer((data[0][:200], data[1][:200], data[2], data[3]), epochs=1)
+    with pytest.raises(CheckpointError, match="training set of 300 examples, not 200"):
+        small.load_checkpoint(tmp_path / "ck.npz")
+
+
+# -- data parallel, with ranks as threads (the MPI communicator is tested under mpiexec) --
+
+
+class ThreadComm:
+    """A communicator for ranks run as threads of one process: sums in rank order."""
+
+    def __init__(self, group, rank):
+        self.group, self.rank, self.size = group, rank, group["size"]
+
+    def _exchange(self, value):
+        g = self.group
+        g["slots"][self.rank] = value
+        g["barrier"].wait()
+        slots = list(g["slots"])
+        g["barrier"].wait()
+        return slots
+
+    def allreduce(self, x):
+        slots = self._exchange(np.array(x, copy=True))
+        total = slots[0].copy()
+        for s in slots[1:]:
+            total += s
+        return total
+
+    def bcast(self, x, root=0):
+        return np.array(self._exchange(x)[root], copy=True)
+
+    def bcast_object(self, obj, root=0):
+        return self._exchange(obj)[root]
+
+    def barrier(self):
+        self.group["barrier"].wait()
+
+
+def run_ranks(size, make):
+    """make(comm) -> trainer, run on ``size`` threads; returns the trainers."""
+    import threading
+
+    group = {"size": size, "slots": [None] * size, "barrier": threading.Barrier(size, timeout=120)}
+    trainers, errors = [None] * size, []
+
+    def rank_main(r):
+        try:
+            trainers[r] = make(ThreadComm(group, r))
+            trainers[r].train()
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+            group["barrier"].abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return trainers
+
+
+def test_three_ranks_equal_one_process(data, tmp_path):
+    """Shares of 22/21/21 (and 15/15/14 in the partial batch) weighted by
+    share size: the same computation as one process up to summation order."""
+    straight = make_trainer(data, epochs=2, mini_batch_size=64)
+    straight.train()
+
+    def make(comm):
+        # rank 1 starts from other weights: the broadcast from rank 0 must fix that
+        net = SimpleConvNet(**SMALL, dtype="float64", seed=0 if comm.rank != 1 else 9)
+        return Trainer(net, *data, epochs=2, mini_batch_size=64, verbose=False, seed=1, comm=comm)
+
+    ranks = run_ranks(3, make)
+    a = params_of(straight)
+    for tr in ranks:
+        b = params_of(tr)
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-9, err_msg=k)
+        assert tr.train_loss_list == pytest.approx(straight.train_loss_list, abs=1e-9)
+        assert tr.test_acc_list == straight.test_acc_list  # sharded (correct, count) sums
+        assert tr.train_acc_list == straight.train_acc_list
+
+    # A checkpoint written by rank 0 of the 3-rank run resumes in one process.
+    first = run_ranks(3, lambda comm: make_trainer(data, epochs=1, mini_batch_size=64, comm=comm))
+    first[0].save_checkpoint(tmp_path / "ck.npz")
+    resumed = make_trainer(data, epochs=2, mini_batch_size=64)
+    resumed.load_checkpoint(tmp_path / "ck.npz")
+    resumed.train()
+    b = params_of(resumed)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-9, err_msg=k)

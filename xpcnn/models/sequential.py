@@ -23,6 +23,7 @@ from ..layers import (
     SoftmaxWithLoss,
     Tanh,
 )
+from ..metrics import accuracy
 
 __all__ = ["NetBuilder", "Sequential", "init_std"]
 
@@ -199,20 +200,7 @@ class Sequential:
 
     def accuracy(self, x: Any, t: Any, batch_size: int = 100) -> float:
         """Fraction of correctly classified examples, evaluated in batches."""
-        xp = self.device.xp
-        N = x.shape[0]
-        if N == 0:
-            raise ValueError("accuracy of an empty set is undefined")
-        correct = []
-        for i in range(0, N, batch_size):
-            # Stops past the end are not in the standard (array-api-strict refuses them).
-            end = min(i + batch_size, N)
-            tt = t[i:end, ...]
-            y = xp.argmax(self.predict(x[i:end, ...], keep_cache=False), axis=1)
-            if len(tt.shape) == 2:
-                tt = xp.argmax(tt, axis=1)
-            correct.append(xp.sum(xp.astype(y == xp.astype(tt, y.dtype), xp.int64)))
-        return float(to_numpy(xp.sum(xp.stack(correct)))) / N
+        return accuracy(self, x, t, batch_size)
 
     def gradient(self, x: Any, t: Any) -> dict[str, Any]:
         """Loss gradients by backpropagation, keyed like :attr:`params`; also

@@ -1,0 +1,161 @@
+"""Extensions: what the training loop does besides stepping (Chainer's
+Trainer + extensions).
+
+The :class:`~xpcnn.train.Trainer` calls each extension's hooks in list order:
+``on_train_begin``, then per epoch ``on_epoch_begin``, ``on_step_end`` after
+every step, ``on_losses`` whenever the per-step losses reach the host (every
+``log_every`` steps and at the epoch's end), ``on_epoch_end``, and finally
+``on_train_end`` (also when training stops with an exception).
+
+An extension whose effects must happen once per job (printing, a progress bar,
+writing files) sets ``rank0_only = True``: in a data-parallel run only rank 0
+calls it. Extensions that every rank must run (evaluation, which is a
+collective; divergence checks, so that every rank stops) leave it False.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+__all__ = [
+    "Checkpoint",
+    "DivergenceCheck",
+    "EpochEndCallback",
+    "EpochLog",
+    "Evaluate",
+    "Extension",
+    "ProgressBar",
+]
+
+
+class Extension:
+    """Base class: every hook does nothing."""
+
+    rank0_only: bool = False
+
+    def on_train_begin(self, trainer: Trainer) -> None: ...
+    def on_epoch_begin(self, trainer: Trainer) -> None: ...
+    def on_step_end(self, trainer: Trainer) -> None: ...
+    def on_losses(self, trainer: Trainer, losses: list[float]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer) -> None: ...
+    def on_train_end(self, trainer: Trainer) -> None: ...
+
+
+class DivergenceCheck(Extension):
+    """Raise :class:`~xpcnn.train.TrainingDiverged` when a loss is NaN or infinite
+    (on every rank: the losses are the same global ones everywhere)."""
+
+    def on_losses(self, trainer: Trainer, losses: list[float]) -> None:
+        from .trainer import TrainingDiverged
+
+        if all(math.isfinite(v) for v in losses):
+            return
+        raise TrainingDiverged(
+            f"training diverged: the loss became {losses[-1]} by step "
+            f"{len(trainer.train_loss_list)} (epoch {trainer.epoch + 1}); lower the learning "
+            f"rate (now {trainer.optimizer.lr}) or use float64"
+        )
+
+
+class ProgressBar(Extension):
+    """A tqdm bar per epoch (steps, and the last loss copied to the host)."""
+
+    rank0_only = True
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def on_epoch_begin(self, trainer: Trainer) -> None:
+        self.bar = tqdm(
+            total=trainer.steps_per_epoch,
+            initial=trainer.step_in_epoch,
+            desc=f"epoch {trainer.epoch + 1}/{trainer.epochs}",
+            disable=None,  # only on terminals
+            leave=False,
+            unit="step",
+        )
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.bar.update()
+
+    def on_losses(self, trainer: Trainer, losses: list[float]) -> None:
+        if self.bar is not None and losses:
+            self.bar.set_postfix(loss=f"{losses[-1]:.4f}")
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self.on_train_end(trainer)  # before the epoch line, which would otherwise cross the bar
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Evaluate(Extension):
+    """Accuracy on the first ``samples`` training and test examples (all if
+    None) after each epoch, appended to ``train_acc_list`` / ``test_acc_list``.
+    A collective in a data-parallel run: each rank counts its shard."""
+
+    def __init__(self, samples: int | None = None) -> None:
+        self.samples = samples
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        sl = slice(None) if self.samples is None else slice(0, self.samples)
+        train_acc, test_acc = trainer.accuracies(
+            (trainer.x_train[sl, ...], trainer.t_train[sl, ...]),
+            (trainer.x_test[sl, ...], trainer.t_test[sl, ...]),
+        )
+        trainer.train_acc_list.append(train_acc)
+        trainer.test_acc_list.append(test_acc)
+
+
+class EpochLog(Extension):
+    """One line per epoch on stdout, flushed at once (so ``> log`` sees it live)."""
+
+    rank0_only = True
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        steps = trainer.steps_per_epoch
+        losses = trainer.train_loss_list[-steps:]
+        loss = sum(losses) / max(len(losses), 1)
+        tqdm.write(
+            f"epoch {trainer.epoch:>3}/{trainer.epochs}  loss {loss:.4f}  "
+            f"train acc {trainer.train_acc_list[-1]:.4f}  test acc {trainer.test_acc_list[-1]:.4f}  "
+            f"{trainer.images_per_sec[-1]:,.0f} img/s",
+            file=sys.stdout,
+        )
+        sys.stdout.flush()
+
+
+class Checkpoint(Extension):
+    """Save the trainer to ``path`` after every epoch (atomic), with ``extra`` metadata."""
+
+    rank0_only = True
+
+    def __init__(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
+        self.path, self.extra = Path(path), extra
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        trainer.save_checkpoint(self.path, extra=self.extra)
+
+
+class EpochEndCallback(Extension):
+    """A plain ``callback(trainer)`` after each epoch's evaluation (the
+    Trainer's ``on_epoch_end=`` argument); rank 0 only, as it usually writes."""
+
+    rank0_only = True
+
+    def __init__(self, callback: Callable[[Trainer], None]) -> None:
+        self.callback = callback
+
+    def on_epoch_end(self, trainer: Trainer) -> None:
+        self.callback(trainer)
