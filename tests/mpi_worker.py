@@ -25,6 +25,7 @@ from xpcnn.distributed import (
     check_same_config,
     get_communicator,
 )
+from xpcnn.train import Communicator
 
 
 def rank_input(rank: int, dtype: str) -> np.ndarray:
@@ -50,8 +51,41 @@ def collectives(comm, out: Path) -> None:
             }
     seen["object"] = comm.bcast_object({"rank": comm.rank, "x": [1.5, "a"]}, root=comm.size - 1)
     seen["local_rank"] = comm.local_rank
+    seen["is_communicator"] = isinstance(comm, Communicator)
     comm.barrier()
     (out / f"rank{comm.rank}.json").write_text(json.dumps(seen))
+
+
+def layer_net():
+    """A tiny net with dropout and batch normalisation (the test process builds it too)."""
+    from xpcnn.models import NetBuilder
+
+    return NetBuilder((6,), seed=0).affine(8).batchnorm().relu().dropout(0.5).affine(3).build()
+
+
+def layers(comm, out: Path) -> None:
+    """Per-rank dropout masks after the start-of-training broadcast; BatchNorm running
+    statistics: trained per rank, rank 0's once evaluated."""
+    from xpcnn.train import Trainer
+
+    net = layer_net()
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((40, 6)), rng.integers(0, 3, 40)
+    trainer = Trainer(net, x, t, x, t, epochs=1, mini_batch_size=8, verbose=False,
+                      progress=False, seed=0, comm=comm)  # fmt: skip
+    trainer.broadcast_state()
+    drop = next(layer for layer in net.layers if hasattr(layer, "seed_state"))
+    mask = drop.forward(np.ones((4, 8)), True).tolist()
+    trainer._share = (4, 8)  # this rank's images of a global batch (as train() sets it)
+    for _ in range(3):  # BatchNorm running statistics of this rank's shares
+        trainer.train_step(*trainer._take(np.arange(comm.rank * 4, comm.rank * 4 + 4)))
+    trained = {k: v.tolist() for k, v in net.buffers.items()}
+    trainer.test_accuracy()
+    evaluated = {k: v.tolist() for k, v in net.buffers.items()}
+    params = {k: v.tolist() for k, v in net.params.items()}
+    (out / f"rank{comm.rank}.json").write_text(
+        json.dumps({"mask": mask, "trained": trained, "evaluated": evaluated, "params": params})
+    )
 
 
 def _describe(x) -> dict:
@@ -125,6 +159,8 @@ def main() -> None:
             collectives(comm, out)
         elif scenario.startswith("fault-"):
             fault(comm, scenario.removeprefix("fault-"))
+        elif scenario == "layers":
+            layers(comm, out)
         elif scenario == "mismatch":
             mismatch(comm, out)
         else:

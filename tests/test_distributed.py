@@ -16,14 +16,8 @@ import pytest
 from helpers import mpi_available, run_mpi
 
 from xpcnn import distributed
-from xpcnn.distributed import (
-    ConfigMismatchError,
-    SingleCommunicator,
-    array_digest,
-    check_same_config,
-    rank_seed,
-    shard,
-)
+from xpcnn.distributed import ConfigMismatchError, array_digest, check_same_config, rank_seed
+from xpcnn.train import Communicator, SingleProcess
 
 needs_mpi = pytest.mark.skipif(mpi_available() is not None, reason=str(mpi_available()))
 
@@ -31,25 +25,12 @@ needs_mpi = pytest.mark.skipif(mpi_available() is not None, reason=str(mpi_avail
 # -- one process ------------------------------------------------------------------------
 
 
-def test_single_communicator_is_the_identity(backend):
-    comm = SingleCommunicator()
-    x = backend.asarray(np.arange(6.0).reshape(2, 3), "float32")
-    assert (comm.rank, comm.size, comm.local_rank) == (0, 1, 0)
-    assert comm.allreduce(x) is x
-    assert comm.bcast(x) is x
-    assert comm.bcast_object({"a": [1, 2.5]}) == {"a": [1, 2.5]}
-    comm.barrier()
-    with pytest.raises(TypeError, match="JSON-able"):
-        comm.bcast_object({"a": object()})
-    with pytest.raises(ValueError, match="root 1 is not a rank"):
-        comm.bcast(x, root=1)
-
-
 def test_get_communicator_without_a_launcher_is_single(monkeypatch):
     for var in distributed._SIZE_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(distributed, "_COMM", None)
-    assert isinstance(distributed.get_communicator(), SingleCommunicator)
+    comm = distributed.get_communicator()
+    assert isinstance(comm, SingleProcess) and isinstance(comm, Communicator)
     check_same_config({"seed": 1})  # nothing to compare with
 
 
@@ -61,22 +42,15 @@ def test_launched_by_mpiexec_without_mpi4py_is_refused(monkeypatch):
         distributed.get_communicator()
 
 
-@pytest.mark.parametrize("n", [0, 1, 7, 10, 99, 100])
-@pytest.mark.parametrize("size", [1, 2, 3, 8])
-def test_shard_splits_contiguously_and_evenly(n, size):
-    bounds = [shard(n, size, r) for r in range(size)]
-    assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(bounds[r][1] == bounds[r + 1][0] for r in range(size - 1))
-    lengths = [b - a for a, b in bounds]
-    assert max(lengths) - min(lengths) <= 1
-
-
 def test_rank_seed():
-    assert rank_seed(7, 0) == 7  # rank 0 keeps the one-process stream
+    assert rank_seed(7, 0) == 7 and rank_seed(7, 0, step=9) == 7  # rank 0: one-process stream
     assert rank_seed(None, 3) is None
     seeds = {rank_seed(7, r) for r in range(1, 64)} | {rank_seed(8, r) for r in range(1, 64)}
-    assert len(seeds) == 126 and 7 not in seeds  # distinct per (seed, rank)
-    assert rank_seed(7, 5) == rank_seed(7, 5)
+    seeds |= {rank_seed(7, r, step=100) for r in range(1, 64)}
+    assert len(seeds) == 189 and 7 not in seeds  # distinct per (seed, rank, step)
+    assert rank_seed(7, 5) == rank_seed(7, 5) == rank_seed(7, 5, step=0)
+    with pytest.raises(ValueError, match="non-negative"):
+        rank_seed(-1, 2)
 
 
 def test_array_digest_sees_values_shape_and_dtype(backend):
@@ -128,6 +102,7 @@ def test_allreduce_and_bcast_over_two_ranks(collectives_run, backend, dtype):
 def test_bcast_object_and_local_rank(collectives_run):
     assert [s["object"] for s in collectives_run] == [{"rank": 1, "x": [1.5, "a"]}] * 2
     assert sorted(s["local_rank"] for s in collectives_run) == [0, 1]  # one node
+    assert all(s["is_communicator"] for s in collectives_run)  # what Trainer(comm=) takes
 
 
 @needs_mpi
@@ -147,6 +122,23 @@ def test_a_failing_rank_ends_the_job(tmp_path, how, status, says):
         assert proc.returncode == status
     assert says in proc.stderr
     assert time.monotonic() - start < 60
+
+
+@needs_mpi
+def test_dropout_masks_per_rank_and_batchnorm_statistics_of_rank_0(tmp_path):
+    from mpi_worker import layer_net
+
+    proc = run_mpi(2, ["tests/mpi_worker.py", "layers", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    rank0, rank1 = _rank_results(tmp_path)
+    net = layer_net()  # one process, same seed: rank 0 draws its masks
+    drop = next(layer for layer in net.layers if hasattr(layer, "seed_state"))
+    single = drop.forward(np.ones((4, 8)), True).tolist()
+    assert rank0["mask"] == single
+    assert rank1["mask"] != single
+    assert rank0["params"] == rank1["params"]  # the same step everywhere
+    assert rank0["trained"] != rank1["trained"]  # statistics of each rank's own shares
+    assert rank0["evaluated"] == rank1["evaluated"] == rank0["trained"]
 
 
 @needs_mpi

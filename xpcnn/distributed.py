@@ -5,8 +5,9 @@ the whole network; each step, each rank computes the gradients of its share of t
 global batch and one allreduce sums them (see :class:`xpcnn.train.Trainer`).
 
 - :func:`get_communicator` gives an :class:`MPICommunicator` when the job has more
-  than one process, else a :class:`SingleCommunicator` (no mpi4py needed: xpcnn works
-  without it installed; ``pip install "xpcnn[mpi]"`` adds it).
+  than one process, else the trivial :class:`~xpcnn.train.SingleProcess` (no mpi4py
+  needed: xpcnn works without it installed; ``pip install "xpcnn[mpi]"`` adds it).
+  Both satisfy :class:`~xpcnn.train.Communicator`, what a ``Trainer(comm=...)`` needs.
 - :func:`abort_on_exception`: an uncaught exception on any rank ends the whole job
   (``MPI_Abort``) instead of leaving the other ranks waiting in a collective.
 - :func:`check_same_config`: ranks started with different options or data stop,
@@ -27,17 +28,18 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .backend import Device, to_numpy
 
+if TYPE_CHECKING:
+    from .train.comm import SingleProcess
+
 __all__ = [
-    "Communicator",
     "ConfigMismatchError",
     "MPICommunicator",
-    "SingleCommunicator",
     "abort_on_exception",
     "array_digest",
     "check_same_config",
@@ -46,7 +48,6 @@ __all__ = [
     "mpi_summary",
     "rank_device",
     "rank_seed",
-    "shard",
 ]
 
 _MPI_HINT = 'install mpi4py and an MPI with `pip install "xpcnn[mpi]"`'
@@ -63,57 +64,9 @@ class ConfigMismatchError(ValueError):
     collective = True
 
 
-@runtime_checkable
-class Communicator(Protocol):
-    """What the Trainer needs from a communicator (``rank``, ``size``, collectives)."""
-
-    rank: int
-    size: int
-    local_rank: int
-
-    def allreduce(self, x: Any) -> Any: ...
-    def bcast(self, x: Any, root: int = 0) -> Any: ...
-    def bcast_object(self, obj: Any, root: int = 0) -> Any: ...
-    def barrier(self) -> None: ...
-    def abort(self, status: int = 1) -> None: ...
-
-
-class SingleCommunicator:
-    """The communicator of a one-process run: every collective is the identity.
-
-    ``allreduce`` and ``bcast`` return ``x`` itself (do not modify it afterwards);
-    ``bcast_object`` returns a JSON round trip of ``obj``, so an object that an MPI
-    run could not send fails here too.
-    """
-
-    rank = 0
-    size = 1
-    local_rank = 0
-    local_size = 1
-
-    def allreduce(self, x: Any) -> Any:
-        return x
-
-    def bcast(self, x: Any, root: int = 0) -> Any:
-        _check_root(root, 1)
-        return x
-
-    def bcast_object(self, obj: Any, root: int = 0) -> Any:
-        _check_root(root, 1)
-        return json.loads(_dumps(obj))
-
-    def barrier(self) -> None:
-        pass
-
-    def abort(self, status: int = 1) -> None:
-        sys.exit(status)
-
-    def __repr__(self) -> str:
-        return "SingleCommunicator()"
-
-
 class MPICommunicator:
-    """Collectives over an mpi4py communicator (``MPI.COMM_WORLD`` by default).
+    """Collectives over an mpi4py communicator (``MPI.COMM_WORLD`` by default); a
+    :class:`~xpcnn.train.Communicator`.
 
     Attributes
     ----------
@@ -226,13 +179,13 @@ def launcher_world_size() -> int:
 _COMM: Any = None
 
 
-def get_communicator() -> SingleCommunicator | MPICommunicator:
+def get_communicator() -> MPICommunicator | SingleProcess:
     """This job's communicator (created once, then cached).
 
     An :class:`MPICommunicator` over ``MPI.COMM_WORLD`` when the job has more than one
     process (told by the launcher's environment, or by an ``mpi4py.MPI`` the program
-    already imported), else a :class:`SingleCommunicator`; mpi4py is only imported in
-    the first case.
+    already imported), else a :class:`~xpcnn.train.SingleProcess`; mpi4py is only
+    imported in the first case.
 
     Raises
     ------
@@ -240,6 +193,8 @@ def get_communicator() -> SingleCommunicator | MPICommunicator:
         Launched with more than one process but mpi4py is not installed (each process
         would otherwise train alone and overwrite the others' files).
     """
+    from .train.comm import SingleProcess  # here: xpcnn.train imports this module
+
     global _COMM
     if _COMM is not None:
         return _COMM
@@ -248,7 +203,7 @@ def get_communicator() -> SingleCommunicator | MPICommunicator:
     if size <= 1 and MPI is not None and MPI.Is_initialized():
         size = MPI.COMM_WORLD.Get_size()
     if size <= 1:
-        _COMM = SingleCommunicator()
+        _COMM = SingleProcess()
         return _COMM
     try:
         import mpi4py  # noqa: F401
@@ -258,7 +213,7 @@ def get_communicator() -> SingleCommunicator | MPICommunicator:
             f"installed: {_MPI_HINT}, or run a single process"
         ) from None
     comm = MPICommunicator()
-    _COMM = comm if comm.size > 1 else SingleCommunicator()
+    _COMM = comm if comm.size > 1 else SingleProcess()
     return _COMM
 
 
@@ -349,12 +304,6 @@ def rank_seed(seed: int | None, rank: int, step: int = 0) -> int | None:
         )
     entropy = [seed, rank, step] if step else [seed, rank]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
-
-
-def shard(n: int, size: int, rank: int) -> tuple[int, int]:
-    """``(start, stop)`` of rank ``rank``'s contiguous share of ``n`` items split over
-    ``size`` ranks; shares differ in length by at most one."""
-    return n * rank // size, n * (rank + 1) // size
 
 
 def rank_device(spec: str, comm: Any = None) -> str:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..backend import Device, host_rng, to_numpy
 from ..checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from ..distributed import rank_seed
 from ..metrics import as_input, count_correct
 from ..models import Sequential, build_model
 from ..optim import Optimizer, make_optimizer
@@ -203,7 +204,8 @@ class Trainer:
         ]
         self._history: dict[str, list[float]] = {f: [] for f in HISTORY_FIELDS}
         self._pending: list[Any] = []  # device losses not yet copied to the host
-        self._stop = [False]  # Ctrl-C seen (set by the SIGINT handler during train())
+        self._stop = [False]  # Ctrl-C seen here (set by the SIGINT handler during train())
+        self._stop_all = False  # Ctrl-C seen by some rank, as of the last allreduce
         self._share = (0, 0)  # (this rank's images, global images) of the current step
 
     # -- progress, kept by the batch iterator ---------------------------------------
@@ -276,7 +278,8 @@ class Trainer:
             n = grads[k].size
             out[k] = xp.reshape(flat[at : at + n], grads[k].shape)
             at += n
-        self._stop[0] = bool(to_numpy(flat[at + 1]) > 0)
+        # Not written into _stop: a Ctrl-C handled during the allreduce would be lost.
+        self._stop_all = bool(to_numpy(flat[at + 1]) > 0)
         return out, flat[at]
 
     def _take(self, idx: np.ndarray) -> tuple[Any, Any]:
@@ -304,6 +307,7 @@ class Trainer:
         TrainingDiverged when the loss stops being finite.
         """
         with _deferred_sigint() as self._stop, self.network.device.activate():
+            self._stop_all = False
             self.broadcast_state()
             self._call("on_train_begin")
             try:
@@ -324,7 +328,7 @@ class Trainer:
             self._call("on_step_end")
             if self.step_in_epoch % self.log_every == 0:
                 self._flush_losses()
-            if self._stop[0]:
+            if self._stop_all if self.comm.size > 1 else self._stop[0]:
                 self._flush_losses()
                 raise TrainingInterrupted(
                     f"interrupted in epoch {self.epoch + 1} after step {self.step_in_epoch}"
@@ -340,7 +344,12 @@ class Trainer:
     def accuracies(self, *sets: tuple[Any, Any]) -> list[float]:
         """Accuracy on each ``(x, t)`` set; in a data-parallel run each rank
         counts its contiguous shard and the (correct, count) pairs are summed
-        in one allreduce."""
+        in one allreduce. Every rank first takes rank 0's buffers (BatchNorm's
+        running statistics, which training keeps per rank), so the network
+        evaluated is the one rank 0 saves."""
+        if self.comm.size > 1:
+            for k in list(self.network.buffers):
+                self.network.buffers[k] = self.comm.bcast(self.network.buffers[k])
         counts = []
         for x, t in sets:
             rows = share(np.arange(x.shape[0]), self.comm.rank, self.comm.size)
@@ -363,7 +372,12 @@ class Trainer:
     # -- data parallel ----------------------------------------------------------------
     def broadcast_state(self) -> None:
         """Give every rank rank 0's parameters, buffers, optimizer state and
-        progress (at the start and after a resume); nothing with one process."""
+        progress (at the start and after a resume); nothing with one process.
+
+        Dropout masks are the exception: rank r > 0 reseeds each dropout layer
+        from (its seed, r, the optimizer step), so the ranks draw different masks
+        and a resumed run does not repeat the first steps' masks (rank 0 keeps its
+        stream, saved in checkpoints)."""
         comm = self.comm
         if comm.size == 1:
             return
@@ -381,6 +395,12 @@ class Trainer:
         b.epoch, b.step, self.rng.bit_generator.state = comm.bcast_object(progress)
         perm = comm.bcast_object(None if b.perm is None else b.perm.tolist())
         b.perm = None if perm is None else np.asarray(perm, dtype=np.int64)
+        if comm.rank > 0:
+            for layer in net.layers:
+                if hasattr(layer, "seed_state"):
+                    seed = layer.seed_state.get("seed")
+                    seed = seed if isinstance(seed, int) else None  # a Generator: fresh entropy
+                    layer.seed_state = {"seed": rank_seed(seed, comm.rank, self.optimizer.iter)}
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
