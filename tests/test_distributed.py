@@ -153,3 +153,20 @@ def test_mismatched_configs_are_refused_on_every_rank(tmp_path):
 
 def test_mismatch_error_is_collective():
     assert ConfigMismatchError.collective is True
+
+
+def test_rank_device_gives_each_rank_of_a_node_its_gpu(monkeypatch):
+    from types import SimpleNamespace
+
+    from xpcnn import backend
+    from xpcnn.distributed import rank_device
+
+    monkeypatch.setattr(backend, "gpu_names", lambda: ["gpu a", "gpu b"])
+    comm = SimpleNamespace(size=4, local_rank=3)
+    assert rank_device("cuda", comm) == "cuda:1"  # local rank 3 of a node with 2 GPUs
+    assert rank_device(" CUDA ", SimpleNamespace(size=4, local_rank=0)) == "cuda:0"
+    assert rank_device("cuda:0", comm) == "cuda:0"  # an explicit GPU is kept
+    assert rank_device("cpu", comm) == "cpu"
+    assert rank_device("cuda", SimpleNamespace(size=1, local_rank=0)) == "cuda"
+    monkeypatch.setattr(backend, "gpu_names", lambda: [])
+    assert rank_device("cuda", comm) == "cuda"  # resolve_device then says there is no GPU
