@@ -159,6 +159,14 @@ def main() -> None:
             collectives(comm, out)
         elif scenario.startswith("fault-"):
             fault(comm, scenario.removeprefix("fault-"))
+        elif scenario == "threads":
+            from threadpoolctl import threadpool_info
+
+            from xpcnn.distributed import share_cores
+
+            threads = share_cores(comm)
+            blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+            (out / f"rank{comm.rank}.json").write_text(json.dumps([threads, blas]))
         elif scenario == "layers":
             layers(comm, out)
         elif scenario == "mismatch":

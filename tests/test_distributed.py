@@ -7,6 +7,7 @@ a timeout so that a hang fails; they are skipped, with the reason, when mpi4py o
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -170,3 +171,40 @@ def test_rank_device_gives_each_rank_of_a_node_its_gpu(monkeypatch):
     assert rank_device("cuda", SimpleNamespace(size=1, local_rank=0)) == "cuda"
     monkeypatch.setattr(backend, "gpu_names", lambda: [])
     assert rank_device("cuda", comm) == "cuda"  # resolve_device then says there is no GPU
+
+
+@needs_mpi
+def test_ranks_share_the_cores_blas_threads(tmp_path):
+    pytest.importorskip("threadpoolctl")
+    import os
+
+    no_limits = {"OMP_NUM_THREADS": "", "OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": ""}
+    proc = run_mpi(2, ["tests/mpi_worker.py", "threads", str(tmp_path)], env=no_limits)
+    assert proc.returncode == 0, proc.stderr
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    for threads, blas in _rank_results(tmp_path):
+        assert threads == share and blas and all(n == share for n in blas)
+
+
+def test_share_cores_leaves_one_process_and_chosen_limits_alone(monkeypatch):
+    from types import SimpleNamespace
+
+    from xpcnn.distributed import share_cores
+
+    assert share_cores(SingleProcess()) is None
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    assert share_cores(SimpleNamespace(size=2, local_size=2)) is None
+
+
+def test_info_of_one_process_names_the_mpi_library_or_the_extra(capsys, monkeypatch):
+    from xpcnn.cli import main
+
+    for var in distributed._SIZE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(distributed, "_COMM", None)
+    assert main(["info"]) == 0
+    line = next(li for li in capsys.readouterr().out.splitlines() if li.startswith("MPI: "))
+    if importlib.util.find_spec("mpi4py") is not None:
+        assert line.endswith("; world size 1") and "mpi4py 4." in line
+    else:
+        assert 'not installed (install mpi4py and an MPI with `pip install "xpcnn[mpi]"`)' in line

@@ -78,6 +78,14 @@ def test_only_rank_0_prints_and_writes(runs):
     assert "x 2 ranks (MPI)" in stderr
 
 
+def test_info_shows_the_mpi_library_and_world_size():
+    proc = run_mpi(2, [*XPCNN, "info"], timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("MPI: ")]
+    assert len(lines) == 1 and lines[0].endswith("; world size 2"), proc.stdout  # rank 0 only
+    assert "MPICH" in lines[0] or "Open MPI" in lines[0]
+
+
 def test_resume_across_world_sizes(runs):
     """1 epoch on 2 ranks + 1 on one process == 1 epoch on one process + 1 on 2 ranks."""
     root = runs["root"]

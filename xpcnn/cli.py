@@ -220,12 +220,19 @@ def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from .backend import resolve_device
     from .checkpoint import load_checkpoint
-    from .distributed import array_digest, check_same_config, get_communicator, rank_device
+    from .distributed import (
+        array_digest,
+        check_same_config,
+        get_communicator,
+        rank_device,
+        share_cores,
+    )
     from .train import Trainer, TrainingDiverged, TrainingInterrupted
     from .viz import plot_history
 
     comm = get_communicator()  # data-parallel under `mpiexec -n N`, N > 1
     lead = comm.rank == 0  # prints and writes files
+    threads = share_cores(comm)
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
     meta: dict[str, Any] = {}
     if args.resume is not None:
@@ -302,6 +309,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
     if lead:
         ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
+        if threads is not None:
+            ranks += f", {threads} BLAS thread{'s' if threads > 1 else ''} each"
         print(
             f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
             f"{dataset.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "

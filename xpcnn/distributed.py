@@ -48,6 +48,7 @@ __all__ = [
     "mpi_summary",
     "rank_device",
     "rank_seed",
+    "share_cores",
 ]
 
 _MPI_HINT = 'install mpi4py and an MPI with `pip install "xpcnn[mpi]"`'
@@ -317,6 +318,32 @@ def rank_device(spec: str, comm: Any = None) -> str:
 
     n = len(gpu_names())
     return f"cuda:{comm.local_rank % n}" if n else spec  # no GPU: resolve_device says so
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def share_cores(comm: Any = None) -> int | None:
+    """Give each rank's BLAS its share of this node's cores: ``cores // local_size``
+    threads (at least 1) through threadpoolctl, so that N ranks do not each start a
+    thread per core (OpenBLAS's threads spin: oversubscribed, they slow every rank).
+
+    Left alone, returning None: with one process, when ``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set (the user chose), or
+    without threadpoolctl (``pip install "xpcnn[mpi]"`` brings it). Else returns the
+    number of threads per rank.
+    """
+    comm = get_communicator() if comm is None else comm
+    if comm.size == 1 or any(os.environ.get(v) for v in _THREAD_VARS):
+        return None
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cores or 1) // max(1, getattr(comm, "local_size", 1)))
+    threadpool_limits(limits=threads, user_api="blas")  # for the rest of the process
+    return threads
 
 
 def mpi_summary() -> str:
