@@ -160,11 +160,12 @@ def main() -> None:
         elif scenario.startswith("fault-"):
             fault(comm, scenario.removeprefix("fault-"))
         elif scenario == "threads":
-            from threadpoolctl import threadpool_info
+            from threadpoolctl import threadpool_info, threadpool_limits
 
-            from xpcnn.distributed import share_cores
+            from xpcnn.distributed import cores_per_rank
 
-            threads = share_cores(comm)
+            threads = cores_per_rank(comm)
+            threadpool_limits(threads, user_api="blas")
             blas = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
             (out / f"rank{comm.rank}.json").write_text(json.dumps([threads, blas]))
         elif scenario == "layers":

@@ -299,3 +299,101 @@ def test_visualize_chosen_filters_and_bad_choices(trained, tmp_path, capsys):
     )
     assert status == 2
     assert_one_line_error(err, "nonsense")
+
+
+# -- errors: the project's are one line, a bug keeps its traceback ----------------------
+
+
+def test_a_project_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys, tmp_path):
+    import xpcnn.cli as cli
+    from xpcnn.errors import ConfigError
+
+    def config_error(*args, **kw):
+        raise ConfigError("--x 3 is too large; use at most 2")
+
+    monkeypatch.setattr(cli, "load_dataset", config_error)
+    status, _, err = run(capsys, "train", "--out", str(tmp_path))
+    assert status == 2
+    assert_one_line_error(err, "--x 3 is too large")
+
+    def bug(*args, **kw):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(cli, "load_dataset", bug)
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["train", "--out", str(tmp_path)])
+
+
+def test_checkpoint_errors_are_project_errors():
+    from xpcnn.checkpoint import CheckpointError
+    from xpcnn.errors import XpcnnError
+
+    assert issubclass(CheckpointError, XpcnnError) and issubclass(CheckpointError, ValueError)
+
+
+# -- output: epoch lines reach a pipe as they happen ---------------------------------------
+
+
+def test_epoch_lines_reach_a_redirected_stdout_as_they_happen(tmp_path):
+    """`xpcnn train > log`: the first epoch's line must arrive while training
+    goes on, not in a block at exit. The child is still training when the
+    line is read, so a Ctrl-C then stops it as an interrupted run."""
+    import os
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("PYTHONUNBUFFERED", None)  # a pipe is block-buffered, as for `> log`
+    argv = ["train", "--epochs", "20", "--train-size", "500", "--eval-samples", "100"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpcnn", *argv, "--no-progress", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("epoch   1/20  loss"), first
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted: checkpoint saved" in err
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[1]["trainer"]["epoch"] < 20
+
+
+# -- --threads -------------------------------------------------------------------------------
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("threads", [None, 1])
+def test_threads_option_limits_blas_during_training_and_says_so(
+    threads, monkeypatch, capsys, tmp_path
+):
+    import xpcnn.cli as cli
+
+    before = _blas_threads()
+    assert before, "NumPy's BLAS is not visible to threadpoolctl"
+    during = []
+    fit = cli._fit
+
+    def spy(trainer, checkpoint):
+        during.append(_blas_threads())
+        return fit(trainer, checkpoint)
+
+    monkeypatch.setattr(cli, "_fit", spy)
+    argv = ["train", "--epochs", "1", "--train-size", "100", "--eval-samples", "100"]
+    argv += ["--no-progress", "--out", str(tmp_path)]
+    status, _, err = run(capsys, *argv, *(["--threads", str(threads)] if threads else []))
+    assert status == 0
+    expected = before if threads is None else [threads] * len(before)
+    assert during == [expected]
+    first = err.splitlines()[0]
+    assert first.startswith("threads: BLAS ") and first.endswith(f" {expected[-1]}"), first
+    assert _blas_threads() == before  # restored after the run

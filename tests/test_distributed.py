@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import time
 
@@ -17,7 +18,13 @@ import pytest
 from helpers import mpi_available, run_mpi
 
 from xpcnn import distributed
-from xpcnn.distributed import ConfigMismatchError, array_digest, check_same_config, rank_seed
+from xpcnn.distributed import (
+    ConfigMismatchError,
+    MPIUnavailableError,
+    array_digest,
+    check_same_config,
+    rank_seed,
+)
 from xpcnn.train import Communicator, SingleProcess
 
 needs_mpi = pytest.mark.skipif(mpi_available() is not None, reason=str(mpi_available()))
@@ -39,7 +46,9 @@ def test_launched_by_mpiexec_without_mpi4py_is_refused(monkeypatch):
     monkeypatch.setenv("PMI_SIZE", "2")
     monkeypatch.setattr(distributed, "_COMM", None)
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails
-    with pytest.raises(RuntimeError, match=r"one of 2 .*mpi4py is not installed.*xpcnn\[mpi\]"):
+    with pytest.raises(
+        MPIUnavailableError, match=r"one of 2 .*mpi4py is not installed.*xpcnn\[mpi\]"
+    ):
         distributed.get_communicator()
 
 
@@ -175,9 +184,6 @@ def test_rank_device_gives_each_rank_of_a_node_its_gpu(monkeypatch):
 
 @needs_mpi
 def test_ranks_share_the_cores_blas_threads(tmp_path):
-    pytest.importorskip("threadpoolctl")
-    import os
-
     no_limits = {"OMP_NUM_THREADS": "", "OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": ""}
     proc = run_mpi(2, ["tests/mpi_worker.py", "threads", str(tmp_path)], env=no_limits)
     assert proc.returncode == 0, proc.stderr
@@ -186,14 +192,19 @@ def test_ranks_share_the_cores_blas_threads(tmp_path):
         assert threads == share and blas and all(n == share for n in blas)
 
 
-def test_share_cores_leaves_one_process_and_chosen_limits_alone(monkeypatch):
+def test_cores_per_rank_leaves_one_process_and_chosen_limits_alone(monkeypatch):
     from types import SimpleNamespace
 
-    from xpcnn.distributed import share_cores
+    from xpcnn.distributed import cores_per_rank
 
-    assert share_cores(SingleProcess()) is None
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert cores_per_rank(SingleProcess()) is None
+    assert cores_per_rank(SimpleNamespace(size=8, local_size=4)) == 4
+    assert cores_per_rank(SimpleNamespace(size=64, local_size=32)) == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
-    assert share_cores(SimpleNamespace(size=2, local_size=2)) is None
+    assert cores_per_rank(SimpleNamespace(size=2, local_size=2)) is None
 
 
 def test_info_of_one_process_names_the_mpi_library_or_the_extra(capsys, monkeypatch):

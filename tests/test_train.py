@@ -356,28 +356,32 @@ class ThreadComm:
         self.group["barrier"].wait()
 
 
-def run_ranks(size, make):
-    """make(comm) -> trainer, run on ``size`` threads; returns the trainers."""
+def run_ranks(size, make, errors=None):
+    """make(comm) -> trainer, run on ``size`` threads; returns the trainers.
+    The first exception of a rank is raised, or collected in ``errors``."""
     import threading
 
     group = {"size": size, "slots": [None] * size, "barrier": threading.Barrier(size, timeout=120)}
-    trainers, errors = [None] * size, []
+    trainers, raised = [None] * size, []
 
     def rank_main(r):
         try:
             trainers[r] = make(ThreadComm(group, r))
             trainers[r].train()
         except BaseException as exc:  # re-raised below
-            errors.append(exc)
-            group["barrier"].abort()
+            raised.append(exc)
+            if not isinstance(exc, TrainingInterrupted):
+                group["barrier"].abort()
 
     threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(size)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    if errors:
-        raise errors[0]
+    if errors is not None:
+        errors.extend(raised)
+    elif raised:
+        raise raised[0]
     return trainers
 
 
@@ -411,3 +415,27 @@ def test_three_ranks_equal_one_process(data, tmp_path):
     b = params_of(resumed)
     for k in a:
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-9, err_msg=k)
+
+
+def test_a_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(data):
+    """The flag travels in the step's allreduce: a Ctrl-C that reaches rank 1
+    after step 3's reduction stops both ranks after step 4, never one alone."""
+
+    def make(comm):
+        tr = make_trainer(data, epochs=1, mini_batch_size=30, comm=comm)
+        if comm.rank == 1:
+            step = tr.train_step
+
+            def late_ctrl_c(x, t):
+                out = step(x, t)
+                if tr.step_in_epoch == 3:
+                    tr._stop[0] = True  # what the SIGINT handler does
+                return out
+
+            tr.train_step = late_ctrl_c
+        return tr
+
+    errors = []
+    ranks = run_ranks(2, make, errors)
+    assert len(errors) == 2 and all(isinstance(e, TrainingInterrupted) for e in errors)
+    assert [tr.step_in_epoch for tr in ranks] == [4, 4]

@@ -46,6 +46,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ._atomic import atomic_write
+from .errors import XpcnnError
 
 __all__ = [
     "FORMAT_NAME",
@@ -70,7 +71,7 @@ _ZIP_MAGIC = b"PK\x03\x04"  # local file header; every non-empty zip starts with
 _MAX_LISTED = 20  # cap long key lists in error messages
 
 
-class CheckpointError(ValueError):
+class CheckpointError(XpcnnError, ValueError):
     """A checkpoint file is missing, damaged, not ours, or does not fit the model."""
 
 

@@ -2,7 +2,13 @@
 
 Every expected failure (bad option, no CuPy/GPU, missing or damaged data, a
 checkpoint that does not fit, an unwritable output folder) ends as one line on
-stderr and a non-zero exit status, never a traceback.
+stderr and a non-zero exit status; anything else is a bug and keeps its traceback.
+
+Under ``mpiexec -n N`` (N > 1) ``train`` runs data-parallel (``xpcnn.distributed``):
+rank 0 alone prints and writes; an error on one rank ends the whole job.
+
+One ``cmd_*`` function per subcommand, one ``_add_*`` function per subcommand's
+parser and per shared option group.
 """
 
 from __future__ import annotations
@@ -11,12 +17,46 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import array_api_compat
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+from . import __version__
+from ._atomic import atomic_write
+from .backend import Device, DeviceError, blas_summary, gpu_names, resolve_device, to_numpy
+from .checkpoint import load_checkpoint
+from .data import DATASET_NAMES, Dataset, DatasetError, IDXError, load_dataset
+from .distributed import (
+    abort_on_exception,
+    array_digest,
+    check_same_config,
+    cores_per_rank,
+    get_communicator,
+    mpi_summary,
+    rank_device,
+)
+from .errors import XpcnnError
+from .layers import Convolution
+from .metrics import as_input, predict_labels
+from .models import MODELS, Sequential, build_model
+from .optim import OPTIMIZERS
+from .train import (
+    Checkpoint,
+    Communicator,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    load_network,
+)
 
 __all__ = ["main"]
 
@@ -50,9 +90,10 @@ RESUMED_FROM_CHECKPOINT = (
     "seed",
     "eval_samples",
 )
+VISUALS = ("filters", "responses", "features", "curves", "errors", "confusion")
 
 
-class CLIError(Exception):
+class CLIError(XpcnnError):
     """An error to report as one line, with an exit status. ``collective``: raised
     on every rank of a data-parallel run at once (rank 0 alone reports it)."""
 
@@ -60,6 +101,11 @@ class CLIError(Exception):
         super().__init__(message)
         self.status = status
         self.collective = collective
+
+
+# Reported as one line. DeviceError, DatasetError and IDXError predate XpcnnError;
+# OSError is the environment's (permissions, a full disk), not a bug.
+USER_ERRORS = (XpcnnError, DeviceError, DatasetError, IDXError, OSError)
 
 
 def _positive_int(text: str) -> int:
@@ -82,70 +128,94 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASET_NAMES
-    from .models import MODELS
-    from .optim import OPTIMIZERS
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(i) for i in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
 
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xpcnn",
         description="Convolutional networks from 'Deep Learning from Scratch' ch. 7 on NumPy or CuPy.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_visualize_parser(sub)
+    sub.add_parser("info", help="versions, backends and whether a GPU is visible")
+    return parser
 
-    def add_device(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
-            "--device", default="cpu", help="cpu (NumPy), cuda or cuda:N (CuPy); default cpu"
-        )
 
-    def add_data(p: argparse.ArgumentParser, default: str | None) -> None:
-        p.add_argument(
-            "--dataset",
-            choices=DATASET_NAMES,
-            default=default,
-            help="mnist-sample (bundled, offline), mnist or fashion-mnist"
-            + ("" if default else "; default: the one the checkpoint was trained on"),
-        )
-        p.add_argument(
-            "--data-dir",
-            type=Path,
-            help="folder with the IDX files (else $XPCNN_DATA, the cache, a download)",
-        )
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", default="cpu", help="cpu (NumPy), cuda or cuda:N (CuPy); default cpu"
+    )
 
+
+def _add_data_options(p: argparse.ArgumentParser, default: str = "the checkpoint's") -> None:
+    p.add_argument(
+        "--dataset",
+        choices=DATASET_NAMES,
+        help=f"mnist-sample (bundled, offline), mnist or fashion-mnist (default {default})",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with the IDX files (else $XPCNN_DATA, the cache, a download)",
+    )
+
+
+def _add_train_option(p: argparse.ArgumentParser, flag: str, help: str, **kw: Any) -> None:
+    """An option of `xpcnn train` whose default (shown in the help) is in TRAIN_DEFAULTS."""
+    default = TRAIN_DEFAULTS[flag[2:].replace("-", "_")]
+    shown = "all" if default is None else default
+    p.add_argument(flag, help=f"{help} (default {shown})", **kw)
+
+
+def _add_train_parser(sub: Any) -> None:
     t = sub.add_parser("train", help="train a network and report its test accuracy")
-    t.add_argument(
-        "--model", choices=sorted(MODELS), help=f"network (default {TRAIN_DEFAULTS['model']})"
+    _add_train_option(t, "--model", "network", choices=sorted(MODELS))
+    _add_data_options(t, f"{TRAIN_DEFAULTS['dataset']}, or the resumed run's")
+    _add_train_option(t, "--epochs", "epochs in all", type=_positive_int)
+    _add_train_option(t, "--batch-size", "mini-batch size", type=_positive_int)
+    _add_train_option(t, "--optimizer", "update rule", type=str.lower, choices=sorted(OPTIMIZERS))
+    _add_train_option(t, "--lr", "learning rate", type=_positive_float)
+    _add_device_option(t)
+    _add_train_option(t, "--dtype", "float type", choices=("float32", "float64"))
+    _add_train_option(t, "--seed", "seed of the initial weights and the shuffles", type=int)
+    _add_train_option(
+        t, "--train-size", "train on the first N images only (quick runs)", type=_positive_int
     )
-    add_data(t, None)
-    t.add_argument(
-        "--epochs", type=_positive_int, help=f"epochs in all (default {TRAIN_DEFAULTS['epochs']})"
-    )
-    t.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default 100)")
-    t.add_argument("--optimizer", type=str.lower, choices=sorted(OPTIMIZERS), help="default adam")
-    t.add_argument("--lr", type=_positive_float, help="learning rate (default 0.001)")
-    add_device(t)
-    t.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
-    t.add_argument(
-        "--seed", type=int, help="seed of the initial weights and the shuffles (default 0)"
-    )
-    t.add_argument(
-        "--train-size", type=_positive_int, help="train on the first N images only (quick runs)"
-    )
-    t.add_argument(
-        "--eval-samples", type=_positive_int, help="examples evaluated per epoch (default 10000)"
-    )
+    _add_train_option(t, "--eval-samples", "examples evaluated per epoch", type=_positive_int)
     t.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     t.add_argument(
         "--resume", type=Path, metavar="CHECKPOINT", help="continue a run from its checkpoint"
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="BLAS threads (and PyTorch's, on the torch backend); default: the library's own",
+    )
 
+
+def _add_evaluate_parser(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="accuracy (overall and per class) of a checkpoint")
     e.add_argument("checkpoint", type=Path)
-    add_data(e, None)
-    add_device(e)
+    _add_data_options(e)
+    _add_device_option(e)
     e.add_argument("--batch-size", type=_positive_int, default=500)
 
+
+def _add_visualize_parser(sub: Any) -> None:
     v = sub.add_parser(
         "visualize", help="filters, feature maps, curves, errors of a checkpoint, as PNG"
     )
@@ -153,21 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, required=True, help="output folder for the PNG files")
     v.add_argument(
         "--what",
-        default="filters,responses,features,curves,errors,confusion",
-        help="comma-separated subset of: filters,responses,features,curves,errors,confusion",
+        default=",".join(VISUALS),
+        help=f"comma-separated subset of: {','.join(VISUALS)}",
     )
     v.add_argument("--image-index", type=int, default=0, help="test image for responses/features")
     v.add_argument(
         "--filters",
-        type=lambda text: [int(i) for i in text.split(",")],
+        type=_int_list,
         default=None,
         help="first-layer filters whose responses to show, e.g. 0,3,7 (default: the first four)",
     )
-    add_data(v, None)
-    add_device(v)
-
-    sub.add_parser("info", help="versions, backends and whether a GPU is visible")
-    return parser
+    _add_data_options(v)
+    _add_device_option(v)
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -186,21 +253,18 @@ def _check_writable(folder: Path) -> Path:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    from ._atomic import atomic_write
-
     with atomic_write(path) as f:
         f.write((json.dumps(obj, indent=2) + "\n").encode())
 
 
-def _load_data(name: str, data_dir: Path | None, progress: bool = True) -> Any:
-    from .data import load_dataset
+def _say(*lines: str, file: Any = None) -> None:
+    """Print and flush at once, so a redirected log (``xpcnn train > log``) sees it live."""
+    stream = file or sys.stdout
+    for line in lines:
+        print(line, file=stream, flush=True)
 
-    return load_dataset(name, data_dir, progress=progress)
 
-
-def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
-    from .models import MODELS
-
+def _build_network(cfg: dict[str, Any], dataset: Dataset, device: Device) -> Sequential:
     cls = MODELS[cfg["model"]]
     input_dim = tuple(dataset.x_train.shape[1:])
     # AlexNet's full configuration wants 227x227 images: small inputs get its reduced form.
@@ -214,77 +278,79 @@ def _build_network(cfg: dict[str, Any], dataset: Any, device: Any) -> Any:
     )
 
 
-# -- commands ----------------------------------------------------------------------------
+# -- threads ------------------------------------------------------------------------------
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .backend import resolve_device
-    from .checkpoint import load_checkpoint
-    from .distributed import (
-        array_digest,
-        check_same_config,
-        get_communicator,
-        rank_device,
-        share_cores,
-    )
-    from .train import Trainer, TrainingDiverged, TrainingInterrupted
-    from .viz import plot_history
+def _uses_torch(device: Device) -> bool:
+    return bool(array_api_compat.is_torch_namespace(device.xp))
 
-    comm = get_communicator()  # data-parallel under `mpiexec -n N`, N > 1
-    lead = comm.rank == 0  # prints and writes files
-    threads = share_cores(comm)
+
+@contextlib.contextmanager
+def _thread_limits(n: int | None, device: Device) -> Iterator[None]:
+    """BLAS (and PyTorch's intra-op) threads limited to ``n`` inside the block; None: as they are."""
+    with threadpool_limits(limits=n, user_api="blas"):
+        if n is None or not _uses_torch(device):
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+
+def _threads_line(device: Device) -> str:
+    """The thread counts in use, as threadpoolctl (and PyTorch) report them."""
+    blas = [
+        f"{i['internal_api']} {i['num_threads']}"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
+    line = "threads: BLAS " + (", ".join(blas) or "none loaded")
+    if _uses_torch(device):
+        import torch
+
+        line += f"; torch {torch.get_num_threads()}"
+    return line
+
+
+# -- train --------------------------------------------------------------------------------
+
+
+def _train_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's configuration: defaults, then the resumed run's, then the options given."""
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
-    meta: dict[str, Any] = {}
-    if args.resume is not None:
-        _, meta = load_checkpoint(args.resume)
-        stored = meta.get("run")
-        if not stored:
+    if args.resume is None:
+        return {**TRAIN_DEFAULTS, **given}
+    _, meta = load_checkpoint(args.resume)
+    stored = meta.get("run")
+    if not stored:
+        raise CLIError(
+            f"{args.resume} has no run configuration: it was not written by `xpcnn train`"
+        )
+    for k in RESUMED_FROM_CHECKPOINT:
+        if k in given and given[k] != stored.get(k):
             raise CLIError(
-                f"{args.resume} has no run configuration: it was not written by `xpcnn train`"
+                f"--{k.replace('_', '-')} {given[k]} differs from the resumed run's {stored.get(k)}; "
+                "drop the option to resume, or start a new run without --resume"
             )
-        for k in RESUMED_FROM_CHECKPOINT:
-            if k in given and given[k] != stored.get(k):
-                raise CLIError(
-                    f"--{k.replace('_', '-')} {given[k]} differs from the resumed run's {stored.get(k)}; "
-                    "drop the option to resume, or start a new run without --resume"
-                )
-        cfg = {**TRAIN_DEFAULTS, **stored, **given}
-    else:
-        cfg = {**TRAIN_DEFAULTS, **given}
-    out = args.out or (
-        args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
-    )
-    if lead:
-        _check_writable(out)
-    device = resolve_device(rank_device(args.device, comm))
-    progress = not args.no_progress and lead
-    if not lead:  # rank 0 downloads a missing dataset before the others read it
-        comm.barrier()
-    dataset = _load_data(cfg["dataset"], args.data_dir, progress)
-    if lead:
-        comm.barrier()
+    return {**TRAIN_DEFAULTS, **stored, **given}
+
+
+def _make_trainer(
+    cfg: dict[str, Any],
+    dataset: Dataset,
+    device: Device,
+    progress: bool,
+    checkpoint: Checkpoint,
+    comm: Communicator,
+) -> Trainer:
     n = cfg["train_size"]
-    check_same_config(
-        {
-            **cfg,
-            "device": args.device,
-            "resume": args.resume is not None,
-            "data": array_digest(
-                dataset.x_train[:n], dataset.t_train[:n], dataset.x_test, dataset.t_test
-            ),
-        },
-        comm,
-    )
-    network = _build_network(cfg, dataset, device)
-    ckpt = out / "checkpoint.npz"
-    run_meta = {"run": {**cfg, "device": device.name, "world_size": comm.size}}
-
-    def save(trainer: Trainer) -> None:
-        if lead:
-            trainer.save_checkpoint(ckpt, extra=run_meta)
-
-    trainer = Trainer(
-        network,
+    return Trainer(
+        _build_network(cfg, dataset, device),
         dataset.x_train[:n],
         dataset.t_train[:n],
         dataset.x_test,
@@ -297,73 +363,125 @@ def cmd_train(args: argparse.Namespace) -> int:
         verbose=True,
         progress=progress,
         seed=cfg["seed"],
-        on_epoch_end=save,
+        extensions=[checkpoint],
         comm=comm,
     )
-    if args.resume is not None:
-        trainer.load_checkpoint(args.resume)
-        if lead:
-            print(
-                f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
-                file=sys.stderr,
-            )
-    if lead:
-        ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
-        if threads is not None:
-            ranks += f", {threads} BLAS thread{'s' if threads > 1 else ''} each"
-        print(
-            f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
-            f"{dataset.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
-            f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
-            file=sys.stderr,
-        )
-    start = time.perf_counter()
+
+
+def _fit(trainer: Trainer, checkpoint: Checkpoint) -> int | None:
+    """Train; None when done, else the exit status (Ctrl-C saves a checkpoint first)."""
+    comm = trainer.comm
     try:
         trainer.train()
     except TrainingInterrupted:  # on every rank after the same step
-        save(trainer)
+        if comm.rank == 0:
+            checkpoint.on_epoch_end(trainer)
         comm.barrier()  # no rank exits before rank 0's checkpoint is written
-        if lead:
+        if comm.rank == 0:
             launch = f"mpiexec -n {comm.size} " if comm.size > 1 else ""
-            print(
-                f"\ninterrupted: checkpoint saved to {ckpt}; continue with: "
-                f"{launch}xpcnn train --resume {ckpt}",
+            _say(
+                f"\ninterrupted: checkpoint saved to {checkpoint.path}; "
+                f"continue with: {launch}xpcnn train --resume {checkpoint.path}",
                 file=sys.stderr,
             )
         return EXIT_INTERRUPTED
     except TrainingDiverged as exc:  # on every rank: the loss is the global batch's
         last = (
-            f"the last good checkpoint (epoch {trainer.epoch}) is {ckpt}"
-            if ckpt.exists()
+            f"the last good checkpoint (epoch {trainer.epoch}) is {checkpoint.path}"
+            if checkpoint.path.exists()
             else "no checkpoint was written"
         )
         raise CLIError(f"{exc}; {last}", EXIT_DIVERGED, collective=True) from None
-    seconds = time.perf_counter() - start
-    test_acc = trainer.test_accuracy()  # a collective: every rank evaluates its shard
-    if not lead:
-        return 0
-    save(trainer)
+    return None
+
+
+def _finish(trainer: Trainer, checkpoint: Checkpoint, out: Path, seconds: float) -> None:
+    """Final test accuracy, checkpoint, history.json and curves (rank 0 writes)."""
+    test_acc = trainer.test_accuracy()
+    if trainer.comm.rank != 0:
+        return
+    from .viz import plot_history  # matplotlib: loaded only when plotting
+
+    checkpoint.on_epoch_end(trainer)
     history = trainer.history()
+    config = dict(checkpoint.extra or {}).get("run", {})
     _write_json(
         out / "history.json",
-        {"config": run_meta["run"], "final_test_accuracy": test_acc, "seconds": seconds, **history},
+        {"config": config, "final_test_accuracy": test_acc, "seconds": seconds, **history},
     )
     if history["test_acc"]:
         plot_history(history, out / "curves.png")
-    print(
-        f"test accuracy {test_acc:.4f} ({dataset.x_test.shape[0]} images); wrote {ckpt}, {out / 'history.json'}"
+    _say(
+        f"test accuracy {test_acc:.4f} ({trainer.x_test.shape[0]} images); "
+        f"wrote {checkpoint.path}, {out / 'history.json'}"
     )
+
+
+def _load_data_once(cfg: dict[str, Any], args: argparse.Namespace, comm: Communicator) -> Dataset:
+    """The dataset, loaded (downloaded if missing) by rank 0 before the other ranks read
+    it; then every rank checks that all started with the same options and data."""
+    lead = comm.rank == 0
+    if not lead:
+        comm.barrier()
+    dataset = load_dataset(cfg["dataset"], args.data_dir, progress=lead and not args.no_progress)
+    if lead:
+        comm.barrier()
+    n = cfg["train_size"]
+    data = array_digest(dataset.x_train[:n], dataset.t_train[:n], dataset.x_test, dataset.t_test)
+    options = {"device": args.device, "threads": args.threads, "resume": args.resume is not None}
+    check_same_config({**cfg, **options, "data": data}, comm)
+    return dataset
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    comm = get_communicator()  # data-parallel under `mpiexec -n N`, N > 1
+    lead = comm.rank == 0  # prints and writes files
+    cfg = _train_config(args)
+    out = args.out or (
+        args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
+    )
+    if lead:
+        _check_writable(out)
+    device = resolve_device(rank_device(args.device, comm))
+    threads = args.threads if args.threads is not None else cores_per_rank(comm)
+    with _thread_limits(threads, device):
+        progress = not args.no_progress and lead
+        dataset = _load_data_once(cfg, args, comm)
+        run = {**cfg, "device": device.name, "world_size": comm.size}
+        checkpoint = Checkpoint(out / "checkpoint.npz", extra={"run": run})
+        trainer = _make_trainer(cfg, dataset, device, progress, checkpoint, comm)
+        if args.resume is not None:
+            trainer.load_checkpoint(args.resume)
+        if lead:
+            _say(_threads_line(device) + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
+            if args.resume is not None:
+                _say(
+                    f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
+                    file=sys.stderr,
+                )
+            ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
+            _say(
+                f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
+                f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
+                f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
+                file=sys.stderr,
+            )
+        start = time.perf_counter()
+        status = _fit(trainer, checkpoint)
+        if status is not None:
+            return status
+        _finish(trainer, checkpoint, out, time.perf_counter() - start)
     return 0
 
 
-def _network_and_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
-    from .backend import resolve_device
-    from .train import load_network
+# -- evaluate -----------------------------------------------------------------------------
 
+
+def _network_and_data(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any], Dataset]:
     device = resolve_device(args.device)
     network, meta = load_network(args.checkpoint, device)
     name = args.dataset or meta.get("run", {}).get("dataset") or "mnist-sample"
-    dataset = _load_data(name, args.data_dir)
+    dataset = load_dataset(name, args.data_dir)
     if tuple(dataset.x_test.shape[1:]) != network.input_dim:
         raise CLIError(
             f"{name} images are {tuple(dataset.x_test.shape[1:])} but the network expects {network.input_dim}"
@@ -372,9 +490,6 @@ def _network_and_data(args: argparse.Namespace) -> tuple[Any, dict[str, Any], An
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .backend import to_numpy
-    from .train import predict_labels
-
     network, _, dataset = _network_and_data(args)
     pred = to_numpy(predict_labels(network, dataset.x_test, args.batch_size))
     t = dataset.t_test
@@ -385,108 +500,134 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_visualize(args: argparse.Namespace) -> int:
-    from . import viz
-    from .backend import to_numpy
-    from .models import build_model
-    from .train import predict_labels
+# -- visualize ----------------------------------------------------------------------------
 
-    allowed = ("filters", "responses", "features", "curves", "errors", "confusion")
-    what = [w.strip() for w in args.what.split(",") if w.strip()]
-    unknown = sorted(set(what) - set(allowed))
+
+def _parse_what(text: str) -> list[str]:
+    what = [w.strip() for w in text.split(",") if w.strip()]
+    unknown = sorted(set(what) - set(VISUALS))
     if unknown or not what:
-        raise CLIError(f"--what: unknown {unknown or 'empty'}; choose from {','.join(allowed)}")
+        raise CLIError(f"--what: unknown {unknown or 'empty'}; choose from {','.join(VISUALS)}")
+    return what
+
+
+def _first_conv(network: Sequential) -> Convolution | None:
+    return next((layer for layer in network.layers if isinstance(layer, Convolution)), None)
+
+
+def _filter_figures(viz: Any, conv: Convolution, meta: dict[str, Any], out: Path) -> list[Path]:
+    """First-layer filters after training, and before when the run's seed is known."""
+    written = []
+    seed = meta.get("run", {}).get("seed")
+    initial = _first_conv(build_model(meta["model"], seed=seed)) if seed is not None else None
+    if initial is not None:
+        written.append(
+            viz.plot_filters(
+                to_numpy(initial.W),
+                out / "filters_before.png",
+                title="first-layer filters before training",
+            )
+        )
+    written.append(
+        viz.plot_filters(
+            to_numpy(conv.W), out / "filters_after.png", title="first-layer filters after training"
+        )
+    )
+    return written
+
+
+def _response_figure(
+    viz: Any, conv: Convolution, image: np.ndarray, filters: list[int] | None, out: Path
+) -> Path:
+    W = to_numpy(conv.W)
+    bad = [i for i in filters or [] if not 0 <= i < W.shape[0]]
+    if bad:
+        raise CLIError(f"--filters {bad}: the first layer has filters 0..{W.shape[0] - 1}")
+    return viz.plot_filter_responses(
+        image[0], W, out / "filter_responses.png", filter_indices=filters
+    )
+
+
+def _feature_figure(viz: Any, network: Sequential, image: np.ndarray, out: Path) -> Path:
+    """Every convolution's output maps for one image."""
+    maps, x = [], network.device.asarray(image[None], network.dtype)
+    for layer in network.layers:
+        x = layer.forward(x, False)
+        if isinstance(layer, Convolution):
+            maps.append((f"conv{len(maps) + 1}", to_numpy(x)[0]))
+    return viz.plot_feature_maps(image[0], maps, out / "feature_maps.png")
+
+
+def _prediction_figures(
+    viz: Any, network: Sequential, dataset: Dataset, what: list[str], out: Path
+) -> list[Path]:
+    """Misclassified test images and the confusion matrix."""
+    if "errors" not in what and "confusion" not in what:
+        return []
+    pred = to_numpy(predict_labels(network, dataset.x_test))
+    x, t, names = dataset.x_test, dataset.t_test, dataset.class_names
+    written = []
+    if "errors" in what:
+        written.append(
+            viz.plot_misclassified(x, t, pred, out / "misclassified.png", class_names=names)
+        )
+    if "confusion" in what:
+        written.append(
+            viz.plot_confusion_matrix(t, pred, out / "confusion_matrix.png", class_names=names)
+        )
+    return written
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from . import viz  # matplotlib: loaded only when plotting
+
+    what = _parse_what(args.what)
     network, meta, dataset = _network_and_data(args)
     out = _check_writable(args.out)
-    written = []
     if not 0 <= args.image_index < dataset.x_test.shape[0]:
         raise CLIError(
             f"--image-index {args.image_index} is outside 0..{dataset.x_test.shape[0] - 1}"
         )
-    image = dataset.x_test[args.image_index].astype("float32") / 255.0
-    convs = [layer for layer in network.layers if type(layer).__name__ == "Convolution"]
-    if "filters" in what and convs:
-        after = to_numpy(convs[0].W)
-        seed = meta.get("run", {}).get("seed")
-        if seed is not None:
-            initial = build_model(meta["model"], seed=seed)
-            W0 = to_numpy(
-                next(layer for layer in initial.layers if type(layer).__name__ == "Convolution").W
-            )
-            written.append(
-                viz.plot_filters(
-                    W0, out / "filters_before.png", title="first-layer filters before training"
-                )
-            )
-        written.append(
-            viz.plot_filters(
-                after, out / "filters_after.png", title="first-layer filters after training"
-            )
-        )
-    if "responses" in what and convs:
-        W = to_numpy(convs[0].W)
-        bad = [i for i in args.filters or [] if not 0 <= i < W.shape[0]]
-        if bad:
-            raise CLIError(f"--filters {bad}: the first layer has filters 0..{W.shape[0] - 1}")
-        written.append(
-            viz.plot_filter_responses(
-                image[0], W, out / "filter_responses.png", filter_indices=args.filters
-            )
-        )
-    if "features" in what and convs:
-        maps, x = [], network.device.asarray(image[None], network.dtype)
-        for layer in network.layers:
-            x = layer.forward(x, False)
-            if type(layer).__name__ == "Convolution":
-                maps.append((f"conv{len(maps) + 1}", to_numpy(x)[0]))
-        written.append(viz.plot_feature_maps(image[0], maps, out / "feature_maps.png"))
+    image = as_input(dataset.x_test[args.image_index], np.float32)
+    conv = _first_conv(network)
+    written = []
+    if conv is not None:
+        if "filters" in what:
+            written += _filter_figures(viz, conv, meta, out)
+        if "responses" in what:
+            written.append(_response_figure(viz, conv, image, args.filters, out))
+        if "features" in what:
+            written.append(_feature_figure(viz, network, image, out))
     if "curves" in what and meta.get("history", {}).get("test_acc"):
         written.append(viz.plot_history(meta["history"], out / "curves.png"))
-    if "errors" in what or "confusion" in what:
-        pred = to_numpy(predict_labels(network, dataset.x_test))
-        names = dataset.class_names
-        if "errors" in what:
-            written.append(
-                viz.plot_misclassified(
-                    dataset.x_test,
-                    dataset.t_test,
-                    pred,
-                    out / "misclassified.png",
-                    class_names=names,
-                )
-            )
-        if "confusion" in what:
-            written.append(
-                viz.plot_confusion_matrix(
-                    dataset.t_test, pred, out / "confusion_matrix.png", class_names=names
-                )
-            )
+    written += _prediction_figures(viz, network, dataset, what, out)
     for p in written:
         print(p)
     return 0
 
 
+# -- info ---------------------------------------------------------------------------------
+
+_INFO_PACKAGES = (
+    "numpy",
+    "array-api-compat",
+    "array-api-extra",
+    "matplotlib",
+    "tqdm",
+    "threadpoolctl",
+    "cupy-cuda12x",
+    "cupy-cuda13x",
+    "cupy",
+    "torch",
+)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    import platform
-    from importlib import metadata
-
-    from .backend import DeviceError, blas_summary, gpu_names, resolve_device
-    from .distributed import mpi_summary
-
     print(
-        f"xpcnn {_version()}  (Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs)"
+        f"xpcnn {__version__}  (Python {platform.python_version()}, {platform.machine()}, "
+        f"{os.cpu_count()} CPUs)"
     )
-    for pkg in (
-        "numpy",
-        "array-api-compat",
-        "array-api-extra",
-        "matplotlib",
-        "tqdm",
-        "cupy-cuda12x",
-        "cupy-cuda13x",
-        "cupy",
-        "torch",
-    ):
+    for pkg in _INFO_PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")
@@ -505,12 +646,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -523,20 +658,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``xpcnn`` console script; returns the exit status.
 
     Under ``mpiexec -n N`` (N > 1), an error on one rank alone ends the whole job
-    (``MPI_Abort``) so that no rank waits forever; errors raised on every rank at once
-    (different options, divergence) are reported by rank 0 and end each rank normally.
+    (``MPI_Abort``, also for a bug's traceback) so that no rank waits forever; errors
+    raised on every rank at once (different options, divergence) are reported by rank 0
+    and end each rank normally.
     """
-    from .distributed import abort_on_exception, get_communicator
-
     args = build_parser().parse_args(argv)
     try:
         comm = get_communicator()
-    except RuntimeError as exc:  # launched by mpiexec without mpi4py
+    except XpcnnError as exc:  # launched by mpiexec without mpi4py
         print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     with abort_on_exception(comm):
-        status, collective = _run(args, comm.rank, comm.size)
-        if status != 0 and comm.size > 1 and not collective:
+        status, everywhere = _run(args, comm.rank, comm.size)
+        if status != 0 and comm.size > 1 and not everywhere:
             comm.abort(status)
     return status
 
@@ -544,30 +678,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace, rank: int, size: int) -> tuple[int, bool]:
     """Run a command: ``(exit status, whether every rank ends with it)``; only
     ``train`` runs on every rank of an MPI job, the other commands on rank 0."""
-    from .backend import DeviceError
-    from .checkpoint import CheckpointError
-    from .data import DatasetError, IDXError
-
     where = f" (rank {rank} of {size})" if size > 1 else ""
     if rank != 0 and args.command != "train":  # one report, not one per rank
         return 0, True
     try:
         return COMMANDS[args.command](args), True
-    except (
-        CLIError,
-        DeviceError,
-        DatasetError,
-        IDXError,
-        CheckpointError,
-        ValueError,
-        OSError,
-    ) as exc:
+    except USER_ERRORS as exc:
         collective = getattr(exc, "collective", False)
         if rank == 0 or not collective:
             print(
                 f"xpcnn {args.command}: error{'' if collective else where}: {exc}", file=sys.stderr
             )
-        return (exc.status if isinstance(exc, CLIError) else EXIT_ERROR), collective
+        return getattr(exc, "status", EXIT_ERROR), collective
     except KeyboardInterrupt:
         print(f"xpcnn {args.command}: interrupted{where}", file=sys.stderr)
         return EXIT_INTERRUPTED, False

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .backend import Device, to_numpy
+from .errors import ConfigError, XpcnnError
 
 if TYPE_CHECKING:
     from .train.comm import SingleProcess
@@ -40,15 +41,16 @@ if TYPE_CHECKING:
 __all__ = [
     "ConfigMismatchError",
     "MPICommunicator",
+    "MPIUnavailableError",
     "abort_on_exception",
     "array_digest",
     "check_same_config",
+    "cores_per_rank",
     "get_communicator",
     "launcher_world_size",
     "mpi_summary",
     "rank_device",
     "rank_seed",
-    "share_cores",
 ]
 
 _MPI_HINT = 'install mpi4py and an MPI with `pip install "xpcnn[mpi]"`'
@@ -58,11 +60,15 @@ _MPI_HINT = 'install mpi4py and an MPI with `pip install "xpcnn[mpi]"`'
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE")
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ConfigError):
     """Ranks were started with different options or data. Raised on every rank at
     once (a collective error: no rank is left waiting)."""
 
     collective = True
+
+
+class MPIUnavailableError(XpcnnError, RuntimeError):
+    """Started by an MPI launcher with more than one process, but mpi4py is missing."""
 
 
 class MPICommunicator:
@@ -190,7 +196,7 @@ def get_communicator() -> MPICommunicator | SingleProcess:
 
     Raises
     ------
-    RuntimeError
+    MPIUnavailableError
         Launched with more than one process but mpi4py is not installed (each process
         would otherwise train alone and overwrite the others' files).
     """
@@ -209,7 +215,7 @@ def get_communicator() -> MPICommunicator | SingleProcess:
     try:
         import mpi4py  # noqa: F401
     except ImportError:
-        raise RuntimeError(
+        raise MPIUnavailableError(
             f"this process is one of {size} started by an MPI launcher, but mpi4py is not "
             f"installed: {_MPI_HINT}, or run a single process"
         ) from None
@@ -323,27 +329,20 @@ def rank_device(spec: str, comm: Any = None) -> str:
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def share_cores(comm: Any = None) -> int | None:
-    """Give each rank's BLAS its share of this node's cores: ``cores // local_size``
-    threads (at least 1) through threadpoolctl, so that N ranks do not each start a
+def cores_per_rank(comm: Any = None) -> int | None:
+    """BLAS threads per rank that share this node's cores among its ranks:
+    ``cores // ranks on the node`` (at least 1), so that N ranks do not each start a
     thread per core (OpenBLAS's threads spin: oversubscribed, they slow every rank).
 
-    Left alone, returning None: with one process, when ``OMP_NUM_THREADS``,
-    ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set (the user chose), or
-    without threadpoolctl (``pip install "xpcnn[mpi]"`` brings it). Else returns the
-    number of threads per rank.
+    None (leave the libraries' own choice) with one process, or when
+    ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set.
+    Apply it with ``threadpoolctl.threadpool_limits(cores_per_rank(comm))``.
     """
     comm = get_communicator() if comm is None else comm
     if comm.size == 1 or any(os.environ.get(v) for v in _THREAD_VARS):
         return None
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // max(1, getattr(comm, "local_size", 1)))
-    threadpool_limits(limits=threads, user_api="blas")  # for the rest of the process
-    return threads
+    return max(1, (cores or 1) // max(1, getattr(comm, "local_size", 1)))
 
 
 def mpi_summary() -> str:

@@ -205,7 +205,7 @@ class Trainer:
         self._history: dict[str, list[float]] = {f: [] for f in HISTORY_FIELDS}
         self._pending: list[Any] = []  # device losses not yet copied to the host
         self._stop = [False]  # Ctrl-C seen here (set by the SIGINT handler during train())
-        self._stop_all = False  # Ctrl-C seen by some rank, as of the last allreduce
+        self._stop_agreed = False  # some rank saw Ctrl-C by this step (data parallel)
         self._share = (0, 0)  # (this rank's images, global images) of the current step
 
     # -- progress, kept by the batch iterator ---------------------------------------
@@ -278,8 +278,7 @@ class Trainer:
             n = grads[k].size
             out[k] = xp.reshape(flat[at : at + n], grads[k].shape)
             at += n
-        # Not written into _stop: a Ctrl-C handled during the allreduce would be lost.
-        self._stop_all = bool(to_numpy(flat[at + 1]) > 0)
+        self._stop_agreed = bool(to_numpy(flat[at + 1]) > 0)
         return out, flat[at]
 
     def _take(self, idx: np.ndarray) -> tuple[Any, Any]:
@@ -307,7 +306,7 @@ class Trainer:
         TrainingDiverged when the loss stops being finite.
         """
         with _deferred_sigint() as self._stop, self.network.device.activate():
-            self._stop_all = False
+            self._stop_agreed = False
             self.broadcast_state()
             self._call("on_train_begin")
             try:
@@ -328,7 +327,9 @@ class Trainer:
             self._call("on_step_end")
             if self.step_in_epoch % self.log_every == 0:
                 self._flush_losses()
-            if self._stop_all if self.comm.size > 1 else self._stop[0]:
+            # Ranks stop on the flag they agreed on in the step's allreduce, never on
+            # a Ctrl-C that reached this rank alone after it (the others would hang).
+            if self._stop_agreed if self.comm.size > 1 else self._stop[0]:
                 self._flush_losses()
                 raise TrainingInterrupted(
                     f"interrupted in epoch {self.epoch + 1} after step {self.step_in_epoch}"
