@@ -67,6 +67,9 @@ TARGETS: list[tuple[Any, str, str]] = [
     (ops_pkg, "relu_backward", "relu bwd"),
     (ops_pkg, "max_pool2d_forward", "max pool fwd"),
     (ops_pkg, "max_pool2d_backward", "max pool bwd"),
+    # Sequential runs each ReLU -> max pooling pair as this one op
+    (ops_pkg, "relu_max_pool2d_forward", "relu + max pool fwd"),
+    (ops_pkg, "relu_max_pool2d_backward", "relu + max pool bwd"),
     (ops_pkg, "affine_forward", "affine fwd (GEMM)"),
     (ops_pkg, "affine_backward", "affine bwd (2 GEMMs + db)"),
     (ops_pkg, "softmax_cross_entropy_forward", "softmax+CE fwd"),

@@ -5,6 +5,8 @@
    their namespace comes from the arrays they are given.
 2. In the whole ``xpcnn/`` package only ``xpcnn/backend.py`` and the fast-path seam
    ``xpcnn/_fast/`` (backend-specific kernels, imported lazily) import cupy.
+3. No import cycle inside ``xpcnn`` (module-level, function-level and
+   ``importlib.import_module`` imports all count): imports point one way.
 """
 
 from __future__ import annotations
@@ -150,3 +152,146 @@ DETECTOR_CASES = [
 def test_import_detector(source, forbidden):
     modules = [m for _, m in imported_modules(source)]
     assert any(names_backend(m, FORBIDDEN_IN_COMPUTE) for m in modules) is forbidden, modules
+
+
+# -- 3. No import cycle inside xpcnn ------------------------------------------------------------
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(name: str, anchor: str) -> str:
+    """Absolute name of ``name`` (``.x``, ``..x``, ``a.b``) imported relative to package ``anchor``."""
+    level = len(name) - len(name.lstrip("."))
+    if level == 0:
+        return name
+    base = anchor.split(".")
+    base = base[: len(base) - (level - 1)]
+    rest = name[level:]
+    return ".".join(base + ([rest] if rest else []))
+
+
+def import_graph(sources: dict[str, tuple[str, bool]]) -> dict[str, set[str]]:
+    """Edges ``module -> modules it imports`` among ``sources`` (name -> (source,
+    is_package)), from imports anywhere in a file (module level, functions,
+    ``try`` blocks) and ``importlib.import_module("...")`` / ``__import__`` with a
+    literal name (relative to the package when the second argument is
+    ``__name__`` or ``__package__``). ``from pkg import sub`` counts as importing
+    ``pkg.sub`` when that is a module, else ``pkg``."""
+    graph: dict[str, set[str]] = {name: set() for name in sources}
+    for name, (source, is_package) in sources.items():
+        package = name if is_package else name.rpartition(".")[0]
+        targets: list[str] = []
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                targets.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve("." * node.level + (node.module or ""), package)
+                for alias in node.names:
+                    sub = f"{base}.{alias.name}" if base else alias.name
+                    targets.append(sub if sub in sources else base)
+            elif isinstance(node, ast.Call):
+                func = node.func
+                called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+                args = node.args
+                if not (
+                    called in DYNAMIC_IMPORTERS
+                    and args
+                    and isinstance(args[0], ast.Constant)
+                    and isinstance(args[0].value, str)
+                ):
+                    continue
+                anchor = package
+                if len(args) > 1 and isinstance(args[1], ast.Name) and args[1].id == "__name__":
+                    anchor = name
+                targets.append(_resolve(args[0].value, anchor))
+        graph[name] |= {t for t in targets if t in sources and t != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def _package_sources() -> dict[str, tuple[str, bool]]:
+    return {
+        _module_name(p): (p.read_text(encoding="utf-8"), p.name == "__init__.py")
+        for p in sorted(PACKAGE.rglob("*.py"))
+    }
+
+
+def test_xpcnn_has_no_import_cycle():
+    """Imports point one way (README, xpcnn/_fast/__init__.py): a cycle means a
+    module below imports one above, e.g. a fast path importing xpcnn.ops."""
+    graph = import_graph(_package_sources())
+    assert graph["xpcnn._fast"] >= {"xpcnn._fast.numpy_ops", "xpcnn._fast.cupy_ops"}
+    assert "xpcnn._fast" in graph["xpcnn.ops.conv"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+CYCLE_CASES = [
+    pytest.param(
+        {"p": ("from . import a", True), "p.a": ("from .b import f", False), "p.b": ("", False)},
+        None,
+        id="acyclic",
+    ),
+    pytest.param(
+        {
+            "p": ("", True),
+            "p.a": ("from .b import f", False),
+            "p.b": ("def g():\n    from .a import h", False),
+        },
+        ["p.a", "p.b", "p.a"],
+        id="function-level",
+    ),
+    pytest.param(
+        {
+            "p": ("import importlib\nm = importlib.import_module('.a', __name__)", True),
+            "p.a": ("import p", False),
+        },
+        ["p", "p.a", "p"],
+        id="import-module-relative",
+    ),
+    pytest.param(
+        {
+            "p": ("", True),
+            "p.q": ("", True),
+            "p.q.a": ("from ..r import x", False),
+            "p.r": ("import p.q.a", False),
+        },
+        ["p.q.a", "p.r", "p.q.a"],
+        id="parent-relative-and-absolute",
+    ),
+    pytest.param(
+        {"p": ("", True), "p.a": ("from . import b", False), "p.b": ("from .a import x", False)},
+        ["p.a", "p.b", "p.a"],
+        id="from-package-import-submodule",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sources", "expected"), CYCLE_CASES)
+def test_cycle_detector(sources, expected):
+    assert find_cycle(import_graph(sources)) == expected

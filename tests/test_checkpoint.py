@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import zipfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from xpcnn import checkpoint as ck
+from xpcnn._atomic import atomic_write
 from xpcnn.checkpoint import (
     META_KEY,
     CheckpointError,
@@ -378,6 +380,32 @@ def test_interrupt_before_rename_keeps_old_file(
     monkeypatch.undo()
     assert p.read_bytes() == before
     assert _files(tmp_path) == ["a.npz"]
+
+
+def _write_bytes(path: Path) -> None:
+    with atomic_write(path) as f:
+        f.write(b"xpcnn")
+
+
+@pytest.mark.parametrize(
+    "write",
+    [_write_bytes, lambda p: save_checkpoint(p, {"x": np.ones(2)}, {})],
+    ids=["atomic_write", "save_checkpoint"],
+)
+def test_writes_fsync_the_file_then_its_folder(tmp_path: Path, monkeypatch, write) -> None:
+    # atomic_write (checkpoints, figures, JSON, downloads) makes the rename itself durable.
+    synced: list[tuple[bool, bool]] = []
+    real_fsync = os.fsync
+
+    def record(fd: int) -> None:
+        mode = os.fstat(fd).st_mode
+        synced.append((stat.S_ISREG(mode), stat.S_ISDIR(mode)))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    write(tmp_path / "a.npz")
+    assert synced == [(True, False), (False, True)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz"]
 
 
 def test_missing_directory(tmp_path: Path) -> None:

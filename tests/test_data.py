@@ -361,6 +361,7 @@ def test_not_found_without_download(no_network: None, clean_env: Path) -> None:
     with pytest.raises(DatasetError) as e:
         load_dataset("mnist", download=False)
     msg = str(e.value)
+    assert "\n" not in msg  # the CLI prints it as one line
     assert "download=False" in msg
     assert "--data-dir" in msg and "data_dir=" in msg and "XPCNN_DATA" in msg
     assert str(clean_env / "xpcnn" / "mnist") in msg
@@ -505,11 +506,37 @@ def test_download_all_mirrors_fail(
             progress=False,
         )
     msg = str(e.value)
+    assert "\n" not in msg  # the CLI prints it as one line
+    assert msg.startswith(f"could not download {name} (")
     assert f"{base}/bad/{name}: HTTPError: HTTP Error 500" in msg
     assert f"{base}/missing/{name}: HTTPError: HTTP Error 404" in msg
     assert "--data-dir" in msg and "data_dir=" in msg and "XPCNN_DATA" in msg
     assert str(clean_env / "xpcnn" / "mnist") in msg
     assert list(dest.iterdir()) == []
+
+
+def test_cli_failed_download_prints_one_line(
+    server: tuple[str, _Server],
+    clean_env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from xpcnn.cli import main
+
+    base, srv = server  # no routes: every file is a 404
+    monkeypatch.setitem(MIRRORS, "mnist", (base + "/a/", base + "/b/"))
+    out = tmp_path / "run"
+    status = main(["train", "--dataset", "mnist", "--epochs", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status != 0
+    assert err.count("\n") == 1, err
+    name = "train-images-idx3-ubyte.gz"
+    assert err.startswith(f"xpcnn train: error: could not download {name} (")
+    assert f"{base}/a/{name}: HTTPError: HTTP Error 404" in err
+    assert f"{base}/b/{name}: HTTPError: HTTP Error 404" in err
+    assert "--data-dir" in err and str(clean_env / "xpcnn" / "mnist") in err
+    assert srv.hits == [f"/a/{name}", f"/b/{name}"]  # stops at the first file that fails
 
 
 def test_load_dataset_downloads_into_cache(

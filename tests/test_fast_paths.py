@@ -5,8 +5,8 @@ step) twice, with ``xpcnn._fast.enabled(False)`` and with fast paths on, and
 compares. Where a fast path reorders floating-point sums (the per-image GEMMs
 of the NumPy convolution) results agree to rounding; everywhere else they are
 equal, NaN, infinities and ties included. Backends: the fast paths exist for
-NumPy and CuPy (the latter runs only where a GPU is visible); the model-level
-fusion (pool before ReLU) and the in-place Adam run on every backend.
+NumPy and CuPy (the latter runs only where a GPU is visible); the tests that
+the switch changes nothing (the ReLU + max pooling op, Adam) run on every backend.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from xpcnn import _fast
 from xpcnn.backend import Device, to_numpy
 from xpcnn.models import MODELS, SimpleConvNet, build_model
 from xpcnn.ops import (
+    Im2colCache,
     col2im,
     conv2d_backward,
     conv2d_forward,
@@ -32,6 +33,8 @@ from xpcnn.ops import (
     max_pool2d_forward,
     relu_backward,
     relu_forward,
+    relu_max_pool2d_backward,
+    relu_max_pool2d_forward,
 )
 from xpcnn.optim import Adam
 
@@ -89,7 +92,66 @@ def test_lookup_dispatches_by_backend_and_switch(backend):
     with _fast.enabled(False):
         assert _fast.lookup("max_pool2d_forward", x) is None
         assert not _fast.is_enabled()
-    assert _fast.lookup("no_such_op", x) is None
+    assert _fast.is_enabled()
+
+
+def test_lookup_of_a_misspelt_op_raises(backend):
+    """A misspelt name must not silently run the generic code, whatever the switch."""
+    x = backend.asarray(np.zeros((1, 1, 2, 2)), "float32")
+    with pytest.raises(ValueError, match="unknown fast-path op 'max_pool_forward'"):
+        _fast.lookup("max_pool_forward", x)
+    with _fast.enabled(False), pytest.raises(ValueError, match="known ops are"):
+        _fast.lookup("max_pool_forward", x)
+
+
+def test_every_backend_module_function_is_a_known_op():
+    """What the backend modules offer under an op's name is in the registry (parsed,
+    so the CuPy module is checked without a GPU), and every registered op exists."""
+    import ast
+    from pathlib import Path
+
+    import xpcnn._fast
+
+    offered: set[str] = set()
+    for name in ("numpy_ops", "cupy_ops"):
+        tree = ast.parse((Path(xpcnn._fast.__file__).parent / f"{name}.py").read_text())
+        functions = {
+            node.name
+            for node in tree.body
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")
+        }
+        offered |= functions & set(_fast.OPS)
+        unknown = {f for f in functions if f.endswith(("_forward", "_update", "im2col", "col2im"))}
+        assert unknown <= _fast.OPS, f"{name}: {sorted(unknown - _fast.OPS)} not in _fast.OPS"
+    assert offered == _fast.OPS, f"registered but implemented nowhere: {_fast.OPS - offered}"
+
+
+def test_switch_is_per_thread():
+    """``enabled(False)`` in one thread leaves another thread's switch alone."""
+    import threading
+
+    inside, other = threading.Event(), threading.Event()
+    seen: list[bool] = []
+
+    def worker() -> None:
+        inside.wait(5)
+        seen.append(_fast.is_enabled())
+        other.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    with _fast.enabled(False):
+        inside.set()
+        other.wait(5)
+        assert not _fast.is_enabled()
+    thread.join(5)
+    assert seen == [_default_switch()]
+
+
+def _default_switch() -> bool:
+    import os
+
+    return os.environ.get("XPCNN_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 # -- convolution ------------------------------------------------------------------------------
@@ -137,10 +199,10 @@ def test_numpy_conv_fast_path_is_taken_and_caches_cross_the_switch(rng):
     x, w, b = (rng.standard_normal(s) for s in ((2, 2, 6, 6), (3, 2, 3, 3), (3,)))
     dout = rng.standard_normal((2, 3, 6, 6))
     _, fast_cache = conv2d_forward(x, w, b, 1, 1)
-    assert fast_cache.layout == "chwn"
+    assert type(fast_cache).__name__ == "ChwnConvCache"
     with _fast.enabled(False):
         _, generic_cache = conv2d_forward(x, w, b, 1, 1)
-        assert generic_cache.layout == "rows"
+        assert type(generic_cache) is Im2colCache
         crossed = conv2d_backward(dout, fast_cache)
     reference = conv2d_backward(dout, generic_cache)
     for c, r in zip(crossed, reference, strict=True):
@@ -291,15 +353,14 @@ def test_max_pool_forward_backward_equal_generic(fast_backend, dtype, rng, case,
 
 
 def test_numpy_pool_caches_cross_the_switch(rng):
-    x = _pool_inputs(rng, (2, 2, 6, 6), "ties")
+    x = _pool_inputs(rng, (2, 2, 6, 6), "special")
     dout = rng.standard_normal((2, 2, 3, 3))
     _, fast_cache = max_pool2d_forward(x, 2, 2, 2)
-    assert fast_cache.arg is None and fast_cache.x is not None
+    assert type(fast_cache).__name__ == "MaxPoolCache"
     with _fast.enabled(False):
         _, generic_cache = max_pool2d_forward(x, 2, 2, 2)
         crossed = max_pool2d_backward(dout, fast_cache)
-    assert_same(max_pool2d_backward(dout, generic_cache), crossed, "fast cache, generic switch")
-    assert_same(crossed, max_pool2d_backward(dout, generic_cache), "generic cache, fast switch")
+    assert_same(crossed, max_pool2d_backward(dout, generic_cache), "fast cache, generic switch")
 
 
 # -- ReLU and the bitwise select ---------------------------------------------------------------
@@ -320,11 +381,10 @@ def test_relu_forward_backward_equal_generic(fast_backend, dtype, rng):
 
 
 @pytest.mark.parametrize("np_dtype", [np.float32, np.float64])
-def test_bitwise_where_and_copyto_are_bit_identical(rng, np_dtype):
+def test_bitwise_where_is_bit_identical(rng, np_dtype):
     from xpcnn._fast import numpy_ops
 
     a = _pool_inputs(rng, (5, 7, 9), "special").astype(np_dtype)
-    b = _pool_inputs(rng, (5, 7, 9), "special").astype(np_dtype)
     mask = rng.random((5, 7, 9)) < 0.5
     uint = np.dtype(f"u{a.itemsize}")  # compare bits: -0.0 and NaN payloads too
     expected = np.where(mask, a, np_dtype(0))
@@ -336,13 +396,38 @@ def test_bitwise_where_and_copyto_are_bit_identical(rng, np_dtype):
     np.testing.assert_array_equal(
         out.view(uint), np.where(mask[:, ::2, 1::2], strided, np_dtype(0)).view(uint)
     )
-    dst, ref = b.copy(), b.copy()
-    numpy_ops.copyto(dst, a, mask)
-    np.copyto(ref, a, where=mask)
-    np.testing.assert_array_equal(dst.view(uint), ref.view(uint))
 
 
-# -- whole networks: the pool-before-ReLU fusion and everything together ----------------------
+# -- ReLU then max pooling as one op, and whole networks -------------------------------------
+
+
+@pytest.mark.parametrize("case", POOL_GRID, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kind", ["distinct", "ties", "special"])
+def test_relu_max_pool_equals_relu_then_pool(backend, dtype, rng, case, kind):
+    """The one op gives exactly the two ops' results (NaN, -inf, -0.0, ties and
+    padding included), forward and backward, whether a fast path runs it as
+    pooling then ReLU (NumPy, CuPy) or not, with the switch on and off."""
+    N, C, H, W, PH, PW, stride, pad = case
+    bk = backend
+    x = bk.asarray(_pool_inputs(rng, (N, C, H, W), kind), dtype)
+    OH, OW = (H + 2 * pad - PH) // stride + 1, (W + 2 * pad - PW) // stride + 1
+    dout_host = rng.standard_normal((N, C, OH, OW))
+    dout_host.reshape(-1)[::5] = np.nan  # NaN gradients are routed (or masked) alike
+    dout = bk.asarray(dout_host, dtype)
+
+    def fused() -> list[np.ndarray]:
+        out, cache = relu_max_pool2d_forward(x, PH, PW, stride, pad)
+        return host(out, relu_max_pool2d_backward(dout, cache))
+
+    def unfused() -> list[np.ndarray]:
+        y, mask = relu_forward(x)
+        out, cache = max_pool2d_forward(y, PH, PW, stride, pad)
+        return host(out, relu_backward(max_pool2d_backward(dout, cache), mask))
+
+    reference, _ = both(unfused)
+    for results in both(fused):
+        assert_same(results[0], reference[0], "out")
+        assert_same(results[1], reference[1], "dx")
 
 
 def _model_gradients(
@@ -358,16 +443,15 @@ def _model_gradients(
             grads = net.gradient(bk.asarray(x, dtype), bk.asarray(t))
             scores = net.predict(bk.asarray(x, dtype))
         results.append({"scores": to_numpy(scores)} | {k: to_numpy(g) for k, g in grads.items()})
-        plans.append(net._plan)
+        plans.append([type(step).__name__ for step in net._plan])
     return results, plans
 
 
 def test_simple_convnet_gradients_equal_generic(backend, dtype, rng):
-    """Fast paths and the pool-before-ReLU fusion together leave a training step's
-    gradients unchanged (to rounding), on every backend."""
+    """Fast paths leave a training step's gradients unchanged (to rounding), on
+    every backend; the network runs the same steps whatever the switch."""
     (generic, fast), (plan_off, plan_on) = _model_gradients(backend, "simple", dtype, rng)
-    assert [type(s).__name__ for s in plan_on].count("_PoolThenRelu") == 1
-    assert plan_off is not plan_on and len(plan_on) == len(plan_off) - 1
+    assert plan_on == plan_off and plan_on.count("_ReluMaxPool") == 1
     for key in generic:
         assert_close_scaled(fast[key], generic[key], err_msg=key, **tol(dtype))
 
@@ -377,9 +461,35 @@ def test_deep_convnet_gradients_equal_generic(fast_backend, rng):
     (generic, fast), (_, plan_on) = _model_gradients(
         fast_backend, "deep", "float64", rng, dropout_ratio=0.0
     )
-    assert [type(s).__name__ for s in plan_on].count("_PoolThenRelu") == 3
+    assert plan_on.count("_ReluMaxPool") == 3
     for key in generic:
         assert_close_scaled(fast[key], generic[key], err_msg=key, **tol("float64"))
+
+
+def test_network_with_nan_input_gives_the_same_scores_on_both_paths(backend, rng):
+    """NaN pixels: the network's scores are the same with fast paths on and off (to
+    the rounding of the GEMMs), and exactly those of running its layers one by one
+    (ReLU then pooling) on the same path. ReLU maps NaN to 0, so NaN must not
+    leak into the scores."""
+    net = SimpleConvNet(
+        input_dim=(1, 8, 8),
+        conv_param={"filter_num": 3},
+        hidden_size=5,
+        seed=0,
+        dtype="float64",
+        device=Device(backend.name, backend.xp, backend.device),
+    )
+    x_host = rng.standard_normal((3, 1, 8, 8))
+    x_host[0, 0, 2, 3] = np.nan
+    x_host[1, 0, :4, :4] = np.nan
+    x = backend.asarray(x_host, "float64")
+    generic, fast = both(lambda: to_numpy(net.predict(x)))
+    y = x
+    for layer in net.layers:
+        y = layer.forward(y, False)
+    assert not np.isnan(generic).any()
+    assert_close_scaled(fast, generic, err_msg="scores", **tol("float64"))
+    assert_same(fast, to_numpy(y), "scores, layer by layer")
 
 
 def test_relu_pool_fusion_skips_avg_pooling_and_other_orders():
@@ -400,7 +510,7 @@ def test_relu_pool_fusion_skips_avg_pooling_and_other_orders():
     assert _fuse_relu_pool(net.layers) == net.layers  # nothing to fuse
 
 
-# -- Adam: in place on mutable backends, bit for bit --------------------------------------------
+# -- Adam: one fused update where the seam has one, bit for bit --------------------------------
 
 
 def _adam_run(bk: Backend, dtype: str, enabled: bool, steps: int = 4) -> dict[str, np.ndarray]:
@@ -418,44 +528,45 @@ def _adam_run(bk: Backend, dtype: str, enabled: bool, steps: int = 4) -> dict[st
     return out
 
 
-def test_adam_in_place_is_bit_identical_to_rebinding(backend, dtype):
+def test_adam_fused_is_bit_identical_to_generic(backend, dtype):
     generic = _adam_run(backend, dtype, enabled=False)
     fast = _adam_run(backend, dtype, enabled=True)
     for key in generic:
         np.testing.assert_array_equal(fast[key], generic[key], err_msg=key)
 
 
-def test_adam_takes_one_fused_kernel_on_cupy_only(backend):
-    # the bit-identity test above then checks that kernel on the cupy backend
+def test_adam_fused_update_exists_for_numpy_and_cupy(backend):
+    # the bit-identity test above then checks them on their backends
     x = backend.asarray(np.zeros(3), "float32")
-    assert (_fast.lookup("adam_update", x) is not None) == (backend.name == "cupy")
+    assert (_fast.lookup("adam_update", x) is not None) == (backend.name in ("numpy", "cupy"))
 
 
-def test_adam_updates_in_place_but_never_writes_shared_arrays(backend):
+@pytest.mark.parametrize("enabled", [False, True])
+def test_adam_never_writes_parameters_or_returned_state(backend, enabled):
+    """Aliasing is the same on both paths: each step binds new parameter arrays and
+    writes none it was given; ``state_arrays()`` returns copies."""
     shared = backend.asarray(np.ones((2, 3)), "float32")
     params = {"W": shared}
     opt = Adam()
     grads = {"W": backend.asarray(np.full((2, 3), 0.5), "float32")}
-    opt.update(params, grads)
-    np.testing.assert_array_equal(to_numpy(shared), np.ones((2, 3)))  # the caller's array
-    first = params["W"]
-    assert first is not shared
-    opt.update(params, grads)
-    assert params["W"] is first  # every backend here is mutable: from now on, in place
-    # Rebinding from outside (a loaded checkpoint) is honoured, and that array is not written.
-    loaded = backend.asarray(np.zeros((2, 3)), "float32")
-    params["W"] = loaded
-    opt.update(params, grads)
-    np.testing.assert_array_equal(to_numpy(loaded), np.zeros((2, 3)))
-    assert params["W"] is not loaded
+    with _fast.enabled(enabled):
+        opt.update(params, grads)
+        first = params["W"]
+        state = opt.state_arrays()
+        kept = {k: to_numpy(v).copy() for k, v in state.items()}
+        opt.update(params, grads)
+    assert first is not shared and params["W"] is not first
+    np.testing.assert_array_equal(to_numpy(shared), np.ones((2, 3)))
+    assert not np.array_equal(to_numpy(params["W"]), to_numpy(first)), "no step was taken"
+    for k, v in state.items():
+        np.testing.assert_array_equal(to_numpy(v), kept[k], err_msg=k)
+    np.testing.assert_array_equal(to_numpy(grads["W"]), np.full((2, 3), 0.5))
 
 
-def test_adam_rebinds_read_only_arrays():
+def test_adam_accepts_read_only_parameters():
     W = np.broadcast_to(np.float32(1.0), (2, 3))  # read-only, like shape_only networks
     params = {"W": W}
-    opt = Adam()
-    assert opt._step_in_place is not None
-    opt.update(params, {"W": np.full((2, 3), 0.5, np.float32)})
+    Adam().update(params, {"W": np.full((2, 3), 0.5, np.float32)})
     assert params["W"] is not W and params["W"].flags.writeable
     np.testing.assert_array_equal(W, np.ones((2, 3), np.float32))
 

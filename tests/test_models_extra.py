@@ -26,6 +26,7 @@ from xpcnn.models import (
     LeNet,
     NetBuilder,
     Sequential,
+    SimpleConvNet,
     build_model,
     init_std,
 )
@@ -309,6 +310,40 @@ def test_models_registered():
     assert {"simple", "deep", "lenet", "alexnet"} <= set(MODELS)
     assert MODELS["deep"] is DeepConvNet and MODELS["lenet"] is LeNet
     assert MODELS["alexnet"] is AlexNet
+
+
+# The named nets' dict options (conv_param, lrn_param, ...) go through one merge.
+@pytest.mark.parametrize(
+    ("make", "option"),
+    [
+        (lambda **kw: SimpleConvNet(conv_param=kw), "conv_param"),
+        (lambda **kw: DeepConvNet(conv_param_4=kw, shape_only=True), "conv_param_4"),
+        (lambda **kw: AlexNet.small(conv1_param=kw, shape_only=True), "conv1_param"),
+        (lambda **kw: AlexNet.small(lrn_param=kw, shape_only=True), "lrn_param"),
+    ],
+)
+def test_dict_options_refuse_unknown_keys(make, option):
+    with pytest.raises(ValueError, match=rf"^{option}: unknown keys \['padding'\]; use only \["):
+        make(padding=1)
+
+
+def test_dict_options_override_defaults_and_cast():
+    simple = SimpleConvNet(conv_param={"filter_num": 8.0}, seed=0)
+    assert simple.config["conv_param"] == {"filter_num": 8, "filter_size": 5, "pad": 0, "stride": 1}
+    assert type(simple.config["conv_param"]["filter_num"]) is int
+    assert tuple(simple.params["W1"].shape) == (8, 1, 5, 5)
+    deep = DeepConvNet(conv_param_4={"pad": 1}, shape_only=True)
+    assert [c.pad for c in deep.layers if isinstance(c, Convolution)] == [1] * 6
+    assert deep.config["conv_param_4"] == {
+        "filter_num": 32,
+        "filter_size": 3,
+        "pad": 1,
+        "stride": 1,
+    }
+    alex = AlexNet.small(lrn_param={"size": 3}, shape_only=True)
+    assert alex.config["lrn_param"] == {"size": 3, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
+    assert type(alex.config["lrn_param"]["size"]) is int
+    assert "LRN(size=3, alpha=0.0001, beta=0.75, k=2.0)" in alex.summary()
 
 
 @pytest.mark.parametrize(

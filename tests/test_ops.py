@@ -7,6 +7,7 @@ from the book's definitions, float64 central differences, and (when installed)
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from collections.abc import Callable
@@ -128,8 +129,9 @@ def naive_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: 
 def naive_max_pool2d(
     x: np.ndarray, ph: int, pw: int, stride: int, pad: int, dout: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Max pooling where padding never takes part and ties go to the first maximum in
-    row-major window order; returns ``(out, dx)`` for upstream gradient ``dout``."""
+    """Max pooling where padding never takes part, ties go to the first maximum in
+    row-major window order and the first NaN beats every number (PyTorch's NaN
+    policy, argmax's choice); returns ``(out, dx)`` for upstream gradient ``dout``."""
     N, C, H, W = x.shape
     OH = (H + 2 * pad - ph) // stride + 1
     OW = (W + 2 * pad - pw) // stride + 1
@@ -143,8 +145,12 @@ def naive_max_pool2d(
                     for i in range(ph):
                         for j in range(pw):
                             h, w = oh * stride + i - pad, ow * stride + j - pad
-                            if 0 <= h < H and 0 <= w < W and (best is None or x[n, c, h, w] > best):
-                                best, at = x[n, c, h, w], (h, w)
+                            if not (0 <= h < H and 0 <= w < W):
+                                continue
+                            v = x[n, c, h, w]
+                            nan_wins = np.isnan(v) and not (best is not None and np.isnan(best))
+                            if best is None or v > best or nan_wins:
+                                best, at = v, (h, w)
                     out[n, c, oh, ow] = best
                     dx[n, c, at[0], at[1]] += dout[n, c, oh, ow]
     return out, dx
@@ -466,6 +472,67 @@ def test_max_pool_padding_never_wins_over_minus_infinity(backend, dtype):
     assert dx.sum() == 4.0
 
 
+# (N, C, H, W, PH, PW, stride, pad)
+NAN_POOL_CASES = [
+    pytest.param((2, 2, 6, 6, 2, 2, 2, 0), id="2x2-s2"),
+    pytest.param((1, 2, 5, 5, 3, 3, 1, 1), id="3x3-s1-p1"),
+    pytest.param((1, 1, 5, 6, 4, 4, 2, 2), id="4x4-s2-p2"),
+    pytest.param((2, 1, 7, 7, 3, 3, 2, 1), id="3x3-s2-p1"),
+]
+
+
+@pytest.mark.parametrize("case", NAN_POOL_CASES)
+def test_max_pool_nan_at_every_window_offset_gives_nan(backend, dtype, case):
+    """PyTorch's NaN policy: a NaN at any offset of a window makes its output NaN,
+    and that window's gradient goes to the NaN. One NaN at a time, at each real
+    offset of the first window; the rest of the input increases, so without the
+    NaN the maximum would sit elsewhere."""
+    F = pytest.importorskip("torch.nn.functional")
+    torch = pytest.importorskip("torch")
+    N, C, H, W, PH, PW, stride, pad = case
+    for i in range(pad, PH):
+        for j in range(pad, PW):
+            x_host = np.arange(N * C * H * W, dtype=dtype).reshape(N, C, H, W)
+            x_host[0, 0, i - pad, j - pad] = np.nan
+            out, cache = max_pool2d_forward(backend.asarray(x_host, dtype), PH, PW, stride, pad)
+            dout = np.ones(tuple(out.shape), dtype=dtype)
+            dx = backend.to_numpy(max_pool2d_backward(backend.asarray(dout, dtype), cache))
+            out = backend.to_numpy(out)
+            t_out = F.max_pool2d(torch.from_numpy(x_host), (PH, PW), stride, pad).numpy()
+            where = f"NaN at window offset ({i}, {j})"
+            assert np.isnan(out[0, 0, 0, 0]), where
+            np.testing.assert_array_equal(np.isnan(out), np.isnan(t_out), err_msg=where)
+            np.testing.assert_array_equal(out, t_out, err_msg=where)  # NaN where NaN
+            assert dx[0, 0, i - pad, j - pad] >= 1, where  # the NaN window routes to the NaN
+            ref_out, ref_dx = naive_max_pool2d(x_host, PH, PW, stride, pad, dout)
+            np.testing.assert_array_equal(out, ref_out, err_msg=where)
+            np.testing.assert_array_equal(dx, ref_dx, err_msg=where)
+
+
+@pytest.mark.parametrize("case", NAN_POOL_CASES)
+def test_max_pool_with_many_nans_matches_torch_and_naive(backend, dtype, rng, case):
+    """Random NaN (and infinities) everywhere: the output is NaN exactly where
+    torch's is; the gradient goes to each window's first NaN (or first maximum)."""
+    F = pytest.importorskip("torch.nn.functional")
+    torch = pytest.importorskip("torch")
+    N, C, H, W, PH, PW, stride, pad = case
+    x_host = rng.standard_normal((N, C, H, W)).astype(dtype)
+    flat = x_host.reshape(-1)
+    idx = rng.permutation(flat.size)
+    flat[idx[: flat.size // 6]] = np.nan
+    flat[idx[flat.size // 6 : flat.size // 4]] = -np.inf
+    out, cache = max_pool2d_forward(backend.asarray(x_host, dtype), PH, PW, stride, pad)
+    dout = rng.uniform(0.5, 1.5, size=tuple(out.shape)).astype(dtype)
+    dx = backend.to_numpy(max_pool2d_backward(backend.asarray(dout, dtype), cache))
+    out = backend.to_numpy(out)
+    t_out = F.max_pool2d(torch.from_numpy(x_host), (PH, PW), stride, pad).numpy()
+    assert np.isnan(out).any() and not np.isnan(out).all(), "a case that tests nothing"
+    np.testing.assert_array_equal(out, t_out)  # NaN where torch has NaN, else equal
+    ref_out, ref_dx = naive_max_pool2d(x_host, PH, PW, stride, pad, dout)
+    np.testing.assert_array_equal(out, ref_out)
+    assert_close_scaled(dx, ref_dx, **_tol(dtype), err_msg="dx")
+
+
 @pytest.mark.parametrize("case", POOL_CASES + PADDED_MAX_CASES)
 def test_max_pool_ties_go_to_first_max_in_row_major_order(backend, dtype, rng, case):
     N, C, H, W, PH, PW, stride, pad = case
@@ -738,13 +805,19 @@ def test_invalid_arguments_raise_value_error_naming_shapes(backend, call, match)
 # --------------------------------------------------------------------------------------------
 
 
+def _cache_arrays(cache):
+    """The arrays a conv or pooling cache holds (each path's cache is a dataclass)."""
+    values = (getattr(cache, f.name) for f in dataclasses.fields(cache))
+    return [v for v in values if hasattr(v, "shape")]
+
+
 def _backward_conv(bk, rng):
     x, w, b = (
         bk.asarray(rng.standard_normal(s), "float64") for s in ((2, 2, 5, 5), (3, 2, 3, 3), (3,))
     )
     out, cache = conv2d_forward(x, w, b, stride=1, pad=1)
     dout = bk.asarray(rng.standard_normal(tuple(out.shape)), "float64")
-    return [x, w, b, dout, cache.col, cache.col_W], lambda: (
+    return [x, w, b, dout, *_cache_arrays(cache)], lambda: (
         conv2d_backward(dout, cache),
         conv2d_backward(dout, cache, need_dx=False),
     )
@@ -755,7 +828,7 @@ def _backward_pool(forward, backward):
         x = bk.asarray(rng.standard_normal((2, 2, 4, 4)), "float64")
         out, cache = forward(x, 2, 2, stride=1, pad=1)
         dout = bk.asarray(rng.standard_normal(tuple(out.shape)), "float64")
-        return [x, dout], lambda: backward(dout, cache)
+        return [x, dout, *_cache_arrays(cache)], lambda: backward(dout, cache)
 
     return build
 

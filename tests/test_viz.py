@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from xpcnn import viz
@@ -43,6 +44,18 @@ def assert_png(path: Path, width: int, height: int) -> np.ndarray:
 
 def no_temp_files(d: Path) -> bool:
     return not any(p.name.endswith(".tmp") for p in d.iterdir())
+
+
+def drawn_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """Collect the figures the plot functions draw instead of writing them out."""
+    figures: list[Figure] = []
+
+    def keep(fig: Figure, path: str | os.PathLike[str]) -> Path:
+        figures.append(fig)
+        return Path(path)
+
+    monkeypatch.setattr(viz, "_save", keep)
+    return figures
 
 
 @pytest.fixture
@@ -182,6 +195,22 @@ def test_plot_feature_maps(tmp_path: Path, image: np.ndarray, rng: np.random.Gen
     assert_png(viz.plot_feature_maps(image, maps[:1], tmp_path / "c.png", max_channels=4), 500, 250)
 
 
+def test_plot_feature_maps_labels_say_how_many_maps_are_shown(
+    image: np.ndarray, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figures = drawn_figures(monkeypatch)
+    maps = [
+        ("conv1", rng.random((30, 24, 24))),
+        ("conv2", rng.random((1, 5, 4, 4))),
+        ("affine1", rng.random(100)),
+    ]
+    viz.plot_feature_maps(image, maps, "unused.png")
+    viz.plot_feature_maps(image, maps[1:2], "unused.png", max_channels=5)
+    first, second = ([ax.get_ylabel() for ax in f.axes if ax.get_ylabel()] for f in figures)
+    assert first == ["input", "conv1\n30x24x24\n16 of 30 maps", "conv2\n5x4x4", "affine1\n100"]
+    assert second == ["input", "conv2\n5x4x4"]  # all five shown: nothing to add
+
+
 def test_plot_feature_maps_rejects_batches(tmp_path: Path, image: np.ndarray) -> None:
     with pytest.raises(ValueError, match="conv1"):
         viz.plot_feature_maps(image, [("conv1", np.ones((2, 3, 4, 4)))], tmp_path / "a.png")
@@ -236,8 +265,8 @@ def test_plot_misclassified_selects_wrong(tmp_path: Path, rng: np.random.Generat
     t_pred = t_true.copy()
     wrong = [1, 4, 7, 8, 13, 19]
     t_pred[wrong] = (t_true[wrong] + 1) % 10
-    # 6 wrong -> 2 rows of 150 px + 50 px title, 5 columns of 150 px
-    a = assert_png(viz.plot_misclassified(images, t_true, t_pred, tmp_path / "a.png"), 750, 350)
+    # 6 wrong -> 2 rows of 150 px + 75 px title, 5 columns of 150 px
+    a = assert_png(viz.plot_misclassified(images, t_true, t_pred, tmp_path / "a.png"), 750, 375)
 
     changed_right = images.copy()
     changed_right[0] = rng.random((1, 28, 28))  # correctly classified: not shown
@@ -263,10 +292,10 @@ def test_plot_misclassified_limits_and_names(tmp_path: Path, rng: np.random.Gene
     assert_png(
         viz.plot_misclassified(images, t_true, t_pred, tmp_path / "a.png", max_images=7),
         750,
-        350,
+        375,
     )
     a = pixels(viz.plot_misclassified(images, t_true, t_pred, tmp_path / "n.png"))
-    assert a.shape[:2] == (800, 750)  # 25 shown by default
+    assert a.shape[:2] == (825, 750)  # 25 shown by default
     b = pixels(
         viz.plot_misclassified(
             images, t_true, t_pred, tmp_path / "m.png", class_names=["zero", "one"]
@@ -275,10 +304,24 @@ def test_plot_misclassified_limits_and_names(tmp_path: Path, rng: np.random.Gene
     assert not np.array_equal(a, b)  # titles use the names
 
 
+def test_plot_misclassified_titles_name_true_and_predicted(
+    rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    figures = drawn_figures(monkeypatch)
+    images = rng.random((4, 28, 28))
+    t_true, t_pred = np.array([7, 1, 3, 0]), np.array([9, 1, 8, 0])
+    viz.plot_misclassified(images, t_true, t_pred, "unused.png")
+    names = [f"class {k}" for k in range(10)]
+    viz.plot_misclassified(images, t_true, t_pred, "unused.png", class_names=names)
+    plain, named = ([ax.get_title() for ax in f.axes if ax.get_title()] for f in figures)
+    assert plain == ["true 7\npredicted 9", "true 3\npredicted 8"]
+    assert named == ["true class 7\npredicted class 9", "true class 3\npredicted class 8"]
+
+
 def test_plot_misclassified_none_wrong_and_errors(tmp_path: Path) -> None:
     images = np.random.default_rng(1).random((3, 8, 8))
     t = np.array([0, 1, 2])
-    assert png_size(viz.plot_misclassified(images, t, t, tmp_path / "a.png")) == (750, 200)
+    assert png_size(viz.plot_misclassified(images, t, t, tmp_path / "a.png")) == (750, 225)
     with pytest.raises(ValueError, match="same length"):
         viz.plot_misclassified(images, t, t[:2], tmp_path / "b.png")
 

@@ -1,6 +1,7 @@
-"""One atomic file write for checkpoints, figures and JSON: a temporary file in
-the destination folder, flushed and fsynced, then renamed over the target. On
-any failure the temporary file is removed and an existing target is untouched."""
+"""One atomic file write for checkpoints, figures, JSON and downloads: a temporary
+file in the destination folder, flushed and fsynced, then renamed over the target
+(and the folder fsynced, so the rename survives a crash). On any failure the
+temporary file is removed and an existing target is untouched."""
 
 from __future__ import annotations
 
@@ -37,3 +38,14 @@ def atomic_write(path: str | os.PathLike[str], *, mode: int | None = None) -> It
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable (POSIX); not possible on Windows.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

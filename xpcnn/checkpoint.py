@@ -32,7 +32,6 @@ object array is refused on both save and load.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -170,7 +169,7 @@ def _validate_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _check_directory(path: Path) -> Path:
+def _check_directory(path: Path) -> None:
     directory = path.parent
     if not directory.exists():
         raise FileNotFoundError(
@@ -191,23 +190,12 @@ def _check_directory(path: Path) -> Path:
             f"cannot save checkpoint {path}: it is a directory; give a file name such as "
             f"{path / 'checkpoint.npz'}"
         )
-    return directory
 
 
 def _write_member(zf: zipfile.ZipFile, key: str, array: np.ndarray) -> None:
     # force_zip64: sizes are unknown while streaming; large members need it.
     with zf.open(key + _NPY, "w", force_zip64=True) as fh:
         np.lib.format.write_array(fh, array, allow_pickle=False)
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Make the rename itself durable (POSIX); not possible on Windows.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_checkpoint(
@@ -250,7 +238,7 @@ def save_checkpoint(
         user_meta = json.loads(json.dumps(dict(meta), default=_json_default))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"checkpoint meta is not JSON-serialisable: {exc}") from exc
-    directory = _check_directory(path)
+    _check_directory(path)
 
     envelope = {
         "format": FORMAT_NAME,
@@ -268,7 +256,6 @@ def save_checkpoint(
             for key in sorted(checked):
                 _write_member(zf, key, checked[key])
             _write_member(zf, META_KEY, meta_bytes)
-    _fsync_directory(directory)
     return path
 
 
@@ -309,11 +296,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
             problem.
     """
     path = Path(path)
+    _check_zip_file(path)
+    arrays, raw_meta = _read_members(path)
+    envelope = _read_envelope(path, raw_meta)
+    return arrays, _verified_meta(path, envelope, arrays)
+
+
+def _check_zip_file(path: Path) -> None:
+    """An existing, readable file that starts like a zip archive."""
     if not path.exists():
         _fail(path, "does not exist", "check the path (or train first to create it)")
     if path.is_dir():
         _fail(path, "is a directory, not a file", "point to the .npz file inside it")
-
     try:
         with path.open("rb") as f:
             magic = f.read(4)
@@ -325,8 +319,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
         what = "is empty" if not magic else f"is not an npz/zip archive (starts with {magic!r})"
         _fail(path, f"{what}, so it is truncated or not an xpcnn checkpoint")
 
+
+def _read_members(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every ``.npy`` member: the arrays by key, and the raw metadata member."""
     arrays: dict[str, np.ndarray] = {}
-    raw_meta: Any = None
+    raw_meta: np.ndarray | None = None
     try:
         with np.load(path, allow_pickle=False) as z:
             for name in z.files:
@@ -347,9 +344,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
         if "allow_pickle" in str(exc):
             _fail(path, f"contains object (pickled) arrays, which are never loaded ({reason})")
         _fail(path, f"is truncated, damaged or not an xpcnn checkpoint ({reason})")
-
     if raw_meta is None:
         _fail(path, f"has no {META_KEY!r} metadata, so it is not an xpcnn checkpoint")
+    return arrays, raw_meta
+
+
+def _read_envelope(path: Path, raw_meta: np.ndarray) -> dict[str, Any]:
+    """The metadata envelope as a dict, once its format name and version are ours."""
     try:
         if raw_meta.dtype != np.uint8 or raw_meta.ndim != 1:
             raise ValueError(f"metadata array has dtype {raw_meta.dtype}, ndim {raw_meta.ndim}")
@@ -372,7 +373,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
         )
     if version != FORMAT_VERSION:
         _fail(path, f"uses unknown format version {version} (this xpcnn reads {FORMAT_VERSION})")
+    return envelope
 
+
+def _verified_meta(
+    path: Path, envelope: dict[str, Any], arrays: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+    """The caller's metadata, once the stored key list and digest match ``arrays``."""
     user_meta = envelope.get("meta")
     digest = envelope.get("digest")
     keys = envelope.get("keys")
@@ -403,7 +410,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray]
             "failed its integrity check (SHA-256 digest mismatch: the array data or "
             "metadata were altered or corrupted after saving)",
         )
-    return arrays, user_meta
+    return user_meta
 
 
 # ---------------------------------------------------------------------------

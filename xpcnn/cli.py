@@ -34,7 +34,7 @@ from . import __version__
 from ._atomic import atomic_write
 from .backend import Device, DeviceError, blas_summary, gpu_names, resolve_device, to_numpy
 from .checkpoint import load_checkpoint
-from .data import DATASET_NAMES, Dataset, DatasetError, IDXError, load_dataset
+from .data import CLASS_NAMES, DATASET_NAMES, Dataset, DatasetError, IDXError, load_dataset
 from .distributed import (
     abort_on_exception,
     array_digest,
@@ -45,8 +45,9 @@ from .distributed import (
     rank_device,
 )
 from .errors import XpcnnError
+from .inputs import as_input
 from .layers import Convolution
-from .metrics import as_input, predict_labels
+from .metrics import predict_labels
 from .models import MODELS, Sequential, build_model
 from .optim import OPTIMIZERS
 from .train import (
@@ -149,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_evaluate_parser(sub)
     _add_visualize_parser(sub)
+    _add_predict_parser(sub)
+    _add_export_parser(sub)
     sub.add_parser("info", help="versions, backends and whether a GPU is visible")
     return parser
 
@@ -235,6 +238,31 @@ def _add_visualize_parser(sub: Any) -> None:
     )
     _add_data_options(v)
     _add_device_option(v)
+
+
+def _add_predict_parser(sub: Any) -> None:
+    pr = sub.add_parser(
+        "predict", help="classify your own images (PNG, JPEG, ...) with a checkpoint"
+    )
+    pr.add_argument("checkpoint", type=Path)
+    pr.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
+    pr.add_argument(
+        "--top", type=_positive_int, default=1, help="the K likeliest classes (default 1)"
+    )
+    pr.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
+    pr.add_argument(
+        "--style",
+        choices=("mnist", "fashion", "resize"),
+        help="preparation: mnist (fit 20x20, centre of mass), fashion (fit the field), "
+        "resize (whole picture); default: from the checkpoint's dataset",
+    )
+    _add_device_option(pr)
+
+
+def _add_export_parser(sub: Any) -> None:
+    ex = sub.add_parser("export", help="write a checkpoint's network as an ONNX model")
+    ex.add_argument("checkpoint", type=Path)
+    ex.add_argument("output", type=Path, help="the .onnx file to write")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -646,11 +674,73 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .images import load_image  # Pillow: loaded only for this command
+
+    network, meta = load_network(args.checkpoint, resolve_device(args.device))
+    if len(network.input_dim) != 3:
+        raise CLIError(f"{args.checkpoint} takes inputs {network.input_dim}, not images (C, H, W)")
+    dataset = meta.get("run", {}).get("dataset", "mnist")
+    style = args.style or ("fashion" if dataset == "fashion-mnist" else "mnist")
+    paths, images, failed = [], [], 0
+    for path in args.images:
+        try:
+            images.append(load_image(path, network.input_dim, style=style))
+            paths.append(path)
+        except Exception as exc:  # any unreadable file: report it, classify the others
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if type(exc).__name__ == "UnidentifiedImageError":
+                why = "not an image file Pillow can read (PNG, JPEG, ...)"
+            print(f"xpcnn predict: error: {path}: {why}", file=sys.stderr)
+            failed += 1
+    results = []
+    for i in range(0, len(images), 500):
+        scores = to_numpy(network.predict(np.stack(images[i : i + 500]), keep_cache=False))
+        z = np.exp(scores - scores.max(axis=1, keepdims=True))
+        results.extend(z / z.sum(axis=1, keepdims=True))
+    names = CLASS_NAMES.get(dataset, ())
+    out = []
+    for path, p in zip(paths, results, strict=True):
+        top = [int(k) for k in np.argsort(-p, kind="stable")[: args.top]]
+        out.append(
+            {
+                "path": str(path),
+                "top": [
+                    {"label": k, "class": names[k] if k < len(names) else str(k), "p": float(p[k])}
+                    for k in top
+                ],
+            }
+        )
+    if args.json:
+        print(json.dumps(out, indent=2))
+    for r in [] if args.json else out:
+        print(f"{r['path']}: " + ", ".join(f"{t['class']} (p={t['p']:.2f})" for t in r["top"]))
+    return EXIT_ERROR if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx  # onnx: an optional extra
+
+    network, _ = load_network(args.checkpoint)
+    try:
+        path = export_onnx(network, args.output)
+    except ImportError as exc:  # no onnx package
+        raise CLIError(str(exc)) from None
+    dims = ", ".join(map(str, network.input_dim))
+    print(
+        f"wrote {path}: ONNX opset {OPSET}, input {INPUT_NAME!r} float32 (N, {dims}) in [0, 1], "
+        f"output {OUTPUT_NAME!r} float32 (N, {network.output_shapes()[-1][0]})"
+    )
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "visualize": cmd_visualize,
     "info": cmd_info,
+    "predict": cmd_predict,
+    "export": cmd_export,
 }
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from array_api_compat import array_namespace
 
 from . import ops
+from ._window import check_window
 from .backend import random_uniform
-from .ops._util import check_window
+from .ops.dropout import _check_ratio
 
 __all__ = [
     "LRN",
@@ -307,9 +308,8 @@ class Dropout(Layer):
 
     def __init__(self, dropout_ratio: float = 0.5, *, seed: int | None = None) -> None:
         super().__init__()
-        if not 0.0 <= float(dropout_ratio) < 1.0:
-            raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
-        self.dropout_ratio = float(dropout_ratio)
+        # ops' own check, run here too so a bad ratio fails when the net is built.
+        self.dropout_ratio = _check_ratio(dropout_ratio)
         self.seed_state: dict[str, Any] = {"seed": seed}
         self._cache: ops.DropoutCache | None = None
 

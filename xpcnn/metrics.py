@@ -1,5 +1,5 @@
 """Predictions and accuracy of a network: the one place that turns stored
-images into network input and counts correct predictions.
+images into class predictions and counts the correct ones.
 
 Below ``models`` (it only asks the network for ``predict``, ``device``,
 ``dtype`` and ``input_dim``), so ``Sequential.accuracy`` and the Trainer share it.
@@ -9,18 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backend import Device, to_numpy
+from .backend import to_numpy
 
-__all__ = ["accuracy", "as_input", "count_correct", "predict_labels"]
-
-
-def as_input(x: Any, dtype: Any) -> Any:
-    """A batch as network input: integer images (uint8 pixels) become
-    ``dtype`` in [0, 1]; float arrays are cast to ``dtype`` if needed."""
-    xp = Device.of(x).xp
-    if xp.isdtype(x.dtype, "integral"):
-        return xp.astype(x, dtype) / 255.0
-    return x if x.dtype == dtype else xp.astype(x, dtype)
+__all__ = ["accuracy", "count_correct", "predict_labels"]
 
 
 def predict_labels(network: Any, x: Any, batch_size: int = 500) -> Any:
@@ -29,16 +20,10 @@ def predict_labels(network: Any, x: Any, batch_size: int = 500) -> Any:
     dev = network.device
     x = dev.asarray(x)
     xp, N = dev.xp, x.shape[0]
-    shape = (-1, *network.input_dim)
+    # predict scales integer pixels and reshapes flat rows (Sequential._input).
     with dev.activate():  # CuPy allocates on the current GPU, whatever device= says
         out = [
-            xp.argmax(
-                network.predict(
-                    as_input(xp.reshape(x[i : min(i + batch_size, N), ...], shape), network.dtype),
-                    keep_cache=False,
-                ),
-                axis=1,
-            )
+            xp.argmax(network.predict(x[i : min(i + batch_size, N), ...], keep_cache=False), axis=1)
             for i in range(0, N, batch_size)
         ]
         return xp.concat(out)

@@ -5,13 +5,11 @@
 immutable backends and through a network's parameter view. State (velocities,
 moments) is created lazily with the parameters' dtype and device.
 
-:class:`Adam` also has a fused in-place update, taken where the arrays are
-writeable (NumPy, CuPy, torch, array-api-strict) and fast paths are on (see
-:mod:`xpcnn._fast`): the same operations in the same order, so the same bits,
-with four temporaries per parameter instead of eleven. To keep value
-semantics for everyone else, the optimizer first rebinds ``params[key]`` to
-its own copy and only then updates that copy in place: an array shared with a
-loaded checkpoint or another network is never written.
+:class:`Adam` asks the fast-path seam (:mod:`xpcnn._fast`) for a fused update
+(NumPy: ufuncs into two temporaries; CuPy: one kernel): the same operations in
+the same order, so the same bits. It updates only the optimizer's own moment
+arrays in place and returns each new parameter as a new array, like the
+generic update, so the switch changes speed only, never results or aliasing.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import math
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from array_api_compat import array_namespace, is_writeable_array
+from array_api_compat import array_namespace
 
 from . import _fast
 
@@ -49,7 +47,6 @@ class Optimizer:
         self.lr = float(lr)
         self.iter = 0
         self.state: dict[str, dict[str, Any]] = {slot: {} for slot in self._slots}
-        self._owned: dict[str, Any] = {}  # parameter arrays this optimizer may update in place
 
     def update(self, params: MutableMapping[str, Any], grads: Mapping[str, Any]) -> None:
         """Update every ``params[key]`` from ``grads[key]``."""
@@ -59,40 +56,19 @@ class Optimizer:
             for slot in self._slots:
                 if key not in self.state[slot]:
                     self.state[slot][key] = array_namespace(p).zeros_like(p)
-            if self._in_place(key, p):
-                p = self._own(params, key, p)
-                self._step_in_place(key, p, g)
-            else:
-                params[key] = self._step(key, p, g)
+            params[key] = self._step(key, p, g)
 
     def _step(self, key: str, p: Any, g: Any) -> Any:
         raise NotImplementedError
 
-    # A subclass with a fused update defines _step_in_place(key, p, g), which must
-    # compute exactly what _step computes, writing into p and the state arrays.
-    _step_in_place: Any = None
-
-    def _in_place(self, key: str, p: Any) -> bool:
-        """Whether to update ``p`` and its state in place (mutable backend, fast paths on)."""
-        return (
-            self._step_in_place is not None
-            and _fast.is_enabled()
-            and is_writeable_array(p)
-            and all(is_writeable_array(self.state[slot][key]) for slot in self._slots)
-        )
-
-    def _own(self, params: MutableMapping[str, Any], key: str, p: Any) -> Any:
-        """The parameter array this optimizer may write: ``p`` itself once it has
-        been copied and rebound here, so arrays shared elsewhere stay untouched."""
-        if self._owned.get(key) is not p:
-            p = array_namespace(p).asarray(p, copy=True)
-            params[key] = p
-            self._owned[key] = p
-        return p
-
     def state_arrays(self) -> dict[str, Any]:
-        """Per-parameter state keyed ``"slot/param"`` (``"m/W1"``), on the device."""
-        return {f"{slot}/{key}": a for slot, d in self.state.items() for key, a in d.items()}
+        """Copies of the per-parameter state keyed ``"slot/param"`` (``"m/W1"``), on
+        the device (copies: a fast update may write the optimizer's own arrays)."""
+        return {
+            f"{slot}/{key}": array_namespace(a).asarray(a, copy=True)
+            for slot, d in self.state.items()
+            for key, a in d.items()
+        }
 
     def load_state_arrays(self, arrays: Mapping[str, Any], iteration: int) -> None:
         """Restore :meth:`state_arrays` (arrays already on the parameters' device) and ``iter``."""
@@ -101,7 +77,7 @@ class Optimizer:
             slot, key = name.split("/", 1)
             if slot not in self.state:
                 raise ValueError(f"{type(self).__name__} has no state {slot!r} (from {name!r})")
-            # a copy: the in-place update must not write into the caller's arrays
+            # a copy: a fast update writes the optimizer's own arrays in place
             self.state[slot][key] = array_namespace(a).asarray(a, copy=True)
         self.iter = int(iteration)
 
@@ -201,36 +177,13 @@ class Adam(Optimizer):
         lr_t = self.lr * math.sqrt(1.0 - b2**self.iter) / (1.0 - b1**self.iter)
         m = self.state["m"][key]
         v = self.state["v"][key]
+        fused = _fast.lookup("adam_update", p)
+        if fused is not None:  # m and v in place (ours), a new p: the same bits
+            return fused(p, g, m, v, lr_t, 1 - b1, 1 - b2, 1e-7)
         m = m + (1 - b1) * (g - m)
         v = v + (1 - b2) * (g * g - v)
         self.state["m"][key], self.state["v"][key] = m, v
         return p - lr_t * m / (xp.sqrt(v) + 1e-7)
-
-    def _step_in_place(self, key: str, p: Any, g: Any) -> None:
-        """:meth:`_step` with in-place operators: the same operations in the same
-        order (products commuted), so bit-identical results. CuPy fuses them into
-        one kernel (:func:`xpcnn._fast.cupy_ops.adam_update`)."""
-        xp = array_namespace(p)
-        b1, b2 = self.beta1, self.beta2
-        lr_t = self.lr * math.sqrt(1.0 - b2**self.iter) / (1.0 - b1**self.iter)
-        m = self.state["m"][key]
-        v = self.state["v"][key]
-        fused = _fast.lookup("adam_update", p)
-        if fused is not None:
-            fused(p, g, m, v, lr_t, 1 - b1, 1 - b2, 1e-7)
-            return
-        t = g - m
-        t *= 1 - b1
-        m += t  # m = m + (1 - b1) * (g - m)
-        t = g * g
-        t -= v
-        t *= 1 - b2
-        v += t  # v = v + (1 - b2) * (g * g - v)
-        t = xp.sqrt(v)
-        t += 1e-7
-        step = m * lr_t
-        step /= t
-        p -= step  # p = p - lr_t * m / (sqrt(v) + 1e-7)
 
     def hyperparameters(self) -> dict[str, float]:
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2}

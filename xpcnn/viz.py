@@ -57,6 +57,7 @@ FEATURE_LABEL_IN = 1.0
 HISTORY_SIZE_IN = (10.0, 4.0)
 MISCLASSIFIED_COLS = 5
 MISCLASSIFIED_CELL_IN = 1.5
+MISCLASSIFIED_TITLE_IN = 0.75  # the header plus the first row's two-line titles
 CONFUSION_SIZE_IN = (6.5, 6.0)
 CONFUSION_ANNOTATE_MAX = 30  # more classes than this: cells too small for numbers
 
@@ -102,11 +103,18 @@ def _minmax(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo)
 
 
+def _strip_leading_ones(a: Any, ndim: int) -> np.ndarray:
+    """``a`` without leading size-1 axes beyond ``ndim`` dimensions: (1, 1, H, W) -> (H, W)."""
+    a = np.asarray(a)
+    while a.ndim > ndim and a.shape[0] == 1:
+        a = a[0]
+    return a
+
+
 def _as_image(img: Any, what: str = "image") -> np.ndarray:
     """One image as (H, W) or (H, W, 3), accepting (1, H, W), (3, H, W), flat squares."""
     a = np.asarray(img)
-    while a.ndim > 2 and a.shape[0] == 1 and not (a.ndim == 3 and a.shape[-1] == 3):
-        a = a[0]
+    a = _strip_leading_ones(a, 3 if a.ndim >= 3 and a.shape[-1] == 3 else 2)  # keep (H, W, 3)
     if a.ndim == 1:
         side = math.isqrt(a.size)
         if side * side != a.size or a.size == 0:
@@ -234,9 +242,7 @@ def filter_responses(
     idx = np.arange(W.shape[0]) if filter_indices is None else np.asarray(filter_indices)
     if idx.ndim != 1 or (idx.size and (idx.min() < -W.shape[0] or idx.max() >= W.shape[0])):
         raise ValueError(f"filter_indices {list(idx)} out of range for {W.shape[0]} filters")
-    x = np.asarray(image, dtype=np.float64)
-    while x.ndim > 3 and x.shape[0] == 1:
-        x = x[0]
+    x = _strip_leading_ones(np.asarray(image, dtype=np.float64), 3)
     if x.ndim == 2:
         x = x[None]
     if x.ndim != 3:
@@ -292,9 +298,7 @@ def plot_filter_responses(
         left=0.02, right=0.98, bottom=0.02, top=1.0 - TITLE_IN / height, hspace=0.25, wspace=0.1
     )
     axes = fig.subplots(2, n + 1, squeeze=False)
-    shown = np.asarray(image)
-    while shown.ndim > 2 and shown.shape[0] == 1:
-        shown = shown[0]
+    shown = _strip_leading_ones(image, 2)
     if shown.ndim == 3 and shown.shape[0] != 3:
         shown = shown[0]  # multi-channel input: show its first channel
     _show(axes[0, 0], _as_image(shown))
@@ -329,7 +333,8 @@ def plot_feature_maps(
             (C, H, W) or (1, C, H, W) for one image; (H, W) is one channel and
             a 1-D vector (e.g. an Affine output) is drawn as a 1 x D strip.
         path: PNG file to write.
-        max_channels: at most this many channels per row (the first ones).
+        max_channels: at most this many channels per row (the first ones); a row
+            that shows fewer than the layer has says so, e.g. "16 of 30 maps".
 
     Returns:
         ``Path(path)``. Size: width ``(cols + 1) * 100``, height
@@ -339,9 +344,7 @@ def plot_feature_maps(
         raise ValueError(f"max_channels must be >= 1, got {max_channels}")
     layers: list[tuple[str, np.ndarray, tuple[int, ...]]] = []
     for name, act in maps:
-        a = np.asarray(act)
-        while a.ndim > 3 and a.shape[0] == 1:
-            a = a[0]
+        a = _strip_leading_ones(act, 3)
         shape = a.shape
         if a.ndim == 1:
             a = a[None, None, :]
@@ -379,8 +382,10 @@ def plot_feature_maps(
             _show(ax, a[ch])
             if len(shape) == 1:
                 ax.set_aspect("auto")  # a vector: stretch the 1 x D strip over the cell
-        label = "x".join(str(n) for n in shape)
-        axes[r, 0].set_ylabel(f"{name}\n{label}", fontsize=7)
+        label = f"{name}\n" + "x".join(str(n) for n in shape)
+        if a.shape[0] > max_channels:
+            label += f"\n{max_channels} of {a.shape[0]} maps"
+        axes[r, 0].set_ylabel(label, fontsize=7)
     fig.suptitle("feature maps", y=1.0 - 0.08 / height, va="top", fontsize=10)
     return _save(fig, path)
 
@@ -480,7 +485,8 @@ def plot_misclassified(
     class_names: Sequence[str] | None = None,
     max_images: int = 25,
 ) -> Path:
-    """Show the examples where ``t_pred != t_true``, titled ``"true→pred"``.
+    """Show the examples where ``t_pred != t_true``, each titled ``"true 7 / predicted 9"``
+    (on two lines).
 
     Pass all evaluated images and labels; the wrong ones are selected here
     (the first ``max_images`` of them, in input order).
@@ -494,7 +500,7 @@ def plot_misclassified(
         max_images: at most this many panels.
 
     Returns:
-        ``Path(path)``. Size: 750 x ``(rows * 150 + 50)`` pixels with
+        ``Path(path)``. Size: 750 x ``(rows * 150 + 75)`` pixels with
         rows = ceil(shown / 5) (at least 1).
     """
     images = np.asarray(images)
@@ -512,10 +518,15 @@ def plot_misclassified(
     cols = MISCLASSIFIED_COLS
     rows = max(1, math.ceil(shown.size / cols))
     width = cols * MISCLASSIFIED_CELL_IN
-    height = rows * MISCLASSIFIED_CELL_IN + TITLE_IN
+    height = rows * MISCLASSIFIED_CELL_IN + MISCLASSIFIED_TITLE_IN
     fig = _new_figure(width, height)
     fig.subplots_adjust(
-        left=0.01, right=0.99, bottom=0.01, top=1.0 - TITLE_IN / height, hspace=0.3, wspace=0.1
+        left=0.01,
+        right=0.99,
+        bottom=0.01,
+        top=1.0 - MISCLASSIFIED_TITLE_IN / height,
+        hspace=0.3,
+        wspace=0.1,
     )
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
@@ -523,9 +534,8 @@ def plot_misclassified(
     for ax, i in zip(axes.flat, shown, strict=False):
         ax.set_axis_on()
         _show(ax, _as_image(images[i], f"images[{i}]"))
-        ax.set_title(
-            f"{_label_text(tt[i], class_names)}→{_label_text(tp[i], class_names)}", fontsize=9
-        )
+        true, pred = _label_text(tt[i], class_names), _label_text(tp[i], class_names)
+        ax.set_title(f"true {true}\npredicted {pred}", fontsize=8)
     header = f"misclassified: {wrong.size} of {tt.size}"
     if shown.size < wrong.size:
         header += f" (first {shown.size} shown)"

@@ -1,4 +1,4 @@
-"""CuPy side of the fast-path seams (see :mod:`xpcnn._fast`): CUDA kernels.
+"""CuPy side of the fast-path seam (see :mod:`xpcnn._fast`): CUDA kernels.
 
 Imported only when a CuPy array reaches an op. The generic code builds
 ``im2col`` from FH*FW strided copies and a transpose, ``col2im`` and the
@@ -11,33 +11,33 @@ output element:
 * ``col2im``: each pixel *gathers* the ``col`` entries that overlap it, so no
   atomics are needed and the sum is taken in the generic code's order
   (filter offsets row by row), which makes the result equal, not just close;
-* max pooling forward: each output runs the generic running maximum over its
-  window (padding is the dtype's lowest finite value and never wins; a strict
-  ``>`` keeps the first maximum, as ``argmax`` does) and stores its int16
-  offset;
+* max pooling forward: each output runs the generic running maximum over the
+  real positions of its window (padding is skipped, so it never wins, not even
+  over -inf; a strict ``>`` keeps the first maximum, as ``argmax`` does; the
+  first NaN wins, or with ``skip_nan`` a NaN loses to any number) and stores
+  its int16 offset;
 * max pooling backward: each input pixel gathers the ``dout`` of the windows
   whose maximum it is, again in the generic order;
-* Adam: the whole update of one parameter (both moments and the step) in one
-  launch instead of twelve. A training step is short enough on a GPU that
-  launches, not arithmetic, set its speed. The operations are those of
+* Adam: the whole update of one parameter (both moments in place, the new
+  parameter into a new array) in one launch instead of twelve. A training
+  step is short enough on a GPU that launches, not arithmetic, set its speed. The operations are those of
   :meth:`xpcnn.optim.Adam._step`, in its order, with the Python scalars
   rounded to the array's dtype first (as NumPy and CuPy do) and without
   contracting a multiply and an add into one FMA (``--fmad=false``), so the
   result is the generic update's, bit for bit.
 
-Index arithmetic uses 64-bit integers for the flat positions.
+Index arithmetic uses 64-bit integers for the flat positions. This module
+imports no other xpcnn module.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import cupy
-import numpy as np
 
-from ..ops.pool import PoolCache
-
-__all__ = ["adam_update", "col2im", "im2col", "max_pool2d_backward", "max_pool2d_forward"]
+__all__ = ["MaxPoolCache", "adam_update", "col2im", "im2col", "max_pool2d_forward"]
 
 _WINDOW_PARAMS = (
     "int32 C, int32 H, int32 W, int32 OH, int32 OW, int32 FH, int32 FW, int32 S, int32 P"
@@ -89,19 +89,22 @@ _col2im_kernel = cupy.ElementwiseKernel(
 )
 
 _max_pool_forward_kernel = cupy.ElementwiseKernel(
-    "raw T x, " + _WINDOW_PARAMS + ", T lowest",
+    "raw T x, " + _WINDOW_PARAMS + ", bool skip_nan",
     "T out, int16 arg",
     """
     const int ow = (int)(i % OW);
     const int oh = (int)((i / OW) % OH);
     const long long nc = i / ((long long)OW * OH);
-    T best = lowest;
-    int best_k = 0;
+    T best = 0;
+    int best_k = -1;
     for (int k = 0; k < FH * FW; ++k) {
         const int h = oh * S + k / FW - P;
         const int w = ow * S + k % FW - P;
-        const T v = (h >= 0 && h < H && w >= 0 && w < W) ? x[(nc * H + h) * W + w] : lowest;
-        if (k == 0 || v > best) {  // strict: the first maximum wins; NaN never wins later
+        if (h < 0 || h >= H || w < 0 || w >= W) continue;  // padding never wins
+        const T v = x[(nc * H + h) * W + w];
+        // strict >: the first maximum wins; the first NaN wins (loses, with skip_nan)
+        const bool nan_wins = skip_nan ? (isnan(best) && !isnan(v)) : (isnan(v) && !isnan(best));
+        if (best_k < 0 || v > best || nan_wins) {
             best = v;
             best_k = k;
         }
@@ -137,12 +140,12 @@ _max_pool_backward_kernel = cupy.ElementwiseKernel(
 
 
 _adam_kernel = cupy.ElementwiseKernel(
-    "T grad, T one_minus_beta1, T one_minus_beta2, T eps, T lr_t",
-    "T param, T m, T v",
+    "T grad, T param, T one_minus_beta1, T one_minus_beta2, T eps, T lr_t",
+    "T new_param, T m, T v",
     """
     m = m + (grad - m) * one_minus_beta1;
     v = v + (grad * grad - v) * one_minus_beta2;
-    param = param - m * lr_t / (sqrt(v) + eps);
+    new_param = param - m * lr_t / (sqrt(v) + eps);
     """,
     "xpcnn_adam",
     options=("--fmad=false",),  # an FMA would round once where the generic code rounds twice
@@ -158,20 +161,25 @@ def adam_update(
     one_minus_beta1: float,
     one_minus_beta2: float,
     eps: float,
-) -> None:
-    """One Adam step in place on ``param``, ``m`` and ``v`` (same shape and dtype), one kernel."""
+) -> Any:
+    """One Adam step, one kernel: ``m`` and ``v`` (the optimizer's own arrays, of
+    ``param``'s shape and dtype) updated in place, the new parameter returned as
+    a new array (``param`` is not written)."""
     scalar = param.dtype.type
     with param.device:
+        new_param = cupy.empty_like(param)
         _adam_kernel(
             grad,
+            param,
             scalar(one_minus_beta1),
             scalar(one_minus_beta2),
             scalar(eps),
             scalar(lr_t),
-            param,
+            new_param,
             m,
             v,
         )
+    return new_param
 
 
 def im2col(
@@ -206,28 +214,52 @@ def col2im(
 
 
 def max_pool2d_forward(
-    x: Any, pool_h: int, pool_w: int, stride: int, pad: int, OH: int, OW: int
-) -> tuple[Any, PoolCache]:
-    """Max pooling with the generic ``arg`` (int16 window offset of the first maximum)."""
+    x: Any,
+    pool_h: int,
+    pool_w: int,
+    stride: int,
+    pad: int,
+    OH: int,
+    OW: int,
+    *,
+    skip_nan: bool = False,
+) -> tuple[Any, MaxPoolCache]:
+    """Max pooling with the generic ``arg`` (int16 window offset of the first maximum).
+
+    NaN propagates (the first NaN is the maximum); ``skip_nan=True`` makes a NaN
+    lose to any number instead (a window of NaN only gives NaN), for
+    :func:`xpcnn.ops.relu_max_pool2d_forward`.
+    """
     N, C, H, W = x.shape
-    lowest = x.dtype.type(np.finfo(x.dtype).min)  # padding: never wins, as in the generic code
     with x.device:
         x = cupy.ascontiguousarray(x)
         out = cupy.empty((N, C, OH, OW), dtype=x.dtype)
         arg = cupy.empty((N, C, OH, OW), dtype=cupy.int16)
-        _max_pool_forward_kernel(x, C, H, W, OH, OW, pool_h, pool_w, stride, pad, lowest, out, arg)
-    return out, PoolCache(tuple(x.shape), arg, pool_h, pool_w, stride, pad)
-
-
-def max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
-    """Gradient of :func:`max_pool2d_forward` (or of the generic forward: same ``arg``)."""
-    N, C, H, W = cache.x_shape
-    OH, OW = dout.shape[2], dout.shape[3]
-    with dout.device:
-        dout = cupy.ascontiguousarray(dout)
-        arg = cupy.ascontiguousarray(cache.arg)
-        dx = cupy.empty((N, C, H, W), dtype=dout.dtype)
-        _max_pool_backward_kernel(
-            dout, arg, C, H, W, OH, OW, cache.pool_h, cache.pool_w, cache.stride, cache.pad, dx
+        _max_pool_forward_kernel(
+            x, C, H, W, OH, OW, pool_h, pool_w, stride, pad, bool(skip_nan), out, arg
         )
-    return dx
+    return out, MaxPoolCache(tuple(x.shape), arg, pool_h, pool_w, stride, pad)
+
+
+@dataclass(frozen=True)
+class MaxPoolCache:
+    """The CuPy max pooling's cache: ``arg`` as in the generic path."""
+
+    x_shape: tuple[int, ...]
+    arg: Any
+    pool_h: int
+    pool_w: int
+    stride: int
+    pad: int
+
+    def backward(self, dout: Any) -> Any:
+        """Each input pixel gathers the ``dout`` of the windows whose maximum it is."""
+        N, C, H, W = self.x_shape
+        OH, OW = dout.shape[2], dout.shape[3]
+        with dout.device:
+            dout = cupy.ascontiguousarray(dout)
+            dx = cupy.empty((N, C, H, W), dtype=dout.dtype)
+            _max_pool_backward_kernel(
+                dout, self.arg, C, H, W, OH, OW, self.pool_h, self.pool_w, self.stride, self.pad, dx
+            )
+        return dx

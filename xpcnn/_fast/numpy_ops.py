@@ -1,48 +1,48 @@
-"""NumPy side of the fast-path seams (see :mod:`xpcnn._fast`).
+"""NumPy side of the fast-path seam (see :mod:`xpcnn._fast`).
 
-Each function has the signature and the results of the generic op it stands
-in for (the ops validate the arguments first and pass ``OH, OW``); results
-are equal to the generic path's (up to the order of floating-point sums in the
+Each op has the signature and the results of the generic op it stands in for
+(the ops validate the arguments first and pass ``OH, OW``); results are equal
+to the generic path's (up to the order of floating-point sums in the
 convolution's GEMMs), but arrays may be stored in another memory order
-(below). The facts that drive the choices, measured on a 2-core machine
-(one BLAS thread), float32, batch 100:
+(below), and each forward returns its own cache class, which owns the backward.
+The facts that drive the choices (one BLAS thread, float32, batch 100):
 
-* ``np.where`` and ``np.copyto(where=)`` run a branchy loop: with an
-  unpredictable mask (ReLU, max pooling) they cost ~8 ns/element, 10-20x a
-  SIMD ufunc. :func:`where` and :func:`copyto` compute the same selects on the
-  bits instead.
+* ``np.where`` runs a branchy loop: with an unpredictable mask (ReLU, max
+  pooling) it costs many times a SIMD ufunc. :func:`where` computes the same
+  select on the bits.
 * NumPy's strided copies and ufuncs pay per inner run: in NCHW the runs of
-  im2col and pooling are one image row (8-28 elements here). The fast
-  convolution stores its output "CHWN", (FN, OH, OW, N) in memory with the
-  batch innermost, returned as an (N, FN, OH, OW) view: then every im2col copy
-  moves runs of OW*N elements, pooling runs of N, and pooling and ReLU keep
-  that layout (their outputs follow their inputs' strides), so it flows from
-  layer to layer and back through the backward pass without copies.
-* A whole ``col`` (nine times the input for a 3x3 filter, 45 MB for the
-  second layer of DeepConvNet) does not fit in cache, so the GEMMs that read it
-  run at memory speed (~80 GFLOP/s instead of ~200). The convolution unfolds
-  a few output rows at a time into one cache-sized buffer and multiplies it at
+  im2col and pooling are one image row. The fast convolution stores its output
+  "CHWN", (FN, OH, OW, N) in memory with the batch innermost, returned as an
+  (N, FN, OH, OW) view: then every im2col copy moves runs of OW*N elements,
+  pooling runs of N, and pooling and ReLU keep that layout (their outputs follow
+  their inputs' strides), so it flows from layer to layer and back through the
+  backward pass without copies.
+* A whole ``col`` (nine times the input for a 3x3 filter) does not fit in
+  cache, so GEMMs that read it run at memory speed. The convolution unfolds a
+  few output rows at a time into one cache-sized buffer and multiplies it at
   once; the backward pass unfolds the cached padded input again rather than
-  keeping ``col``. A row of ones in ``col`` folds the bias into the GEMM and
-  its gradient into the ``dW`` GEMM.
-* Ufuncs with ``out=`` avoid temporaries (the running maximum).
+  keeping ``col``. A row of ones in ``col`` folds the bias into the GEMM and its
+  gradient into the ``dW`` GEMM.
+* Ufuncs with ``out=`` avoid temporaries (the running maximum, Adam).
+
+This module imports no other xpcnn module but :mod:`xpcnn._window`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..ops._util import window_slices
-from ..ops.conv import ConvCache
-from ..ops.pool import PoolCache
+from .._window import window_slices
 
 __all__ = [
-    "conv2d_backward",
+    "ChwnConvCache",
+    "MaxPoolCache",
+    "adam_update",
     "conv2d_forward",
-    "max_pool2d_backward",
     "max_pool2d_forward",
     "relu_backward",
     "relu_forward",
@@ -68,17 +68,6 @@ def where(mask: np.ndarray, a: np.ndarray, out: np.ndarray | None = None) -> np.
     target = bits if out is None else out.view(bits.dtype)
     np.bitwise_and(a.view(bits.dtype), bits, out=target)
     return target.view(a.dtype)
-
-
-def copyto(dst: np.ndarray, src: np.ndarray, mask: np.ndarray) -> None:
-    """``np.copyto(dst, src, where=mask)`` computed on the bits, without branches:
-    ``dst ^= (src ^ dst) & ones``. ``dst`` is a contiguous float array, ``src`` of
-    its shape and dtype (any strides)."""
-    bits = _ones_where(mask, dst.itemsize)
-    d = dst.view(bits.dtype)
-    diff = np.bitwise_xor(src.view(bits.dtype), d)
-    diff &= bits
-    d ^= diff
 
 
 # -- convolution ------------------------------------------------------------------------
@@ -154,7 +143,7 @@ def _correlate(
 
 def conv2d_forward(
     x: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, pad: int, OH: int, OW: int
-) -> tuple[np.ndarray, ConvCache]:
+) -> tuple[np.ndarray, ChwnConvCache]:
     """Convolution as GEMMs ``col_W (FN, C*FH*FW + 1) @ col`` over blocks of output
     rows (:func:`_col_blocks`), the bias folded in as the last column of ``col_W``.
 
@@ -169,56 +158,67 @@ def conv2d_forward(
     img = _chwn(x, pad, pad)
     col_W = np.concatenate([W.reshape(FN, C * FH * FW), b.reshape(FN, 1)], axis=1)
     out = _correlate(img, col_W, FH, FW, stride, OH, OW)
-    cache = ConvCache(tuple(x.shape), img, col_W, tuple(W.shape), stride, pad, "chwn")
+    cache = ChwnConvCache(tuple(x.shape), img, col_W, tuple(W.shape), stride, pad)
     return out.transpose(3, 0, 1, 2), cache
 
 
-def conv2d_backward(
-    dout: np.ndarray, cache: ConvCache, need_dx: bool = True
-) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Gradients for a "chwn" cache from :func:`conv2d_forward`.
+@dataclass(frozen=True)
+class ChwnConvCache:
+    """The fast convolution's cache: ``img`` the zero-padded input stored (C, H + 2P,
+    W + 2P, N), ``col_W`` (FN, C*FH*FW + 1) the weights with the bias as the last
+    column."""
 
-    ``[dW | db] += col @ dout.T`` block by block of output rows (the ones row of
-    ``col`` sums the bias gradient). ``dx``: for stride 1 and no more filters
-    than channels, the "full" correlation of ``dout`` with the flipped filters
-    (:func:`_transposed_input_gradient`); otherwise ``dcol = col_W.T @ dout``
-    folded into ``dx`` block by block, bottom up, so that each element of ``dx``
-    receives its terms in the generic col2im's order.
-    """
-    FN, C, FH, FW = cache.W_shape
-    K = C * FH * FW
-    N, _, OH, OW = dout.shape
-    img, s, p = cache.col, cache.stride, cache.pad
-    # (FN, OH, OW, N): a view when dout is stored CHWN, as the fast paths leave it
-    d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0))
-    # The transposed convolution unfolds dout (FN*FH*FW rows), the fold writes dcol
-    # (C*FH*FW rows): take the smaller (measured on DeepConvNet's layers).
-    transposed = need_dx and s == 1 and p < min(FH, FW) and FN <= C
-    dWb = np.zeros((K + 1, FN), dtype=np.result_type(img, d))
-    part = np.empty_like(dWb)
-    dimg = np.zeros_like(img) if need_dx and not transposed else None
-    W_T = cache.col_W[:, :K].T  # (C*FH*FW, FN)
-    for r0, r1, col in _col_blocks(img, FH, FW, s, OH, OW, reverse=True):
-        d_rows = d[:, r0:r1].reshape(FN, -1)
-        np.matmul(col, d_rows.T, out=part)
-        dWb += part
-        if dimg is not None:
-            dcol = (W_T @ d_rows).reshape(C, FH, FW, r1 - r0, OW, N)
-            for i in range(FH):
-                for j in range(FW):
-                    target = _window(dimg, i, j, s, r0, r1, OW)
-                    target += dcol[:, i, j]
-    dW = dWb[:K].T.reshape(cache.W_shape)
-    db = dWb[K].copy()
-    if transposed:
-        return _transposed_input_gradient(d, cache), dW, db
-    if dimg is None:
-        return None, dW, db
-    H, W = cache.x_shape[2], cache.x_shape[3]
-    return dimg[:, p : p + H, p : p + W].transpose(3, 0, 1, 2), dW, db
+    x_shape: tuple[int, ...]
+    img: np.ndarray
+    col_W: np.ndarray
+    W_shape: tuple[int, ...]
+    stride: int
+    pad: int
+
+    def backward(
+        self, dout: np.ndarray, *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """``[dW | db] += col @ dout.T`` block by block of output rows (the ones row of
+        ``col`` sums the bias gradient). ``dx``: for stride 1 and no more filters
+        than channels, the "full" correlation of ``dout`` with the flipped filters
+        (:func:`_transposed_input_gradient`); otherwise ``dcol = col_W.T @ dout``
+        folded into ``dx`` block by block, bottom up, so that each element of ``dx``
+        receives its terms in the generic col2im's order.
+        """
+        FN, C, FH, FW = self.W_shape
+        K = C * FH * FW
+        N, _, OH, OW = dout.shape
+        img, s, p = self.img, self.stride, self.pad
+        # (FN, OH, OW, N): a view when dout is stored CHWN, as the fast paths leave it
+        d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0))
+        # The transposed convolution unfolds dout (FN*FH*FW rows), the fold writes dcol
+        # (C*FH*FW rows): take the smaller.
+        transposed = need_dx and s == 1 and p < min(FH, FW) and FN <= C
+        dWb = np.zeros((K + 1, FN), dtype=np.result_type(img, d))
+        part = np.empty_like(dWb)
+        dimg = np.zeros_like(img) if need_dx and not transposed else None
+        W_T = self.col_W[:, :K].T  # (C*FH*FW, FN)
+        for r0, r1, col in _col_blocks(img, FH, FW, s, OH, OW, reverse=True):
+            d_rows = d[:, r0:r1].reshape(FN, -1)
+            np.matmul(col, d_rows.T, out=part)
+            dWb += part
+            if dimg is not None:
+                dcol = (W_T @ d_rows).reshape(C, FH, FW, r1 - r0, OW, N)
+                for i in range(FH):
+                    for j in range(FW):
+                        target = _window(dimg, i, j, s, r0, r1, OW)
+                        target += dcol[:, i, j]
+        dW = dWb[:K].T.reshape(self.W_shape)
+        db = dWb[K].copy()
+        if transposed:
+            return _transposed_input_gradient(d, self), dW, db
+        if dimg is None:
+            return None, dW, db
+        H, W = self.x_shape[2], self.x_shape[3]
+        return dimg[:, p : p + H, p : p + W].transpose(3, 0, 1, 2), dW, db
 
 
-def _transposed_input_gradient(d: np.ndarray, cache: ConvCache) -> np.ndarray:
+def _transposed_input_gradient(d: np.ndarray, cache: ChwnConvCache) -> np.ndarray:
     """``dx`` of a stride-1 convolution with ``pad < FH, FW``: ``d`` (FN, OH, OW, N)
     padded by ``FH-1-pad, FW-1-pad`` and cross-correlated with the filters
     flipped and transposed to (C, FN, FH, FW). The same GEMM work as ``dcol``,
@@ -235,84 +235,112 @@ def _transposed_input_gradient(d: np.ndarray, cache: ConvCache) -> np.ndarray:
 # -- max pooling ---------------------------------------------------------------------------
 
 
-def _padded(x: np.ndarray, pad: int, value: float) -> np.ndarray:
-    """``x`` (N, C, H, W) padded on H and W with ``value``, in ``x``'s memory layout."""
+def _padded(x: np.ndarray, pad: int) -> np.ndarray:
+    """``x`` (N, C, H, W) padded on H and W with -inf, in ``x``'s memory layout.
+
+    -inf never changes a maximum (every window holds a real position); where it
+    ties with a real -inf, :meth:`MaxPoolCache.backward` still routes the
+    gradient to the real position."""
     if pad == 0:
         return x
     N, C, H, W = x.shape
-    img = np.full_like(x, value, shape=(N, C, H + 2 * pad, W + 2 * pad))
+    img = np.full_like(x, -np.inf, shape=(N, C, H + 2 * pad, W + 2 * pad))
     img[:, :, pad:-pad, pad:-pad] = x
     return img
 
 
 def max_pool2d_forward(
-    x: np.ndarray, pool_h: int, pool_w: int, stride: int, pad: int, OH: int, OW: int
-) -> tuple[np.ndarray, PoolCache]:
-    """Max pooling as a chain of ``np.fmax`` over the window's strided views.
+    x: np.ndarray,
+    pool_h: int,
+    pool_w: int,
+    stride: int,
+    pad: int,
+    OH: int,
+    OW: int,
+    *,
+    skip_nan: bool = False,
+) -> tuple[np.ndarray, MaxPoolCache]:
+    """Max pooling as a chain of ``np.maximum`` over the window's strided views.
 
-    The same values as the generic running maximum, whose ``view > out`` skips a
-    NaN anywhere but at offset 0 (``fmax`` skips NaN; a NaN at offset 0 is put
-    back). No ``arg`` is computed here, so inference pays only for the maximum:
-    the cache keeps the padded input and the output, and the backward pass finds
-    each window's first maximum.
+    ``np.maximum`` propagates NaN, the generic policy. ``skip_nan=True`` takes
+    ``np.fmax``, which skips NaN (a window of NaN only gives NaN): that serves
+    :func:`xpcnn.ops.relu_max_pool2d_forward`, which pools before the ReLU. No
+    ``arg`` is computed, so inference pays only for the maximum: the cache keeps
+    the padded input and the output, and the backward pass finds each window's
+    first maximum.
     """
-    img = _padded(x, pad, float(np.finfo(x.dtype).min))
+    img = _padded(x, pad)
     views = [
         img[window_slices(k // pool_w, k % pool_w, stride, OH, OW)] for k in range(pool_h * pool_w)
     ]
+    reduce = np.fmax if skip_nan else np.maximum
     if len(views) == 1:
         out = views[0].copy()
     else:
-        out = np.fmax(views[0], views[1])
+        out = reduce(views[0], views[1])
         for view in views[2:]:
-            np.fmax(out, view, out=out)
-    first_nan = np.isnan(views[0])
-    if first_nan.any():
-        copyto(out, views[0], first_nan)
-    return out, PoolCache(tuple(x.shape), None, pool_h, pool_w, stride, pad, img, out)
+            reduce(out, view, out=out)
+    return out, MaxPoolCache(tuple(x.shape), img, out, pool_h, pool_w, stride, pad)
 
 
-def max_pool2d_backward(dout: np.ndarray, cache: PoolCache) -> np.ndarray:
-    """Route each ``dout`` to its window's first maximum (the generic ``arg``),
-    on the bits: offset by offset, the part of ``dout`` not yet routed goes to
-    the elements equal to the output, and is then removed from what is left.
+@dataclass(frozen=True)
+class MaxPoolCache:
+    """The fast max pooling's cache: ``img`` the input padded with -inf (in the
+    input's memory layout) and ``out`` the output."""
 
-    Non-overlapping windows that tile the input (the usual 2x2, stride 2) write
-    each element of ``dx`` once: no zero fill, no read-modify-write. Every
-    temporary follows the forward output's memory layout (CHWN after the fast
-    convolution), so no ufunc mixes layouts.
-    """
-    N, C, H, W = cache.x_shape
-    OH, OW = dout.shape[2], dout.shape[3]
-    ph, pw, s, p = cache.pool_h, cache.pool_w, cache.stride, cache.pad
-    img, out = cache.x, cache.out
-    tiles = p == 0 and s == ph == pw and OH * ph == H and OW * pw == W
-    # dx in the forward input's memory layout (img is that input, padded)
-    if img is None:
-        dx = np.empty((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype)
-    else:
-        dx = np.empty_like(img, dtype=dout.dtype)
-    if not tiles:
-        dx[...] = 0
-    bits = _BITS[dout.itemsize]
-    left = np.empty_like(dout if out is None else out, dtype=bits)  # dout not yet routed
-    left[...] = dout.view(bits)
-    last = ph * pw - 1
-    for k in range(last + 1):
-        idx = window_slices(k // pw, k % pw, s, OH, OW)
-        if img is None:  # a cache from the generic forward pass: its arg
-            hit = cache.arg == k
-        else:
-            hit = np.equal(img[idx], out)
-            if k == 0:
-                hit |= np.isnan(out)  # a NaN maximum came from offset 0
-        target = dx[idx].view(bits) if tiles else np.empty_like(left)
-        np.bitwise_and(left, _ones_where(hit, dout.itemsize), out=target)
-        if k < last:
-            left ^= target
+    x_shape: tuple[int, ...]
+    img: np.ndarray
+    out: np.ndarray
+    pool_h: int
+    pool_w: int
+    stride: int
+    pad: int
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """Route each ``dout`` to its window's first maximum (the generic ``arg``),
+        on the bits: offset by offset, the part of ``dout`` not yet routed goes to
+        the real (not padding) elements equal to the output, NaN to NaN, and is
+        then removed from what is left.
+
+        Non-overlapping windows that tile the input (the usual 2x2, stride 2) write
+        each element of ``dx`` once: no zero fill, no read-modify-write. Every
+        temporary follows the forward output's memory layout (CHWN after the fast
+        convolution), so no ufunc mixes layouts.
+        """
+        H, W = self.x_shape[2], self.x_shape[3]
+        OH, OW = dout.shape[2], dout.shape[3]
+        ph, pw, s, p = self.pool_h, self.pool_w, self.stride, self.pad
+        img, out = self.img, self.out
+        tiles = p == 0 and s == ph == pw and OH * ph == H and OW * pw == W
+        dx = np.empty_like(img, dtype=dout.dtype)  # the forward input's memory layout
         if not tiles:
-            dx[idx] += target.view(dx.dtype)
-    return dx if p == 0 else dx[:, :, p:-p, p:-p]
+            dx[...] = 0
+        nan_out = np.isnan(out)
+        if not nan_out.any():
+            nan_out = None
+        valid = None  # which padded positions are real input
+        if p:
+            valid = np.zeros(img.shape[2:], dtype=bool)
+            valid[p:-p, p:-p] = True
+        bits = _BITS[dout.itemsize]
+        left = np.empty_like(out, dtype=bits)  # dout not yet routed
+        left[...] = dout.view(bits)
+        last = ph * pw - 1
+        for k in range(last + 1):
+            idx = window_slices(k // pw, k % pw, s, OH, OW)
+            view = img[idx]
+            hit = np.equal(view, out)
+            if nan_out is not None:  # a NaN maximum goes to the first NaN
+                hit |= np.isnan(view) & nan_out
+            if valid is not None:
+                hit &= valid[idx[2:]]
+            target = dx[idx].view(bits) if tiles else np.empty_like(left)
+            np.bitwise_and(left, _ones_where(hit, dout.itemsize), out=target)
+            if k < last:
+                left ^= target
+            if not tiles:
+                dx[idx] += target.view(dx.dtype)
+        return dx if p == 0 else dx[:, :, p:-p, p:-p]
 
 
 # -- ReLU ----------------------------------------------------------------------------------
@@ -326,3 +354,37 @@ def relu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def relu_backward(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return where(mask, dout)
+
+
+# -- Adam ----------------------------------------------------------------------------------
+
+
+def adam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    lr_t: float,
+    one_minus_beta1: float,
+    one_minus_beta2: float,
+    eps: float,
+) -> np.ndarray:
+    """One Adam step: ``m`` and ``v`` (the optimizer's own arrays) updated in place,
+    the new parameter returned as a new array (``param`` is not written).
+
+    The operations of :meth:`xpcnn.optim.Adam._step` in its order (products
+    commuted), with ufuncs writing into two temporaries instead of eleven new
+    arrays: the same bits.
+    """
+    t = np.subtract(grad, m)
+    t *= one_minus_beta1
+    m += t  # m = m + (1 - b1) * (g - m)
+    np.multiply(grad, grad, out=t)
+    t -= v
+    t *= one_minus_beta2
+    v += t  # v = v + (1 - b2) * (g * g - v)
+    np.sqrt(v, out=t)
+    t += eps
+    step = np.multiply(m, lr_t)
+    step /= t
+    return np.subtract(param, step, out=step)  # param - lr_t * m / (sqrt(v) + eps)

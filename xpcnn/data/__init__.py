@@ -1,27 +1,28 @@
 """Data sets for xpcnn: an IDX reader and loaders for MNIST, Fashion-MNIST and a bundled sample.
 
+Three modules, importing one way: :mod:`~xpcnn.data.idx` reads IDX files,
+:mod:`~xpcnn.data.sources` finds the files or downloads them (mirrors, MD5) and
+:mod:`~xpcnn.data.datasets` loads them (or the bundled sample) as a :class:`Dataset`.
+
 >>> from xpcnn.data import load_dataset, load_mnist
 >>> ds = load_dataset("mnist-sample")          # 5,000 / 1,000 images, no network
 >>> (x_train, t_train), (x_test, t_test) = load_mnist(dataset="mnist-sample")
 """
 
-from xpcnn.data.datasets import (
-    CLASS_NAMES,
+from xpcnn.data.datasets import CLASS_NAMES, Dataset, load_dataset, load_mnist
+from xpcnn.data.idx import IDXError, read_idx, write_idx
+from xpcnn.data.sources import (
     DATASET_NAMES,
     ENV_VAR,
     FILES,
     MD5,
     MIRRORS,
-    Dataset,
     DatasetError,
     cache_dir,
     download,
     download_file,
-    load_dataset,
-    load_mnist,
     resolve_files,
 )
-from xpcnn.data.idx import IDXError, read_idx, write_idx
 
 __all__ = [
     "CLASS_NAMES",

@@ -38,6 +38,11 @@ def build_model(
     """Rebuild a named network from its ``config`` (as stored in checkpoints)."""
     kwargs = dict(config)
     name = kwargs.pop("model", None)
+    if name == "sequential":
+        raise ValueError(
+            "unknown model 'sequential': a network built with NetBuilder or Sequential cannot "
+            "be rebuilt from its file; build the same network again and call net.load_params(path)"
+        )
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {sorted(MODELS)}")
     return MODELS[name](**kwargs, device=device, seed=seed)

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..backend import Device
+from ._options import merge_options
 from .sequential import NetBuilder, Sequential
 
 __all__ = ["AlexNet"]
@@ -69,8 +70,8 @@ class AlexNet(Sequential):
         channels = [int(c) for c in conv_channels]
         if len(channels) != 5:
             raise ValueError(f"AlexNet has five convolutions: got conv_channels={channels}")
-        conv1 = _merge(_CONV1, conv1_param, "conv1_param", int)
-        lrn = _merge(_LRN, lrn_param, "lrn_param", float)
+        conv1 = merge_options("conv1_param", _CONV1, conv1_param, int)
+        lrn = merge_options("lrn_param", _LRN, lrn_param, float)
         lrn["size"] = int(lrn["size"])
         b = NetBuilder(
             input_dim,
@@ -112,14 +113,3 @@ class AlexNet(Sequential):
         size; any constructor argument may override them."""
         args = {**SMALL, **kwargs}
         return cls(input_dim, output_size=output_size, **args)
-
-
-def _merge(
-    default: dict[str, Any], given: Mapping[str, Any] | None, name: str, kind: type
-) -> dict[str, Any]:
-    out = dict(default)
-    out.update(given or {})
-    unknown = set(out) - set(default)
-    if unknown:
-        raise ValueError(f"{name}: unknown keys {sorted(unknown)}; expected {sorted(default)}")
-    return {k: kind(v) for k, v in out.items()}

@@ -7,11 +7,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..backend import Device
+from ._options import merge_options
 from .sequential import NetBuilder, Sequential
 
 __all__ = ["DeepConvNet"]
-
-_CONV_KEYS = ("filter_num", "filter_size", "pad", "stride")
 
 #: The book's ``conv_param_1`` .. ``conv_param_6`` (the 4th convolution pads by 2, so
 #: 28 -> 28 -> 14 -> 14 -> 16 -> 8 -> 8 -> 4 and the last pool flattens to 64*4*4).
@@ -23,17 +22,6 @@ BOOK_CONV_PARAMS: tuple[dict[str, int], ...] = (
     {"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},
     {"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},
 )
-
-
-def _conv_param(default: dict[str, int], given: Mapping[str, int] | None, i: int) -> dict[str, int]:
-    p = dict(default)
-    p.update(given or {})
-    unknown = set(p) - set(_CONV_KEYS)
-    if unknown:
-        raise ValueError(
-            f"conv_param_{i}: unknown keys {sorted(unknown)}; expected {list(_CONV_KEYS)}"
-        )
-    return {k: int(p[k]) for k in _CONV_KEYS}
 
 
 class DeepConvNet(Sequential):
@@ -80,7 +68,7 @@ class DeepConvNet(Sequential):
     ) -> None:
         given = (conv_param_1, conv_param_2, conv_param_3, conv_param_4, conv_param_5, conv_param_6)
         convs = [
-            _conv_param(d, g, i)
+            merge_options(f"conv_param_{i}", d, g, int)
             for i, (d, g) in enumerate(zip(BOOK_CONV_PARAMS, given, strict=True), start=1)
         ]
         b = NetBuilder(

@@ -4,12 +4,16 @@ and ``NetBuilder``, which builds one Lego-block by Lego-block with shape inferen
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, MutableMapping, Sequence
+from os import PathLike
+from pathlib import Path
 from typing import Any
 
-from .. import _fast
+from .. import ops
 from ..backend import Device, host_rng, resolve_device, rng_state, set_rng_state, to_numpy
+from ..inputs import as_input
 from ..layers import (
     LRN,
     Affine,
@@ -53,40 +57,37 @@ def init_std(weight_init: float | str, fan_in: int) -> float:
     return float(weight_init)
 
 
-class _PoolThenRelu:
-    """A ``Relu`` followed by a max ``Pooling``, run as pooling then ReLU.
-
-    Maximum and ReLU commute, gradients included: ``relu(maxpool(x)) ==
-    maxpool(relu(x))``; a window whose maximum is positive routes ``dout`` to the
-    same first maximum either way, one whose maximum is not positive passes
-    nothing either way. The ReLU then touches 1/(pool_h*pool_w) of the elements.
-    The two layers' own ``forward``/``backward`` run in swapped order (so the
-    Relu's ``mask`` has the pooled shape). Only NaN inputs can give other results.
-    """
+class _ReluMaxPool:
+    """A ``Relu`` followed by a max ``Pooling``, run as one op,
+    :func:`xpcnn.ops.relu_max_pool2d_forward`: a fast path may run it as pooling
+    then ReLU (ReLU on 1/(pool_h*pool_w) of the elements) with the same results,
+    NaN included. The two layers keep their places in ``Sequential.layers``."""
 
     def __init__(self, relu: Relu, pool: Pooling) -> None:
         self.relu, self.pool = relu, pool
+        self._cache: Any = None
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
-        return self.relu.forward(self.pool.forward(x, train_flg), train_flg)
+        p = self.pool
+        out, self._cache = ops.relu_max_pool2d_forward(x, p.pool_h, p.pool_w, p.stride, p.pad)
+        return out
 
     def backward(self, dout: Any) -> Any:
-        return self.pool.backward(self.relu.backward(dout))
+        return ops.relu_max_pool2d_backward(dout, self._cache)
 
     def clear_cache(self) -> None:
-        self.relu.clear_cache()
-        self.pool.clear_cache()
+        self._cache = None
 
 
 def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
-    """``layers`` with each ``Relu, Pooling(mode="max")`` pair as one :class:`_PoolThenRelu`."""
+    """``layers`` with each ``Relu, Pooling(mode="max")`` pair as one :class:`_ReluMaxPool`."""
     plan: list[Any] = []
     i = 0
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
         if type(layer) is Relu and type(nxt) is Pooling and nxt.mode == "max":
-            plan.append(_PoolThenRelu(layer, nxt))
+            plan.append(_ReluMaxPool(layer, nxt))
             i += 2
         else:
             plan.append(layer)
@@ -139,8 +140,9 @@ class Sequential:
 
     Parameter names follow the book: ``W1, b1`` for the first layer with
     parameters, ``W2, b2`` for the second, and so on (``gamma2, beta2`` for a
-    batch normalisation). Inputs are float arrays (N, *input_dim) of the
-    network's dtype.
+    batch normalisation). Inputs are (N, *input_dim) or flat (N, D) arrays:
+    integer pixels (0..255, scaled to [0, 1]) or floats (cast to the network's
+    dtype), on the host or the network's device.
     """
 
     def __init__(
@@ -176,16 +178,55 @@ class Sequential:
         self.device = Device.of(first) if first is not None else resolve_device("cpu")
 
     # -- the book's interface -------------------------------------------------
+    def _input(self, x: Any) -> Any:
+        """``x`` as this network's input: on its device (host arrays are copied
+        there), integer pixels scaled to [0, 1] and floats cast to its dtype
+        (:func:`xpcnn.inputs.as_input`, as the Trainer does), flat (N, D) rows
+        reshaped to (N, *input_dim). Any other shape is refused in one line."""
+        shape, D = tuple(x.shape), math.prod(self.input_dim)
+        if shape[1:] != self.input_dim:
+            # A 1-D input_dim (a stack of Affine layers) flattens whatever it gets.
+            flat_ok = len(shape) >= 2 and math.prod(shape[1:]) == D
+            if not flat_ok or (len(shape) > 2 and len(self.input_dim) > 1):
+                raise ValueError(self._shape_error(shape))
+        x = self.device.asarray(x)
+        if self.dtype is not None:
+            x = as_input(x, self.dtype)
+        if len(shape) == 2 and len(self.input_dim) > 1:
+            x = self.device.xp.reshape(x, (shape[0], *self.input_dim))
+        return x
+
+    def _shape_error(self, shape: tuple[int, ...]) -> str:
+        want = f"(N, {', '.join(map(str, self.input_dim))})"
+        if len(self.input_dim) > 1:
+            want += f" or flat (N, {math.prod(self.input_dim)})"
+        got = shape[1:] if len(shape) > 1 else shape
+        if shape == self.input_dim:
+            return f"{type(self).__name__} got one example of shape {shape}: add the batch axis (x[None])"
+        name = type(self).__name__
+        if name == "Sequential":
+            fix = f"build the network for it: NetBuilder({got}, ...)"
+        elif name == "AlexNet" and len(got) == 3 and min(got[1:]) < 64:
+            fix = f"build the network for it: AlexNet.small(input_dim={got})"
+        else:
+            fix = f"build the network for it: {name}(input_dim={got})"
+        return f"{name} expects inputs {want}, got {shape}; {fix}"
+
     def predict(self, x: Any, train_flg: bool = False, *, keep_cache: bool = True) -> Any:
-        """Scores (N, K) for inputs x (N, *input_dim); ``train_flg`` switches
-        dropout and batch normalisation to training behaviour.
+        """Scores (N, K) (logits, before the softmax) for inputs x.
+
+        x : (N, *input_dim) or flat (N, D); uint8 pixels (scaled to [0, 1] as the
+        Trainer does) or floats (cast to the network's dtype); host (NumPy) or on
+        the network's device. ``train_flg`` switches dropout and batch
+        normalisation to training behaviour.
 
         ``keep_cache=False`` drops each layer's saved arrays as soon as the next
         layer has run (no backward possible afterwards): pure inference then
         holds one layer's activations at a time.
         """
-        # With fast paths on, ReLU -> max pooling runs as pooling -> ReLU (_PoolThenRelu).
-        self._plan = _fuse_relu_pool(self.layers) if _fast.is_enabled() else self.layers
+        x = self._input(x)
+        # ReLU -> max pooling runs as one op (_ReluMaxPool), whatever the fast-path switch.
+        self._plan = _fuse_relu_pool(self.layers)
         with self.device.activate():  # CuPy allocates on the current GPU, not on device=
             for layer in self._plan:
                 x = layer.forward(x, train_flg)
@@ -194,9 +235,9 @@ class Sequential:
         return x
 
     def loss(self, x: Any, t: Any, train_flg: bool = True) -> Any:
-        """Mean loss (0-d array, on the device) for inputs x and labels t
-        ((N,) integers or (N, K) one-hot)."""
-        return self.last_layer.forward(self.predict(x, train_flg), t)
+        """Mean loss (0-d array, on the device) for inputs x (as for :meth:`predict`)
+        and labels t ((N,) integers or (N, K) one-hot)."""
+        return self.last_layer.forward(self.predict(x, train_flg), self.device.asarray(t))
 
     def accuracy(self, x: Any, t: Any, batch_size: int = 100) -> float:
         """Fraction of correctly classified examples, evaluated in batches."""
@@ -204,7 +245,7 @@ class Sequential:
 
     def gradient(self, x: Any, t: Any) -> dict[str, Any]:
         """Loss gradients by backpropagation, keyed like :attr:`params`; also
-        leaves each layer's ``grads`` filled."""
+        leaves each layer's ``grads`` filled. x and t as for :meth:`loss`."""
         self.loss(x, t)
         with self.device.activate():
             dout = self.last_layer.backward(1.0)
@@ -213,10 +254,23 @@ class Sequential:
         return {key: layer.grads[k] for key, (layer, k) in self._index.items()}
 
     def numerical_gradient(self, x: Any, t: Any, h: float = 1e-4) -> dict[str, Any]:
-        """Central-difference gradients of the loss (the book's slow check).
+        """Central-difference gradients of the loss (the book's slow check):
+        ``(L(p + h) - L(p - h)) / (2 h)`` for every parameter element.
 
-        One forward pass per parameter element: use tiny networks, float64.
+        Two forward passes per parameter element: use tiny networks and float64
+        (SimpleConvNet on MNIST-sized inputs takes minutes).
+
+        The step ``h`` (the book's 1e-4) matters where the loss has kinks: when a
+        ReLU input or a max-pooling near-tie lies within ``h`` of its switch, the
+        two sides see different branches and the quotient is not the gradient,
+        even in float64. On three MNIST images, the untrained book SimpleConvNet
+        in float64 gave differences from :meth:`gradient` up to 1.4e-4 on W1 (2% of
+        its largest entry) at h = 1e-4 and 4e-10 at h = 1e-6; on ten images through
+        a network trained one epoch, a kink closer than 1e-6 left 1.3e-4 at both. Issue
+        13 reports up to 0.1 at h = 1e-4. So check on few examples with a smaller
+        ``h`` in float64; in float32 rounding error grows as 1/h (keep h >= 1e-3).
         """
+        x, t = self._input(x), self.device.asarray(t)
         grads = {}
         for key in list(self.params):
             original = self.params[key]
@@ -236,6 +290,35 @@ class Sequential:
             self.params[key] = original
             grads[key] = self.device.asarray(g)
         return grads
+
+    # -- the book's save_params / load_params (npz, never pickle) --------------------
+    def save_params(self, file_name: str | PathLike[str] = "params.npz") -> Path:
+        """Write the parameters and buffers (host copies) and :attr:`config` to an
+        ``.npz`` checkpoint, atomically (:func:`xpcnn.checkpoint.save_checkpoint`);
+        returns the path. The book pickles; this file holds no objects."""
+        from ..checkpoint import save_checkpoint
+
+        return save_checkpoint(file_name, self.state_dict(), {"model": self.config})
+
+    def load_params(self, file_name: str | PathLike[str] = "params.npz") -> None:
+        """Load parameters and buffers written by :meth:`save_params` (or a training
+        checkpoint) into this network, cast to its dtype and moved to its device.
+        A file of another architecture is refused, naming the first mismatch."""
+        from ..checkpoint import check_compatible, load_checkpoint
+
+        arrays, _ = load_checkpoint(file_name)
+        ours = {k: v for k, v in arrays.items() if k.startswith(("params/", "buffers/"))}
+        check_compatible(self.state_shapes(), ours)
+        self.load_state_dict(ours)
+
+    def shuffle_seed(self) -> int:
+        """A seed derived from the current parameters (SHA-256 of their bytes): the
+        Trainer's default shuffling seed, so a seeded network trains the same way
+        on every run (and every backend, which all draw the same initial weights)."""
+        h = hashlib.sha256()
+        for v in self.params.values():
+            h.update(to_numpy(v).tobytes())
+        return int.from_bytes(h.digest()[:8], "little")
 
     # -- placement and state ----------------------------------------------------
     @property

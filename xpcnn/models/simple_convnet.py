@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..backend import Device
+from ._options import merge_options
 from .sequential import NetBuilder, Sequential
 
 __all__ = ["SimpleConvNet"]
@@ -42,13 +43,7 @@ class SimpleConvNet(Sequential):
         device: str | Device = "cpu",
         seed: Any = None,
     ) -> None:
-        conv = dict(_DEFAULT_CONV)
-        conv.update(conv_param or {})
-        unknown = set(conv) - set(_DEFAULT_CONV)
-        if unknown:
-            raise ValueError(
-                f"unknown conv_param keys {sorted(unknown)}; expected {sorted(_DEFAULT_CONV)}"
-            )
+        conv = merge_options("conv_param", _DEFAULT_CONV, conv_param, int)
         b = NetBuilder(
             input_dim, weight_init=weight_init_std, seed=seed, dtype=dtype, device=device
         )

@@ -2,10 +2,20 @@
 
 Forward functions return ``(out, cache)``; backward functions take ``dout``
 and the cache. They import neither NumPy nor CuPy.
+
+Convolution and pooling caches own their backward (``cache.backward(dout)``;
+:class:`ConvCache` and :class:`PoolCache` are the protocols): the generic code
+returns :class:`Im2colCache`, :class:`ArgmaxPoolCache` or
+:class:`AvgPoolCache`, a fast path its own cache, and ``conv2d_backward`` /
+``max_pool2d_backward`` just ask the cache.
+
+Imports point one way: the ops import :mod:`xpcnn._window` (window
+arithmetic) and :mod:`xpcnn._fast` (the fast-path seam); neither imports the
+ops. The layers, models and optimizers sit above.
 """
 
-from ._util import conv_output_size
-from .conv import ConvCache, col2im, conv2d_backward, conv2d_forward, im2col
+from .._window import conv_output_size
+from .conv import ConvCache, Im2colCache, col2im, conv2d_backward, conv2d_forward, im2col
 from .dense import (
     affine_backward,
     affine_forward,
@@ -30,17 +40,24 @@ from .norm import (
     lrn_forward,
 )
 from .pool import (
+    ArgmaxPoolCache,
+    AvgPoolCache,
     PoolCache,
     avg_pool2d_backward,
     avg_pool2d_forward,
     max_pool2d_backward,
     max_pool2d_forward,
+    relu_max_pool2d_backward,
+    relu_max_pool2d_forward,
 )
 
 __all__ = [
+    "ArgmaxPoolCache",
+    "AvgPoolCache",
     "BatchNormCache",
     "ConvCache",
     "DropoutCache",
+    "Im2colCache",
     "LRNCache",
     "PoolCache",
     "affine_backward",
@@ -63,6 +80,8 @@ __all__ = [
     "max_pool2d_forward",
     "relu_backward",
     "relu_forward",
+    "relu_max_pool2d_backward",
+    "relu_max_pool2d_forward",
     "sigmoid_backward",
     "sigmoid_forward",
     "softmax",

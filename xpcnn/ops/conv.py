@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
-from ._util import check_window, crop_hw, pad_hw, window_slices
+from .._window import check_window, crop_hw, pad_hw, window_slices
 
-__all__ = ["ConvCache", "col2im", "conv2d_backward", "conv2d_forward", "im2col"]
+__all__ = ["ConvCache", "Im2colCache", "col2im", "conv2d_backward", "conv2d_forward", "im2col"]
 
 
 def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0) -> Any:
@@ -99,26 +101,30 @@ def _col2im_generic(
     col = xp.reshape(col, (N, OH, OW, C, filter_h, filter_w))
     col = xp.permute_dims(col, (0, 3, 4, 5, 1, 2))  # (N, C, FH, FW, OH, OW)
     img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device(col))
-    # Within one offset the strided targets are distinct, so slice += is a true scatter-add.
+    # Within one offset the strided targets are distinct, so a slice add is a true
+    # scatter-add; xpx.at writes in place where it can and copies on immutable arrays (JAX).
     for i in range(filter_h):
         for j in range(filter_w):
             idx = window_slices(i, j, stride, OH, OW)
-            img[idx] += col[:, :, i, j, :, :]
+            img = xpx.at(img, idx).add(col[:, :, i, j, :, :], xp=xp)
     return crop_hw(img, pad)
 
 
-class ConvCache(NamedTuple):
-    """What :func:`conv2d_backward` needs from the forward pass.
+class ConvCache(Protocol):
+    """What :func:`conv2d_forward` returns for the backward pass: an object that
+    knows how to go back. The generic path returns an :class:`Im2colCache`; a
+    fast path returns its own (the NumPy one keeps the padded input instead of
+    ``col``), so the backward that runs always matches the forward that ran."""
 
-    ``layout`` says how ``col`` and ``col_W`` are laid out:
+    def backward(self, dout: Any, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
+        """``(dx or None, dW, db)`` for ``dout`` (N, FN, OH, OW); see :func:`conv2d_backward`."""
+        ...
 
-    - ``"rows"`` (the generic path, the book's): ``col`` (N*OH*OW, C*FH*FW) from
-      :func:`im2col`, ``col_W`` (C*FH*FW, FN);
-    - ``"chwn"`` (the NumPy fast path, see :mod:`xpcnn._fast.numpy_ops`):
-      ``col`` holds no columns but the zero-padded input stored (C, H + 2P,
-      W + 2P, N), which the backward pass unfolds again block by block, and
-      ``col_W`` (FN, C*FH*FW + 1) the weights with the bias as the last column.
-    """
+
+@dataclass(frozen=True)
+class Im2colCache:
+    """The generic path's cache: the book's ``col`` (N*OH*OW, C*FH*FW) from
+    :func:`im2col` and ``col_W`` (C*FH*FW, FN)."""
 
     x_shape: tuple[int, ...]
     col: Any
@@ -126,7 +132,18 @@ class ConvCache(NamedTuple):
     W_shape: tuple[int, ...]
     stride: int
     pad: int
-    layout: str = "rows"
+
+    def backward(self, dout: Any, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
+        xp = array_namespace(dout)
+        FN, _, FH, FW = self.W_shape
+        dout = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (-1, FN))
+        db = xp.sum(dout, axis=0)
+        dW = xp.reshape(xp.matrix_transpose(xp.matrix_transpose(self.col) @ dout), self.W_shape)
+        if not need_dx:
+            return None, dW, db
+        dcol = dout @ xp.matrix_transpose(self.col_W)
+        dx = col2im(dcol, self.x_shape, FH, FW, self.stride, self.pad)
+        return dx, dW, db
 
 
 def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tuple[Any, ConvCache]:
@@ -141,7 +158,7 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
     Returns
     -------
     out : array (N, FN, OH, OW), dtype of ``x``
-    cache : ConvCache for :func:`conv2d_backward`
+    cache : ConvCache (its ``backward`` is :func:`conv2d_backward`)
     """
     xp = array_namespace(x, W, b)
     if len(W.shape) != 4:
@@ -165,7 +182,7 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
     col_W = xp.matrix_transpose(xp.reshape(W, (FN, C * FH * FW)))  # (C*FH*FW, FN)
     out = col @ col_W + b
     out = xp.permute_dims(xp.reshape(out, (N, OH, OW, FN)), (0, 3, 1, 2))
-    return out, ConvCache(tuple(x.shape), col, col_W, tuple(W.shape), stride, pad)
+    return out, Im2colCache(tuple(x.shape), col, col_W, tuple(W.shape), stride, pad)
 
 
 def conv2d_backward(dout: Any, cache: ConvCache, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
@@ -174,6 +191,7 @@ def conv2d_backward(dout: Any, cache: ConvCache, *, need_dx: bool = True) -> tup
     Parameters
     ----------
     dout : array (N, FN, OH, OW)
+    cache : the cache :func:`conv2d_forward` returned (it runs its own backward)
     need_dx : bool
         False skips the input gradient (``dx`` is None): a first layer's input
         gradient is never used, and its col2im is the most expensive part.
@@ -182,15 +200,4 @@ def conv2d_backward(dout: Any, cache: ConvCache, *, need_dx: bool = True) -> tup
     -------
     dx : array (N, C, H, W) or None, dW : array (FN, C, FH, FW), db : array (FN,)
     """
-    if cache.layout != "rows":  # a fast forward pass's cache: its backward, whatever the switch
-        return _fast.backend_module(dout).conv2d_backward(dout, cache, need_dx)
-    xp = array_namespace(dout)
-    FN, _, FH, FW = cache.W_shape
-    dout = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (-1, FN))
-    db = xp.sum(dout, axis=0)
-    dW = xp.reshape(xp.matrix_transpose(xp.matrix_transpose(cache.col) @ dout), cache.W_shape)
-    if not need_dx:
-        return None, dW, db
-    dcol = dout @ xp.matrix_transpose(cache.col_W)
-    dx = col2im(dcol, cache.x_shape, FH, FW, cache.stride, cache.pad)
-    return dx, dW, db
+    return cache.backward(dout, need_dx=need_dx)

@@ -2,35 +2,51 @@
 
 No im2col: each window offset is one strided view of the (padded) input, so
 the forward pass is FH*FW element-wise passes and the backward pass FH*FW
-slice additions. Measured about 3x faster than im2col + argmax on NumPy.
+slice additions.
+
+NaN policy (PyTorch's): a NaN anywhere in a max-pooling window makes that
+window's output NaN, and its gradient goes to the first NaN.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
-from ._util import check_window, crop_hw, pad_hw, window_slices
+from .._window import check_window, crop_hw, pad_hw, window_slices
+from .dense import relu_backward, relu_forward
 
 __all__ = [
+    "ArgmaxPoolCache",
+    "AvgPoolCache",
     "PoolCache",
     "avg_pool2d_backward",
     "avg_pool2d_forward",
     "max_pool2d_backward",
     "max_pool2d_forward",
+    "relu_max_pool2d_backward",
+    "relu_max_pool2d_forward",
 ]
 
 
-class PoolCache(NamedTuple):
-    """What the pooling backward passes need from the forward pass.
+class PoolCache(Protocol):
+    """What a pooling forward pass returns for the backward pass: an object that
+    knows how to go back (the generic path's :class:`ArgmaxPoolCache` or
+    :class:`AvgPoolCache`, or a fast path's own)."""
 
-    ``arg`` (N, C, OH, OW) holds the window offset of each maximum (generic max
-    pooling); it is None for average pooling and for the NumPy fast path, which
-    keeps the padded input ``x`` and the output ``out`` instead and finds the
-    maxima in the backward pass (see :mod:`xpcnn._fast.numpy_ops`).
-    """
+    def backward(self, dout: Any) -> Any:
+        """``dx`` (N, C, H, W) for ``dout`` (N, C, OH, OW), dtype of ``dout``."""
+        ...
+
+
+@dataclass(frozen=True)
+class ArgmaxPoolCache:
+    """Generic max pooling: ``arg`` (N, C, OH, OW) int16, the window offset
+    (row-major) of each output's maximum."""
 
     x_shape: tuple[int, ...]
     arg: Any
@@ -38,8 +54,51 @@ class PoolCache(NamedTuple):
     pool_w: int
     stride: int
     pad: int
-    x: Any = None
-    out: Any = None
+
+    def backward(self, dout: Any) -> Any:
+        xp = array_namespace(dout)
+        N, C, H, W = self.x_shape
+        OH, OW = dout.shape[2], dout.shape[3]
+        p = self.pad
+        dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
+        zero = xp.zeros((), dtype=dout.dtype, device=device(dout))
+        for k in range(self.pool_h * self.pool_w):
+            idx = window_slices(k // self.pool_w, k % self.pool_w, self.stride, OH, OW)
+            dx = xpx.at(dx, idx).add(xp.where(self.arg == k, dout, zero), xp=xp)
+        return crop_hw(dx, p)
+
+
+@dataclass(frozen=True)
+class AvgPoolCache:
+    """Average pooling: only the shapes."""
+
+    x_shape: tuple[int, ...]
+    pool_h: int
+    pool_w: int
+    stride: int
+    pad: int
+
+    def backward(self, dout: Any) -> Any:
+        xp = array_namespace(dout)
+        N, C, H, W = self.x_shape
+        OH, OW = dout.shape[2], dout.shape[3]
+        p = self.pad
+        dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
+        share = dout / float(self.pool_h * self.pool_w)
+        for k in range(self.pool_h * self.pool_w):
+            idx = window_slices(k // self.pool_w, k % self.pool_w, self.stride, OH, OW)
+            dx = xpx.at(dx, idx).add(share, xp=xp)
+        return crop_hw(dx, p)
+
+
+def _check_max_pool(x: Any, pool_h: int, pool_w: int, stride: int, pad: int) -> tuple[int, int]:
+    OH, OW = check_window(tuple(x.shape), pool_h, pool_w, stride, pad, what="max pooling")
+    if 2 * pad > min(pool_h, pool_w):
+        raise ValueError(
+            f"max pooling: pad {pad} must be at most half the window {pool_h}x{pool_w} "
+            "(else some windows would hold only padding)"
+        )
+    return OH, OW
 
 
 def max_pool2d_forward(
@@ -49,8 +108,9 @@ def max_pool2d_forward(
 
     Padding never wins a maximum, not even over -inf (PyTorch semantics): a
     mask of real positions decides, and the padding value itself is finite
-    (CuPy's reductions have mishandled infinities). Ties go to the first offset
-    in row-major window order, like ``argmax``.
+    (CuPy's reductions have mishandled infinities). A NaN anywhere in a window
+    gives NaN (PyTorch semantics). Ties, and several NaNs, go to the first
+    offset in row-major window order, like ``argmax``.
 
     Parameters
     ----------
@@ -59,19 +119,13 @@ def max_pool2d_forward(
     Returns
     -------
     out : array (N, C, OH, OW), dtype of ``x``
-    cache : PoolCache (holds the int16 offset of each maximum, not a mask)
+    cache : PoolCache (its ``backward`` is :func:`max_pool2d_backward`)
     """
-    xp = array_namespace(x)
-    OH, OW = check_window(tuple(x.shape), pool_h, pool_w, stride, pad, what="max pooling")
-    if 2 * pad > min(pool_h, pool_w):
-        raise ValueError(
-            f"max pooling: pad {pad} must be at most half the window {pool_h}x{pool_w} "
-            "(else some windows would hold only padding)"
-        )
-    # The fast paths cover the unpadded case (every pooling layer of the book's nets).
-    fast = _fast.lookup("max_pool2d_forward", x) if pad == 0 else None
+    OH, OW = _check_max_pool(x, pool_h, pool_w, stride, pad)
+    fast = _fast.lookup("max_pool2d_forward", x)
     if fast is not None:
         return fast(x, pool_h, pool_w, stride, pad, OH, OW)
+    xp = array_namespace(x)
     img = pad_hw(x, pad, float(xp.finfo(x.dtype).min), xp=xp)
     out = img[window_slices(0, 0, stride, OH, OW)]
     arg = xp.zeros(out.shape, dtype=xp.int16, device=device(x))
@@ -84,32 +138,69 @@ def max_pool2d_forward(
     for k in range(1, pool_h * pool_w):
         idx = window_slices(k // pool_w, k % pool_w, stride, OH, OW)
         view = img[idx]
-        gt = view > out
+        # a larger value, or the first NaN (NaN beats every number)
+        gt = (view > out) | (xp.isnan(view) & ~xp.isnan(out))
         if pad:
             gt = valid[idx] & (gt | from_pad)
             from_pad = from_pad & ~gt
         out = xp.where(gt, view, out)
         arg = xp.where(gt, xp.asarray(k, dtype=xp.int16, device=device(x)), arg)
-    return out, PoolCache(tuple(x.shape), arg, pool_h, pool_w, stride, pad)
+    return out, ArgmaxPoolCache(tuple(x.shape), arg, pool_h, pool_w, stride, pad)
 
 
 def max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
-    """Gradient of :func:`max_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W)."""
-    fast = _fast.lookup("max_pool2d_backward", dout)
-    if cache.arg is None:  # a fast forward pass's cache: its backward, whatever the switch
-        fast = _fast.backend_module(dout).max_pool2d_backward
-    if fast is not None:
-        return fast(dout, cache)
-    xp = array_namespace(dout)
-    N, C, H, W = cache.x_shape
-    OH, OW = dout.shape[2], dout.shape[3]
-    p = cache.pad
-    dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
-    zero = xp.zeros((), dtype=dout.dtype, device=device(dout))
-    for k in range(cache.pool_h * cache.pool_w):
-        idx = window_slices(k // cache.pool_w, k % cache.pool_w, cache.stride, OH, OW)
-        dx[idx] += xp.where(cache.arg == k, dout, zero)
-    return crop_hw(dx, p)
+    """Gradient of :func:`max_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W).
+
+    ``cache`` is what the forward pass returned; it runs its own backward.
+    """
+    return cache.backward(dout)
+
+
+@dataclass(frozen=True)
+class _ReluThenPoolCache:
+    mask: Any
+    pool: PoolCache
+
+    def backward(self, dout: Any) -> Any:
+        return relu_backward(self.pool.backward(dout), self.mask)
+
+
+@dataclass(frozen=True)
+class _PoolThenReluCache:
+    pool: PoolCache
+    mask: Any
+
+    def backward(self, dout: Any) -> Any:
+        return self.pool.backward(relu_backward(dout, self.mask))
+
+
+def relu_max_pool2d_forward(
+    x: Any, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0
+) -> tuple[Any, PoolCache]:
+    """ReLU then max pooling, ``max_pool2d_forward(relu_forward(x)[0], ...)``, as one op.
+
+    Where the backend has a fast max pooling this runs as pooling then ReLU,
+    which touches 1/(pool_h*pool_w) of the elements in the ReLU: maximum and
+    ReLU commute, gradients included, once the pooling skips NaN (ReLU maps
+    NaN to 0, so a NaN can never be the maximum of ReLU's output). The results
+    are those of the plain order, NaN included.
+
+    x : array (N, C, H, W) -> out : array (N, C, OH, OW); cache : PoolCache
+    """
+    OH, OW = _check_max_pool(x, pool_h, pool_w, stride, pad)
+    fast = _fast.lookup("max_pool2d_forward", x)
+    if fast is None:
+        y, mask = relu_forward(x)
+        out, pool = max_pool2d_forward(y, pool_h, pool_w, stride, pad)
+        return out, _ReluThenPoolCache(mask, pool)
+    pooled, pool = fast(x, pool_h, pool_w, stride, pad, OH, OW, skip_nan=True)
+    out, mask = relu_forward(pooled)
+    return out, _PoolThenReluCache(pool, mask)
+
+
+def relu_max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
+    """Gradient of :func:`relu_max_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W)."""
+    return cache.backward(dout)
 
 
 def avg_pool2d_forward(
@@ -118,7 +209,7 @@ def avg_pool2d_forward(
     """Average pooling; padding counts as zeros in the mean (PyTorch's default
     ``count_include_pad=True``).
 
-    x : array (N, C, H, W) -> out : array (N, C, OH, OW)
+    x : array (N, C, H, W) -> out : array (N, C, OH, OW); cache : PoolCache
     """
     xp = array_namespace(x)
     OH, OW = check_window(tuple(x.shape), pool_h, pool_w, stride, pad, what="average pooling")
@@ -127,17 +218,9 @@ def avg_pool2d_forward(
     for k in range(1, pool_h * pool_w):
         out = out + img[window_slices(k // pool_w, k % pool_w, stride, OH, OW)]
     out = out / float(pool_h * pool_w)
-    return out, PoolCache(tuple(x.shape), None, pool_h, pool_w, stride, pad)
+    return out, AvgPoolCache(tuple(x.shape), pool_h, pool_w, stride, pad)
 
 
 def avg_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
     """Gradient of :func:`avg_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W)."""
-    xp = array_namespace(dout)
-    N, C, H, W = cache.x_shape
-    OH, OW = dout.shape[2], dout.shape[3]
-    p = cache.pad
-    dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
-    share = dout / float(cache.pool_h * cache.pool_w)
-    for k in range(cache.pool_h * cache.pool_w):
-        dx[window_slices(k // cache.pool_w, k % cache.pool_w, cache.stride, OH, OW)] += share
-    return crop_hw(dx, p)
+    return cache.backward(dout)

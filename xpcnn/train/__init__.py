@@ -9,7 +9,8 @@
   :meth:`Trainer.reduce_gradients` between gradient and update.
 """
 
-from ..metrics import as_input, predict_labels
+from ..inputs import as_input
+from ..metrics import predict_labels
 from .batches import Batch, BatchIterator
 from .comm import Communicator, SingleProcess
 from .extensions import (

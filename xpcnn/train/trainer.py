@@ -27,7 +27,8 @@ import numpy as np
 from ..backend import Device, host_rng, to_numpy
 from ..checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from ..distributed import rank_seed
-from ..metrics import as_input, count_correct
+from ..inputs import as_input
+from ..metrics import count_correct
 from ..models import Sequential, build_model
 from ..optim import Optimizer, make_optimizer
 from .batches import BatchIterator, share
@@ -116,7 +117,8 @@ class Trainer:
     progress : bool or None
         Progress bar per epoch; None follows ``verbose`` (shown on terminals only).
     seed : int, Generator or None
-        Host RNG for the shuffles (saved in checkpoints).
+        Host RNG for the shuffles (saved in checkpoints); None derives it from the
+        network's weights (:meth:`~xpcnn.models.Sequential.shuffle_seed`).
     log_every : int
         Steps between host copies of the loss (also when divergence is detected).
     on_epoch_end : callable(trainer), optional
@@ -186,7 +188,8 @@ class Trainer:
         self.progress = verbose if progress is None else progress
         self.log_every = log_every
         self.comm: Communicator = comm if comm is not None else SingleProcess()
-        self.rng = host_rng(seed)
+        # None: derived from the initial weights, so a seeded network shuffles reproducibly.
+        self.rng = host_rng(network.shuffle_seed() if seed is None else seed)
         self.batches = BatchIterator(
             self.x_train.shape[0],
             mini_batch_size,

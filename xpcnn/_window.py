@@ -1,4 +1,9 @@
-"""Shape checks and small helpers shared by the ops."""
+"""Window arithmetic shared by the generic ops, the fast paths and the layers.
+
+Output sizes, argument checks and the strided slices of a sliding window. It
+imports no other xpcnn module, so both :mod:`xpcnn.ops` and :mod:`xpcnn._fast`
+sit above it and every import points one way (see :mod:`xpcnn._fast`).
+"""
 
 from __future__ import annotations
 
@@ -77,6 +82,7 @@ def window_slices(i: int, j: int, stride: int, OH: int, OW: int) -> tuple[Any, .
 
 
 def crop_hw(x: Any, pad: int) -> Any:
+    """Undo :func:`pad_hw`: the (N, C, H, W) interior of a padded array (a view)."""
     if pad == 0:
         return x
     return x[:, :, pad:-pad, pad:-pad]
