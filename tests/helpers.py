@@ -158,3 +158,62 @@ POOL_CASES = [
     pytest.param((2, 2, 7, 8, 2, 3, 3, 0), id="2x3-s3-p0"),
     pytest.param((1, 2, 3, 3, 1, 1, 1, 0), id="1x1-s1"),
 ]
+
+
+# -- MPI jobs ---------------------------------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def mpi_available() -> str | None:
+    """None when ``mpiexec`` and mpi4py are both present, else why MPI tests are skipped."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("mpi4py") is None:
+        return 'mpi4py is not installed (pip install -e ".[mpi]")'
+    if shutil.which("mpiexec") is None:
+        return "mpiexec is not on PATH (the mpich wheel of the mpi extra provides one)"
+    return None
+
+
+def run_mpi(n: int, args: list[str], timeout: float = 120, **kwargs: Any) -> Any:
+    """``mpiexec -n n python ARGS`` from the repository root with this checkout's xpcnn,
+    one BLAS/OpenMP thread per rank; returns the CompletedProcess (text output).
+
+    A job still running after ``timeout`` seconds is killed with its whole process
+    group and the test fails: a hang is a failure, never a stalled CI.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        **kwargs.pop("env", {}),
+    }
+    cmd = ["mpiexec", "-n", str(n), sys.executable, *args]
+    with subprocess.Popen(
+        cmd,
+        cwd=kwargs.pop("cwd", REPO),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: the ranks die with it
+        **kwargs,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(
+                f"`{' '.join(cmd)}` hung: killed after {timeout} s\nstdout:\n{out}\nstderr:\n{err}"
+            )
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

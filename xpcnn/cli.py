@@ -4,6 +4,9 @@ Every expected failure (bad option, no CuPy/GPU, missing or damaged data, a
 checkpoint that does not fit, an unwritable output folder) ends as one line on
 stderr and a non-zero exit status; anything else is a bug and keeps its traceback.
 
+Under ``mpiexec -n N`` (N > 1) ``train`` runs data-parallel (``xpcnn.distributed``):
+rank 0 alone prints and writes; an error on one rank ends the whole job.
+
 One ``cmd_*`` function per subcommand, one ``_add_*`` function per subcommand's
 parser and per shared option group.
 """
@@ -41,13 +44,29 @@ from .backend import (
 )
 from .checkpoint import load_checkpoint
 from .data import CLASS_NAMES, DATASET_NAMES, Dataset, DatasetError, IDXError, load_dataset
+from .distributed import (
+    abort_on_exception,
+    array_digest,
+    check_same_config,
+    cores_per_rank,
+    get_communicator,
+    mpi_summary,
+    rank_device,
+)
 from .errors import XpcnnError
 from .inputs import as_input
 from .layers import Convolution
 from .metrics import predict_labels
 from .models import MODELS, Sequential, build_model
 from .optim import OPTIMIZERS
-from .train import Checkpoint, Trainer, TrainingDiverged, TrainingInterrupted, load_network
+from .train import (
+    Checkpoint,
+    Communicator,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    load_network,
+)
 
 __all__ = ["main"]
 
@@ -85,11 +104,13 @@ VISUALS = ("filters", "responses", "features", "curves", "errors", "confusion")
 
 
 class CLIError(XpcnnError):
-    """An error to report as one line, with an exit status."""
+    """An error to report as one line, with an exit status. ``collective``: raised
+    on every rank of a data-parallel run at once (rank 0 alone reports it)."""
 
-    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+    def __init__(self, message: str, status: int = EXIT_ERROR, collective: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.collective = collective
 
 
 # Reported as one line. DeviceError, DatasetError and IDXError predate XpcnnError;
@@ -372,7 +393,12 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _make_trainer(
-    cfg: dict[str, Any], dataset: Dataset, device: Device, progress: bool, checkpoint: Checkpoint
+    cfg: dict[str, Any],
+    dataset: Dataset,
+    device: Device,
+    progress: bool,
+    checkpoint: Checkpoint,
+    comm: Communicator,
 ) -> Trainer:
     n = cfg["train_size"]
     return Trainer(
@@ -390,29 +416,34 @@ def _make_trainer(
         progress=progress,
         seed=cfg["seed"],
         extensions=[checkpoint],
+        comm=comm,
     )
 
 
 def _fit(trainer: Trainer, checkpoint: Checkpoint) -> int | None:
     """Train; None when done, else the exit status (Ctrl-C saves a checkpoint first)."""
+    comm = trainer.comm
     try:
         trainer.train()
-    except TrainingInterrupted:
-        if trainer.comm.rank == 0:
+    except TrainingInterrupted:  # on every rank after the same step
+        if comm.rank == 0:
             checkpoint.on_epoch_end(trainer)
-        _say(
-            f"\ninterrupted: checkpoint saved to {checkpoint.path}; "
-            f"continue with: xpcnn train --resume {checkpoint.path}",
-            file=sys.stderr,
-        )
+        comm.barrier()  # no rank exits before rank 0's checkpoint is written
+        if comm.rank == 0:
+            launch = f"mpiexec -n {comm.size} " if comm.size > 1 else ""
+            _say(
+                f"\ninterrupted: checkpoint saved to {checkpoint.path}; "
+                f"continue with: {launch}xpcnn train --resume {checkpoint.path}",
+                file=sys.stderr,
+            )
         return EXIT_INTERRUPTED
-    except TrainingDiverged as exc:
+    except TrainingDiverged as exc:  # on every rank: the loss is the global batch's
         last = (
             f"the last good checkpoint (epoch {trainer.epoch}) is {checkpoint.path}"
             if checkpoint.path.exists()
             else "no checkpoint was written"
         )
-        raise CLIError(f"{exc}; {last}", EXIT_DIVERGED) from None
+        raise CLIError(f"{exc}; {last}", EXIT_DIVERGED, collective=True) from None
     return None
 
 
@@ -438,33 +469,55 @@ def _finish(trainer: Trainer, checkpoint: Checkpoint, out: Path, seconds: float)
     )
 
 
+def _load_data_once(cfg: dict[str, Any], args: argparse.Namespace, comm: Communicator) -> Dataset:
+    """The dataset, loaded (downloaded if missing) by rank 0 before the other ranks read
+    it; then every rank checks that all started with the same options and data."""
+    lead = comm.rank == 0
+    if not lead:
+        comm.barrier()
+    dataset = load_dataset(cfg["dataset"], args.data_dir, progress=lead and not args.no_progress)
+    if lead:
+        comm.barrier()
+    n = cfg["train_size"]
+    data = array_digest(dataset.x_train[:n], dataset.t_train[:n], dataset.x_test, dataset.t_test)
+    options = {"device": args.device, "threads": args.threads, "resume": args.resume is not None}
+    check_same_config({**cfg, **options, "data": data}, comm)
+    return dataset
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    comm = get_communicator()  # data-parallel under `mpiexec -n N`, N > 1
+    lead = comm.rank == 0  # prints and writes files
     cfg = _train_config(args)
     out = args.out or (
         args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
     )
-    _check_writable(out)
-    device = _device(args)
-    with _thread_limits(args.threads, device):
-        progress = not args.no_progress
-        dataset = load_dataset(cfg["dataset"], args.data_dir, progress=progress)
-        checkpoint = Checkpoint(
-            out / "checkpoint.npz", extra={"run": {**cfg, "device": device.name}}
-        )
-        trainer = _make_trainer(cfg, dataset, device, progress, checkpoint)
-        _say(_threads_line(device), file=sys.stderr)
+    if lead:
+        _check_writable(out)
+    device = resolve_device(rank_device(args.device, comm), args.backend)
+    threads = args.threads if args.threads is not None else cores_per_rank(comm)
+    with _thread_limits(threads, device):
+        progress = not args.no_progress and lead
+        dataset = _load_data_once(cfg, args, comm)
+        run = {**cfg, "device": device.name, "world_size": comm.size}
+        checkpoint = Checkpoint(out / "checkpoint.npz", extra={"run": run})
+        trainer = _make_trainer(cfg, dataset, device, progress, checkpoint, comm)
         if args.resume is not None:
             trainer.load_checkpoint(args.resume)
+        if lead:
+            _say(_threads_line(device) + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
+            if args.resume is not None:
+                _say(
+                    f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
+                    file=sys.stderr,
+                )
+            ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
             _say(
-                f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
+                f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
+                f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
+                f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
                 file=sys.stderr,
             )
-        _say(
-            f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
-            f"{trainer.x_test.shape[0]} test) on {device.name}, {cfg['dtype']}, "
-            f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
-            file=sys.stderr,
-        )
         start = time.perf_counter()
         status = _fit(trainer, checkpoint)
         if status is not None:
@@ -632,6 +685,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")
+    print(f"MPI: {mpi_summary()}")
     print("backends (--backend: --device ...):")
     for name in BACKENDS:
         try:
@@ -724,16 +778,44 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``xpcnn`` console script; returns the exit status."""
+    """Entry point of the ``xpcnn`` console script; returns the exit status.
+
+    Under ``mpiexec -n N`` (N > 1), an error on one rank alone ends the whole job
+    (``MPI_Abort``, also for a bug's traceback) so that no rank waits forever; errors
+    raised on every rank at once (different options, divergence) are reported by rank 0
+    and end each rank normally.
+    """
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
-    except USER_ERRORS as exc:
+        comm = get_communicator()
+    except XpcnnError as exc:  # launched by mpiexec without mpi4py
         print(f"xpcnn {args.command}: error: {exc}", file=sys.stderr)
-        return getattr(exc, "status", EXIT_ERROR)
+        return EXIT_ERROR
+    with abort_on_exception(comm):
+        status, everywhere = _run(args, comm.rank, comm.size)
+        if status != 0 and comm.size > 1 and not everywhere:
+            comm.abort(status)
+    return status
+
+
+def _run(args: argparse.Namespace, rank: int, size: int) -> tuple[int, bool]:
+    """Run a command: ``(exit status, whether every rank ends with it)``; only
+    ``train`` runs on every rank of an MPI job, the other commands on rank 0."""
+    where = f" (rank {rank} of {size})" if size > 1 else ""
+    if rank != 0 and args.command != "train":  # one report, not one per rank
+        return 0, True
+    try:
+        return COMMANDS[args.command](args), True
+    except USER_ERRORS as exc:
+        collective = getattr(exc, "collective", False)
+        if rank == 0 or not collective:
+            print(
+                f"xpcnn {args.command}: error{'' if collective else where}: {exc}", file=sys.stderr
+            )
+        return getattr(exc, "status", EXIT_ERROR), collective
     except KeyboardInterrupt:
-        print(f"xpcnn {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"xpcnn {args.command}: interrupted{where}", file=sys.stderr)
+        return EXIT_INTERRUPTED, False
 
 
 if __name__ == "__main__":

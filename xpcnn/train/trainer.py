@@ -26,6 +26,7 @@ import numpy as np
 
 from ..backend import Device, host_rng, to_numpy
 from ..checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from ..distributed import rank_seed
 from ..inputs import as_input
 from ..metrics import count_correct
 from ..models import Sequential, build_model
@@ -308,6 +309,7 @@ class Trainer:
         TrainingDiverged when the loss stops being finite.
         """
         with _deferred_sigint() as self._stop, self.network.device.activate():
+            self._stop_agreed = False
             self.broadcast_state()
             self._call("on_train_begin")
             try:
@@ -346,7 +348,12 @@ class Trainer:
     def accuracies(self, *sets: tuple[Any, Any]) -> list[float]:
         """Accuracy on each ``(x, t)`` set; in a data-parallel run each rank
         counts its contiguous shard and the (correct, count) pairs are summed
-        in one allreduce."""
+        in one allreduce. Every rank first takes rank 0's buffers (BatchNorm's
+        running statistics, which training keeps per rank), so the network
+        evaluated is the one rank 0 saves."""
+        if self.comm.size > 1:
+            for k in list(self.network.buffers):
+                self.network.buffers[k] = self.comm.bcast(self.network.buffers[k])
         counts = []
         for x, t in sets:
             rows = share(np.arange(x.shape[0]), self.comm.rank, self.comm.size)
@@ -369,7 +376,12 @@ class Trainer:
     # -- data parallel ----------------------------------------------------------------
     def broadcast_state(self) -> None:
         """Give every rank rank 0's parameters, buffers, optimizer state and
-        progress (at the start and after a resume); nothing with one process."""
+        progress (at the start and after a resume); nothing with one process.
+
+        Dropout masks are the exception: rank r > 0 reseeds each dropout layer
+        from (its seed, r, the optimizer step), so the ranks draw different masks
+        and a resumed run does not repeat the first steps' masks (rank 0 keeps its
+        stream, saved in checkpoints)."""
         comm = self.comm
         if comm.size == 1:
             return
@@ -387,6 +399,12 @@ class Trainer:
         b.epoch, b.step, self.rng.bit_generator.state = comm.bcast_object(progress)
         perm = comm.bcast_object(None if b.perm is None else b.perm.tolist())
         b.perm = None if perm is None else np.asarray(perm, dtype=np.int64)
+        if comm.rank > 0:
+            for layer in net.layers:
+                if hasattr(layer, "seed_state"):
+                    seed = layer.seed_state.get("seed")
+                    seed = seed if isinstance(seed, int) else None  # a Generator: fresh entropy
+                    layer.seed_state = {"seed": rank_seed(seed, comm.rank, self.optimizer.iter)}
 
     # -- checkpoints --------------------------------------------------------------------
     def save_checkpoint(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
