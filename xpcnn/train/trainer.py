@@ -40,6 +40,7 @@ from .extensions import (
     Evaluate,
     Extension,
     ProgressBar,
+    TrainingDiverged,
 )
 
 __all__ = [
@@ -53,10 +54,6 @@ __all__ = [
 #: The per-run history, in :meth:`Trainer.history`, checkpoints and history.json:
 #: the loss of every step, then one value per epoch.
 HISTORY_FIELDS = ("train_loss", "train_acc", "test_acc", "epoch_seconds", "images_per_sec")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
