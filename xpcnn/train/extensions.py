@@ -182,7 +182,7 @@ class Checkpoint(Extension):
 
 class EpochEndCallback(Extension):
     """A plain ``callback(trainer)`` after each epoch's evaluation (the
-    TrainerView's ``on_epoch_end=`` argument); rank 0 only, as it usually writes."""
+    Trainer's ``on_epoch_end=`` argument); rank 0 only, as it usually writes."""
 
     rank0_only = True
 
