@@ -40,6 +40,7 @@ from .extensions import (
     Evaluate,
     Extension,
     ProgressBar,
+    TrainerView,
     TrainingDiverged,
 )
 
@@ -232,9 +233,10 @@ class Trainer:
         return self.batches.steps_per_epoch
 
     def _call(self, hook: str, *args: Any) -> None:
+        view: TrainerView = self  # the type checker verifies that the trainer is one
         for ext in self.extensions:
             if not (ext.rank0_only and self.comm.rank != 0):
-                getattr(ext, hook)(self, *args)
+                getattr(ext, hook)(view, *args)
 
     # -- one step -----------------------------------------------------------------
     def train_step(self, x_batch: Any, t_batch: Any) -> Any:
