@@ -35,11 +35,13 @@ def rank_input(rank: int, dtype: str) -> np.ndarray:
 
 
 def collectives(comm, out: Path) -> None:
-    from xpcnn.testing import backends, enable_jax_x64
+    from conftest import BACKENDS
 
-    enable_jax_x64()  # as the suite's plugin does: float64 on JAX is float64
+    from xpcnn.testing import enable_jax_x64
+
+    enable_jax_x64()  # as the pytest plugin does in the test process (float64 on JAX)
     seen = {}
-    for b in backends():
+    for b in BACKENDS:  # xpcnn.backend.Device objects
         for dtype in ("float32", "float64", "int64"):
             x = b.asarray(rank_input(comm.rank, dtype), dtype)
             s = comm.allreduce(x)

@@ -72,6 +72,9 @@ def test_array_digest_sees_values_shape_and_dtype(backend):
     assert d != array_digest(b, a[:, :2])
     assert d != array_digest(a.reshape(4, 3), a[:, :2])
     assert d != array_digest(a.astype(np.int16), a[:, :2])
+    # empty and 0-d arrays (a memoryview of an empty array cannot be cast to bytes)
+    assert array_digest(np.zeros((0, 2))) != array_digest(np.zeros((0, 3)))
+    assert array_digest(np.array(True)) != array_digest(np.array(False))
 
 
 # -- two processes -------------------------------------------------------------------------

@@ -17,7 +17,16 @@ import pytest
 from array_api_compat import device as device_of
 from helpers import CONV_CASES, POOL_CASES, assert_layer_gradients_match, distinct_values
 
-from xpcnn.layers import Affine, Convolution, Pooling, Relu, Sigmoid, SoftmaxWithLoss
+from xpcnn.layers import (
+    LRN,
+    Affine,
+    BatchNormalization,
+    Convolution,
+    Pooling,
+    Relu,
+    Sigmoid,
+    SoftmaxWithLoss,
+)
 from xpcnn.ops import conv_output_size
 
 # --------------------------------------------------------------------------------------------
@@ -215,6 +224,32 @@ def test_backward_does_not_modify_dout(backend, dtype, rng, name):
     dout = backend.asarray(dout_host.copy(), dtype)  # NumPy may share the host buffer
     case.layer.backward(dout)
     np.testing.assert_array_equal(backend.to_numpy(dout), dout_host)
+
+
+def _batchnorm_case(bk, dt, rng):
+    gamma, beta = (bk.asarray(rng.standard_normal(3), dt) for _ in range(2))
+    return Case(BatchNormalization(gamma, beta), bk.asarray(rng.standard_normal((4, 3, 2, 2)), dt))
+
+
+def _lrn_case(bk, dt, rng):
+    return Case(LRN(size=3), bk.asarray(rng.standard_normal((2, 4, 3, 3)), dt))
+
+
+CACHING_CASES = {**LAYER_CASES, "batchnorm": _batchnorm_case, "lrn": _lrn_case}
+
+
+@pytest.mark.parametrize("clear", [False, True], ids=["never-forward", "after-clear-cache"])
+@pytest.mark.parametrize("name", list(CACHING_CASES))
+def test_backward_without_forward_says_call_forward_first(backend, dtype, rng, name, clear):
+    """Not ``'NoneType' object has no attribute ...`` from deep inside the ops."""
+    case = CACHING_CASES[name](backend, dtype, rng)
+    if clear:
+        case.forward()
+        case.layer.clear_cache()
+    dout = 1.0 if case.t is not None else backend.asarray(np.ones(case.x.shape), dtype)
+    cls = type(case.layer).__name__
+    with pytest.raises(RuntimeError, match=rf"^{cls}\.backward .*; call forward first$"):
+        case.layer.backward(dout)
 
 
 @pytest.mark.parametrize("name", list(LAYER_CASES))

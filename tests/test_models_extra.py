@@ -378,6 +378,23 @@ def test_same_seed_same_dropout_masks():
     assert float(nets[0].loss(x, t, train_flg=False)) == float(nets[1].loss(x, t, train_flg=False))
 
 
+def test_random_state_round_trips_and_refuses_a_layer_without_a_generator():
+    net = DeepConvNet(seed=5)
+    x = np.asarray(np.random.default_rng(0).standard_normal((2, 1, 28, 28)), dtype=np.float32)
+    net.loss(x, np.arange(2))  # the dropout generators exist after a training pass
+    state = net.random_state()
+    assert state and all(isinstance(layer, Dropout) for layer in _layers_named(net, state))
+    net.set_random_state(state)  # its own state is accepted
+    (name, a) = next(iter(state.items()))
+    bad = {"0/" + name.split("/", 1)[1]: a}  # layer 0 is a Convolution
+    with pytest.raises(ValueError, match=r"layer 0, a Convolution, which draws no random numbers"):
+        net.set_random_state(bad)
+
+
+def _layers_named(net: Any, state: dict[str, Any]) -> list[Any]:
+    return [net.layers[int(k.split("/", 1)[0])] for k in state]
+
+
 @pytest.mark.parametrize("name", ["deep", "lenet-28-tanh", "alexnet-small-28"])
 def test_default_nets_fit_a_fixed_batch_with_dropout_on(name):
     """A few Adam steps in training mode (dropout active) on 8 fixed examples lower

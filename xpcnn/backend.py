@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import array_api_compat
 import numpy as np
@@ -121,7 +121,7 @@ class Device:
         if self.backend == "jax" and str(dtype) == "float64":
             import jax
 
-            if not jax.config.jax_enable_x64:
+            if not jax.config.read("jax_enable_x64"):
                 raise DeviceError(
                     "float64 on JAX needs 64-bit mode: set JAX_ENABLE_X64=1 in the environment, "
                     'or call jax.config.update("jax_enable_x64", True) before creating arrays'
@@ -531,11 +531,15 @@ def set_rng_state(seed_state: dict[str, Any], arrays: dict[str, np.ndarray]) -> 
         elif key.startswith("torch:"):
             import torch
 
-            gen = torch.Generator(device=key.split(":", 1)[1])
-            gen.set_state(torch.from_numpy(np.array(a, np.uint8)))
-            seed_state[key] = gen
+            tgen = torch.Generator(device=key.split(":", 1)[1])
+            tgen.set_state(torch.from_numpy(np.array(a, np.uint8)))
+            seed_state[key] = tgen
 
 
+@overload
+def _int_seed(seed: None) -> None: ...
+@overload
+def _int_seed(seed: int | np.random.Generator) -> int: ...
 def _int_seed(seed: int | np.random.Generator | None) -> int | None:
     """An integer seed for the backends' generators (a host Generator gives one draw)."""
     if isinstance(seed, np.random.Generator):

@@ -121,7 +121,7 @@ def compute_digest(arrays: Mapping[str, np.ndarray], meta: Any = None) -> str:
         # A flat uint8 view hashes any dtype (datetime, records, big-endian)
         # without an extra bytes copy for already-contiguous arrays.
         flat = np.ascontiguousarray(a).reshape(-1)
-        data = flat.view(np.uint8) if flat.dtype.itemsize else flat.tobytes()
+        data = flat.view(np.uint8).data if flat.dtype.itemsize else flat.tobytes()
         h.update(struct.pack("<Q", a.nbytes))
         h.update(data)
     if meta is not None:

@@ -45,6 +45,7 @@ from .backend import (
 from .checkpoint import load_checkpoint
 from .data import CLASS_NAMES, DATASET_NAMES, Dataset, DatasetError, IDXError, load_dataset
 from .distributed import (
+    MPICommunicator,
     abort_on_exception,
     array_digest,
     check_same_config,
@@ -602,7 +603,8 @@ def _response_figure(
 
 def _feature_figure(viz: Any, network: Sequential, image: np.ndarray, out: Path) -> Path:
     """Every convolution's output maps for one image."""
-    maps, x = [], network.device.asarray(image[None], network.dtype)
+    maps: list[tuple[str, np.ndarray]] = []
+    x = network.device.asarray(image[None], network.dtype)
     for layer in network.layers:
         x = layer.forward(x, False)
         if isinstance(layer, Convolution):
@@ -732,7 +734,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         z = np.exp(scores - scores.max(axis=1, keepdims=True))
         results.extend(z / z.sum(axis=1, keepdims=True))
     names = CLASS_NAMES.get(dataset, ())
-    out = []
+    out: list[dict[str, Any]] = []
     for path, p in zip(paths, results, strict=True):
         top = [int(k) for k in np.argsort(-p, kind="stable")[: args.top]]
         out.append(
@@ -793,7 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     with abort_on_exception(comm):
         status, everywhere = _run(args, comm.rank, comm.size)
-        if status != 0 and comm.size > 1 and not everywhere:
+        if status != 0 and isinstance(comm, MPICommunicator) and comm.size > 1 and not everywhere:
             comm.abort(status)
     return status
 

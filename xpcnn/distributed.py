@@ -252,7 +252,7 @@ def array_digest(*arrays: Any) -> str:
     for a in arrays:
         a = np.ascontiguousarray(to_numpy(a))
         h.update(f"{a.shape}{a.dtype.str};".encode())
-        h.update(memoryview(a).cast("B"))
+        h.update(a.reshape(-1).view(np.uint8).data)  # no copy; empty arrays too
     return h.hexdigest()
 
 
@@ -353,13 +353,14 @@ def mpi_summary() -> str:
     except ImportError:
         return f"not installed ({_MPI_HINT})"
     comm = get_communicator()
-    MPI = sys.modules.get("mpi4py.MPI")
-    if MPI is None:  # not initialised: the library version needs no MPI_Init
+    if "mpi4py.MPI" not in sys.modules:  # not initialised: the library version needs no MPI_Init
         saved = mpi4py.rc.initialize, mpi4py.rc.finalize
         mpi4py.rc.initialize = mpi4py.rc.finalize = False
         try:
-            from mpi4py import MPI
+            import mpi4py.MPI
         finally:
             mpi4py.rc.initialize, mpi4py.rc.finalize = saved
+    from mpi4py import MPI
+
     library = " ".join(MPI.Get_library_version().splitlines()[0].split())
     return f"{library} (mpi4py {mpi4py.__version__}); world size {comm.size}"

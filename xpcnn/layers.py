@@ -9,7 +9,7 @@ it receives.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 from array_api_compat import array_namespace
 
@@ -17,6 +17,8 @@ from . import ops
 from ._window import check_window
 from .backend import random_uniform
 from .ops.dropout import _check_ratio
+
+_T = TypeVar("_T")
 
 __all__ = [
     "LRN",
@@ -62,6 +64,15 @@ class Layer:
 
     # Attributes holding what backward needs from the last forward pass.
     _cache_attrs: tuple[str, ...] = ("_cache",)
+
+    def _saved(self, cache: _T | None) -> _T:
+        """What ``backward`` needs from the last forward pass, or a clear error if there is none."""
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called with no forward pass to go back "
+                "through (never run, or cleared by clear_cache()); call forward first"
+            )
+        return cache
 
     def clear_cache(self) -> None:
         """Drop the forward pass's saved arrays (pure inference needs no backward)."""
@@ -110,7 +121,7 @@ class Convolution(Layer):
 
     def backward(self, dout: Any) -> Any:
         dx, self.grads["W"], self.grads["b"] = ops.conv2d_backward(
-            dout, self._cache, need_dx=self.need_dx
+            dout, self._saved(self._cache), need_dx=self.need_dx
         )
         return dx
 
@@ -160,7 +171,7 @@ class Pooling(Layer):
 
     def backward(self, dout: Any) -> Any:
         bwd = ops.max_pool2d_backward if self.mode == "max" else ops.avg_pool2d_backward
-        return bwd(dout, self._cache)
+        return bwd(dout, self._saved(self._cache))
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         OH, OW = check_window(
@@ -203,7 +214,9 @@ class Affine(Layer):
         return out
 
     def backward(self, dout: Any) -> Any:
-        dx, self.grads["W"], self.grads["b"] = ops.affine_backward(dout, self._cache, self.W)
+        dx, self.grads["W"], self.grads["b"] = ops.affine_backward(
+            dout, self._saved(self._cache), self.W
+        )
         return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -233,7 +246,7 @@ class Relu(Layer):
         return out
 
     def backward(self, dout: Any) -> Any:
-        return ops.relu_backward(dout, self.mask)
+        return ops.relu_backward(dout, self._saved(self.mask))
 
 
 class _OutputActivation(Layer):
@@ -252,7 +265,7 @@ class _OutputActivation(Layer):
         return self.out
 
     def backward(self, dout: Any) -> Any:
-        return self._backward(dout, self.out)
+        return self._backward(dout, self._saved(self.out))
 
 
 class Sigmoid(_OutputActivation):
@@ -282,7 +295,7 @@ class SoftmaxWithLoss(Layer):
         return self.loss
 
     def backward(self, dout: Any = 1.0) -> Any:
-        return ops.softmax_cross_entropy_backward(self._cache, dout)
+        return ops.softmax_cross_entropy_backward(self._saved(self._cache), dout)
 
 
 class Tanh(_OutputActivation):
@@ -390,7 +403,9 @@ class BatchNormalization(Layer):
         return out
 
     def backward(self, dout: Any) -> Any:
-        dx, self.grads["gamma"], self.grads["beta"] = ops.batchnorm_backward(dout, self._cache)
+        dx, self.grads["gamma"], self.grads["beta"] = ops.batchnorm_backward(
+            dout, self._saved(self._cache)
+        )
         return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -426,7 +441,7 @@ class LRN(Layer):
         return out
 
     def backward(self, dout: Any) -> Any:
-        return ops.lrn_backward(dout, self._cache)
+        return ops.lrn_backward(dout, self._saved(self._cache))
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

@@ -85,7 +85,7 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
     buf = io.BytesIO()
     # print_png renders at figure.dpi with no bbox cropping; savefig would
     # consult rcParams["savefig.bbox"/"savefig.dpi"] and could change the size.
-    fig.canvas.print_png(buf)
+    FigureCanvasAgg(fig).print_png(buf)  # fig.canvas is typed as the base class
     with atomic_write(path, mode=0o644) as f:
         f.write(buf.getvalue())
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..backend import Device
@@ -24,7 +25,7 @@ __all__ = [
 ]
 
 #: Command-line names of the named networks.
-MODELS: dict[str, type[Sequential]] = {
+MODELS: dict[str, Callable[..., Sequential]] = {
     "simple": SimpleConvNet,
     "deep": DeepConvNet,
     "lenet": LeNet,

@@ -169,7 +169,7 @@ class Sequential:
         layers: Sequence[Layer],
         input_dim: Sequence[int],
         *,
-        loss_layer: Layer | None = None,
+        loss_layer: SoftmaxWithLoss | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         self.layers: list[Layer] = list(layers)
@@ -376,7 +376,13 @@ class Sequential:
         """Restore :meth:`random_state`."""
         for name, a in arrays.items():
             i, key = name.split("/", 1)
-            set_rng_state(self.layers[int(i)].seed_state, {key: a})
+            layer = self.layers[int(i)]
+            if not hasattr(layer, "seed_state"):
+                raise ValueError(
+                    f"random state {name!r} is for layer {i}, a {type(layer).__name__}, which "
+                    "draws no random numbers: it was saved from another network"
+                )
+            set_rng_state(layer.seed_state, {key: a})
 
     def state_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Expected ``{key: (shape, dtype name)}`` of :meth:`state_dict`."""

@@ -126,7 +126,7 @@ class Im2colCache:
     """The generic path's cache: the book's ``col`` (N*OH*OW, C*FH*FW) from
     :func:`im2col` and ``col_W`` (C*FH*FW, FN)."""
 
-    x_shape: tuple[int, ...]
+    x_shape: tuple[int, int, int, int]
     col: Any
     col_W: Any
     W_shape: tuple[int, ...]

@@ -39,6 +39,8 @@ def _bn_axes(
     x_shape: tuple[int, ...], gamma_shape: tuple[int, ...]
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Reduced axes and the broadcast shape of per-channel statistics."""
+    axes: tuple[int, ...]
+    bshape: tuple[int, ...]
     if len(x_shape) == 2:
         axes, bshape = (0,), (1, x_shape[1])
     elif len(x_shape) == 4:

@@ -284,7 +284,7 @@ def check_layer(
         numeric = {"dx": numerical_gradient(loss, x_host, eps)}
         for k, p in params64.items():
             numeric[f"grads[{k!r}]"] = numerical_gradient(
-                lambda v, k=k: loss(x_host, k, v), to_numpy(p), eps
+                functools.partial(loss, x_host, k), to_numpy(p), eps
             )
     finally:
         layer.params.update(original)

@@ -21,6 +21,7 @@ from .extensions import (
     Evaluate,
     Extension,
     ProgressBar,
+    TrainerView,
 )
 from .trainer import HISTORY_FIELDS, Trainer, TrainingDiverged, TrainingInterrupted, load_network
 
@@ -38,6 +39,7 @@ __all__ = [
     "ProgressBar",
     "SingleProcess",
     "Trainer",
+    "TrainerView",
     "TrainingDiverged",
     "TrainingInterrupted",
     "as_input",

@@ -19,12 +19,11 @@ import math
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
+from ..optim import Optimizer
 
 __all__ = [
     "Checkpoint",
@@ -34,7 +33,42 @@ __all__ = [
     "Evaluate",
     "Extension",
     "ProgressBar",
+    "TrainerView",
+    "TrainingDiverged",
 ]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class TrainerView(Protocol):
+    """What extensions see of :class:`xpcnn.train.Trainer` (a Protocol, so that this
+    module does not import the trainer, which imports it)."""
+
+    epochs: int
+    optimizer: Optimizer
+    x_train: Any
+    t_train: Any
+    x_test: Any
+    t_test: Any
+
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def step_in_epoch(self) -> int: ...
+    @property
+    def steps_per_epoch(self) -> int: ...
+    @property
+    def train_loss_list(self) -> list[float]: ...
+    @property
+    def train_acc_list(self) -> list[float]: ...
+    @property
+    def test_acc_list(self) -> list[float]: ...
+    @property
+    def images_per_sec(self) -> list[float]: ...
+    def accuracies(self, *sets: tuple[Any, Any]) -> list[float]: ...
+    def save_checkpoint(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path: ...
 
 
 class Extension:
@@ -42,21 +76,19 @@ class Extension:
 
     rank0_only: bool = False
 
-    def on_train_begin(self, trainer: Trainer) -> None: ...
-    def on_epoch_begin(self, trainer: Trainer) -> None: ...
-    def on_step_end(self, trainer: Trainer) -> None: ...
-    def on_losses(self, trainer: Trainer, losses: list[float]) -> None: ...
-    def on_epoch_end(self, trainer: Trainer) -> None: ...
-    def on_train_end(self, trainer: Trainer) -> None: ...
+    def on_train_begin(self, trainer: TrainerView) -> None: ...
+    def on_epoch_begin(self, trainer: TrainerView) -> None: ...
+    def on_step_end(self, trainer: TrainerView) -> None: ...
+    def on_losses(self, trainer: TrainerView, losses: list[float]) -> None: ...
+    def on_epoch_end(self, trainer: TrainerView) -> None: ...
+    def on_train_end(self, trainer: TrainerView) -> None: ...
 
 
 class DivergenceCheck(Extension):
     """Raise :class:`~xpcnn.train.TrainingDiverged` when a loss is NaN or infinite
     (on every rank: the losses are the same global ones everywhere)."""
 
-    def on_losses(self, trainer: Trainer, losses: list[float]) -> None:
-        from .trainer import TrainingDiverged
-
+    def on_losses(self, trainer: TrainerView, losses: list[float]) -> None:
         if all(math.isfinite(v) for v in losses):
             return
         raise TrainingDiverged(
@@ -74,7 +106,7 @@ class ProgressBar(Extension):
     def __init__(self) -> None:
         self.bar: Any = None
 
-    def on_epoch_begin(self, trainer: Trainer) -> None:
+    def on_epoch_begin(self, trainer: TrainerView) -> None:
         self.bar = tqdm(
             total=trainer.steps_per_epoch,
             initial=trainer.step_in_epoch,
@@ -84,17 +116,17 @@ class ProgressBar(Extension):
             unit="step",
         )
 
-    def on_step_end(self, trainer: Trainer) -> None:
+    def on_step_end(self, trainer: TrainerView) -> None:
         self.bar.update()
 
-    def on_losses(self, trainer: Trainer, losses: list[float]) -> None:
+    def on_losses(self, trainer: TrainerView, losses: list[float]) -> None:
         if self.bar is not None and losses:
             self.bar.set_postfix(loss=f"{losses[-1]:.4f}")
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         self.on_train_end(trainer)  # before the epoch line, which would otherwise cross the bar
 
-    def on_train_end(self, trainer: Trainer) -> None:
+    def on_train_end(self, trainer: TrainerView) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -108,7 +140,7 @@ class Evaluate(Extension):
     def __init__(self, samples: int | None = None) -> None:
         self.samples = samples
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         sl = slice(None) if self.samples is None else slice(0, self.samples)
         train_acc, test_acc = trainer.accuracies(
             (trainer.x_train[sl, ...], trainer.t_train[sl, ...]),
@@ -123,7 +155,7 @@ class EpochLog(Extension):
 
     rank0_only = True
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         steps = trainer.steps_per_epoch
         losses = trainer.train_loss_list[-steps:]
         loss = sum(losses) / max(len(losses), 1)
@@ -144,7 +176,7 @@ class Checkpoint(Extension):
     def __init__(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> None:
         self.path, self.extra = Path(path), extra
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         trainer.save_checkpoint(self.path, extra=self.extra)
 
 
@@ -154,8 +186,9 @@ class EpochEndCallback(Extension):
 
     rank0_only = True
 
-    def __init__(self, callback: Callable[[Trainer], None]) -> None:
+    # Any: a callback annotated with the concrete Trainer must be accepted too.
+    def __init__(self, callback: Callable[[Any], None]) -> None:
         self.callback = callback
 
-    def on_epoch_end(self, trainer: Trainer) -> None:
+    def on_epoch_end(self, trainer: TrainerView) -> None:
         self.callback(trainer)

@@ -40,6 +40,8 @@ from .extensions import (
     Evaluate,
     Extension,
     ProgressBar,
+    TrainerView,
+    TrainingDiverged,
 )
 
 __all__ = [
@@ -53,10 +55,6 @@ __all__ = [
 #: The per-run history, in :meth:`Trainer.history`, checkpoints and history.json:
 #: the loss of every step, then one value per epoch.
 HISTORY_FIELDS = ("train_loss", "train_acc", "test_acc", "epoch_seconds", "images_per_sec")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -235,9 +233,10 @@ class Trainer:
         return self.batches.steps_per_epoch
 
     def _call(self, hook: str, *args: Any) -> None:
+        view: TrainerView = self  # the type checker verifies that the trainer is one
         for ext in self.extensions:
             if not (ext.rank0_only and self.comm.rank != 0):
-                getattr(ext, hook)(self, *args)
+                getattr(ext, hook)(view, *args)
 
     # -- one step -----------------------------------------------------------------
     def train_step(self, x_batch: Any, t_batch: Any) -> Any:
