@@ -6,7 +6,7 @@ global batch and one allreduce sums them (see :class:`xpcnn.train.Trainer`).
 
 - :func:`get_communicator` gives an :class:`MPICommunicator` when the job has more
   than one process, else the trivial :class:`~xpcnn.train.SingleProcess` (no mpi4py
-  needed: xpcnn works without it installed; ``pip install "xpcnn[mpi]"`` adds it).
+  needed: xpcnn works without it installed; ``pip install ".[mpi]"`` from a clone adds it).
   Both satisfy :class:`~xpcnn.train.Communicator`, what a ``Trainer(comm=...)`` needs.
 - :func:`abort_on_exception`: an uncaught exception on any rank ends the whole job
   (``MPI_Abort``) instead of leaving the other ranks waiting in a collective.
@@ -53,7 +53,10 @@ __all__ = [
     "rank_seed",
 ]
 
-_MPI_HINT = 'install mpi4py and an MPI with `pip install "xpcnn[mpi]"`'
+_MPI_HINT = (
+    'install mpi4py and an MPI with `pip install mpi4py mpich`, or `pip install ".[mpi]"` '
+    "from a clone of xpcnn"
+)
 
 # World-size variables set by MPI launchers: MPICH/Hydra and Intel MPI (and Slurm's
 # PMI), Open MPI, MVAPICH, PMIx.
