@@ -47,7 +47,7 @@ def test_launched_by_mpiexec_without_mpi4py_is_refused(monkeypatch):
     monkeypatch.setattr(distributed, "_COMM", None)
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import fails
     with pytest.raises(
-        MPIUnavailableError, match=r"one of 2 .*mpi4py is not installed.*xpcnn\[mpi\]"
+        MPIUnavailableError, match=r"one of 2 .*mpi4py is not installed.*pip install mpi4py mpich"
     ):
         distributed.get_communicator()
 
