@@ -57,15 +57,8 @@ class ArgmaxPoolCache:
 
     def backward(self, dout: Any) -> Any:
         xp = array_namespace(dout)
-        N, C, H, W = self.x_shape
-        OH, OW = dout.shape[2], dout.shape[3]
-        p = self.pad
-        dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
         zero = xp.zeros((), dtype=dout.dtype, device=device(dout))
-        for k in range(self.pool_h * self.pool_w):
-            idx = window_slices(k // self.pool_w, k % self.pool_w, self.stride, OH, OW)
-            dx = xpx.at(dx, idx).add(xp.where(self.arg == k, dout, zero), xp=xp)
-        return crop_hw(dx, p)
+        return _fold_windows(self, dout, lambda k: xp.where(self.arg == k, dout, zero))
 
 
 @dataclass(frozen=True)
@@ -79,16 +72,22 @@ class AvgPoolCache:
     pad: int
 
     def backward(self, dout: Any) -> Any:
-        xp = array_namespace(dout)
-        N, C, H, W = self.x_shape
-        OH, OW = dout.shape[2], dout.shape[3]
-        p = self.pad
-        dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
         share = dout / float(self.pool_h * self.pool_w)
-        for k in range(self.pool_h * self.pool_w):
-            idx = window_slices(k // self.pool_w, k % self.pool_w, self.stride, OH, OW)
-            dx = xpx.at(dx, idx).add(share, xp=xp)
-        return crop_hw(dx, p)
+        return _fold_windows(self, dout, lambda k: share)
+
+
+def _fold_windows(cache: ArgmaxPoolCache | AvgPoolCache, dout: Any, part: Any) -> Any:
+    """dx (N, C, H, W): the sum over window offsets k of ``part(k)`` (N, C, OH, OW)
+    added at offset k's strided view of the padded input, then cropped."""
+    xp = array_namespace(dout)
+    N, C, H, W = cache.x_shape
+    OH, OW = dout.shape[2], dout.shape[3]
+    p = cache.pad
+    dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
+    for k in range(cache.pool_h * cache.pool_w):
+        idx = window_slices(k // cache.pool_w, k % cache.pool_w, cache.stride, OH, OW)
+        dx = xpx.at(dx, idx).add(part(k), xp=xp)
+    return crop_hw(dx, p)
 
 
 def _check_max_pool(x: Any, pool_h: int, pool_w: int, stride: int, pad: int) -> tuple[int, int]:
