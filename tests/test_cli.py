@@ -198,6 +198,23 @@ def test_unknown_option_value_exits_with_usage(capsys):
     assert "invalid choice: 'adamw'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "argv, option, expected",
+    [
+        (["train", "--seed", "-1"], "--seed", "expected a non-negative integer, got -1"),
+        (["train", "--epochs", "0"], "--epochs", "expected a positive integer, got 0"),
+        (["train", "--lr", "inf"], "--lr", "expected a positive number, got inf"),
+        (["visualize", "c.npz", "--out", "d", "--filters", "1,x"], "--filters", "integers"),
+    ],
+)
+def test_bad_option_values_name_the_option(argv, option, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"xpcnn {argv[0]}: error: argument {option}: ") and expected in last
+
+
 def test_info_lists_versions(capsys, monkeypatch):
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
     status, out, _ = run(capsys, "info")

@@ -122,7 +122,7 @@ def test_ranks_with_different_options_are_refused(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(
         "xpcnn train: error: the ranks were started with different options or data: "
-        "lr (rank 0 has 0.001, 1 of the other 1 ranks not)"
+        "lr (rank 0 has 0.001, the other rank not)"
     )
     assert not (tmp_path / "checkpoint.npz").exists()
 

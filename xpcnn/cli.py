@@ -129,6 +129,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -217,7 +227,9 @@ def _add_train_parser(sub: Any) -> None:
     _add_train_option(t, "--lr", "learning rate", type=_positive_float)
     _add_device_option(t)
     _add_train_option(t, "--dtype", "float type", choices=("float32", "float64"))
-    _add_train_option(t, "--seed", "seed of the initial weights and the shuffles", type=int)
+    _add_train_option(
+        t, "--seed", "seed of the initial weights and the shuffles", type=_non_negative_int
+    )
     _add_train_option(
         t, "--train-size", "train on the first N images only (quick runs)", type=_positive_int
     )
@@ -315,6 +327,11 @@ def _say(*lines: str, file: Any = None) -> None:
     stream = file or sys.stdout
     for line in lines:
         print(line, file=stream, flush=True)
+
+
+def _plural(n: int, word: str) -> str:
+    """``"1 epoch"``, ``"2 epochs"``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _build_network(cfg: dict[str, Any], dataset: Dataset, device: Device) -> Sequential:
@@ -516,7 +533,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             _say(
                 f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
                 f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
-                f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
+                f"{_plural(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
                 file=sys.stderr,
             )
         start = time.perf_counter()
