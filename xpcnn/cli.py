@@ -595,7 +595,7 @@ def _announce(
         f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
         f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
         f"{_plural(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, "
-        f"{cfg['optimizer']} lr {cfg['lr']}",
+        f"{cfg['optimizer']} lr {cfg['lr']:g}",
         file=sys.stderr,
     )
 
