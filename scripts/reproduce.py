@@ -61,6 +61,7 @@ def main() -> int:
             "--out",
             str(out),
             "--no-progress",
+            "--overwrite",  # a rerun replaces the previous reproduction
         ]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]

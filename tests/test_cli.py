@@ -116,6 +116,99 @@ def test_resume_refuses_a_conflicting_option(trained, capsys):
     assert_one_line_error(err, "--lr 0.5 differs")
 
 
+QUICK = ["--train-size", "200", "--epochs", "1", "--eval-samples", "100", "--no-progress"]
+
+
+def _other_lines(err):
+    """stderr without the header lines every run prints."""
+    header = ("threads: ", "training ")
+    return [line for line in err.splitlines() if line.strip() and not line.startswith(header)]
+
+
+def test_train_keeps_a_run_in_out_unless_overwrite(trained, tmp_path, capsys):
+    kept = (trained / "checkpoint.npz").read_bytes()
+    (tmp_path / "checkpoint.npz").write_bytes(kept)
+    status, _, err = run(capsys, "train", "--out", str(tmp_path), *QUICK)
+    assert status == 2
+    assert_one_line_error(err, f"{tmp_path} already holds a run", "--resume", "--overwrite")
+    assert (tmp_path / "checkpoint.npz").read_bytes() == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.npz"]
+    status, _, _ = run(capsys, "train", "--out", str(tmp_path), *QUICK, "--overwrite")
+    assert status == 0
+    assert load_checkpoint(tmp_path / "checkpoint.npz")[1]["run"]["train_size"] == 200
+
+
+@pytest.mark.parametrize("epochs", [[], ["--epochs", "1"]])
+def test_resuming_a_finished_run_says_so_and_writes_nothing(trained, epochs, capsys):
+    files = {p.name: p.read_bytes() for p in trained.iterdir()}
+    ckpt = str(trained / "checkpoint.npz")
+    status, _, err = run(capsys, "train", "--resume", ckpt, *epochs, "--no-progress")
+    assert status == 2
+    assert_one_line_error(
+        err, f"{ckpt} has already trained 1 epoch;", "pass --epochs M with M > 1 to continue"
+    )
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == files
+
+
+def test_overflow_is_one_divergence_line_and_leaves_no_empty_folder(tmp_path, capsys):
+    import warnings
+
+    out = tmp_path / "new" / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, _, err = run(capsys, "train", "--lr", "1e30", "--out", str(out), *QUICK)
+    assert status == 3
+    assert [str(w.message) for w in caught] == []  # NumPy's overflow warnings, once printed
+    lines = _other_lines(err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("xpcnn train: error: training diverged: the loss became nan")
+    assert lines[0].endswith("no checkpoint was written")
+    assert list(tmp_path.iterdir()) == []  # neither run/ nor new/ is left behind
+
+
+def test_a_run_that_ends_at_chance_says_so(tmp_path, capsys):
+    # lr 1e6: two Adam steps blow the weights up (finite loss ~3e22), test accuracy 0.100.
+    status, out, err = run(capsys, "train", "--lr", "1e6", "--out", str(tmp_path), *QUICK)
+    assert status == 0
+    assert "test accuracy 0.1000" in out
+    lines = _other_lines(err)
+    assert lines == [
+        "xpcnn train: warning: test accuracy 0.1000 is chance level for 10 classes: "
+        "the network learnt nothing; try a lower --lr (now 1e+06)"
+    ], err
+
+
+@pytest.mark.parametrize(
+    "test_acc, losses, expected",
+    [
+        (0.15, [2.0, 2.0, 1.0, 1.0], "test accuracy 0.1500 is chance level for 10 classes"),
+        (0.16, [2.0, 2.0, 1.0, 1.0], None),
+        (0.9, [1.0, 1.0, 1.0, 3.5], "the last epoch's mean loss 2.25 is above the first epoch's 1"),
+        (0.9, [1.0, 1.0, 1.0, 1.0], None),  # equal is not above
+        (0.9, [1.0, 1.0, 3.0], None),  # one epoch and a step: nothing to compare
+    ],
+)
+def test_poor_result_detects_chance_accuracy_and_a_rising_loss(test_acc, losses, expected):
+    from xpcnn.cli import _poor_result
+
+    got = _poor_result(test_acc, 10, losses, steps_per_epoch=2)
+    assert got == expected if expected is None else got.startswith(expected), got
+
+
+def test_train_size_above_the_data_says_what_it_used(monkeypatch, tmp_path, capsys):
+    import xpcnn.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_fit", lambda trainer, checkpoint: seen.append(trainer) or 0)
+    status, _, err = run(capsys, "train", "--train-size", "99999", "--out", str(tmp_path / "o"))
+    assert status == 0 and seen[0].x_train.shape[0] == 5000
+    assert _other_lines(err) == [
+        "--train-size 99999 is more than the 5,000 training images of mnist-sample; using all 5,000"
+    ], err
+    assert "(5000 train / 1000 test)" in err
+    assert not (tmp_path / "o").exists()  # nothing written: no empty folder either
+
+
 @pytest.mark.skipif(importlib.util.find_spec("cupy") is not None, reason="CuPy is installed")
 def test_device_cuda_without_cupy(capsys, tmp_path):
     status, _, err = run(capsys, "train", "--device", "cuda", "--out", str(tmp_path))
@@ -196,6 +289,23 @@ def test_unknown_option_value_exits_with_usage(capsys):
         main(["train", "--optimizer", "adamw"])
     assert exc.value.code == 2
     assert "invalid choice: 'adamw'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, option, expected",
+    [
+        (["train", "--seed", "-1"], "--seed", "expected a non-negative integer, got -1"),
+        (["train", "--epochs", "0"], "--epochs", "expected a positive integer, got 0"),
+        (["train", "--lr", "inf"], "--lr", "expected a positive number, got inf"),
+        (["visualize", "c.npz", "--out", "d", "--filters", "1,x"], "--filters", "integers"),
+    ],
+)
+def test_bad_option_values_name_the_option(argv, option, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"xpcnn {argv[0]}: error: argument {option}: ") and expected in last
 
 
 def test_info_lists_versions(capsys, monkeypatch):

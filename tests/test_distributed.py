@@ -160,7 +160,7 @@ def test_mismatched_configs_are_refused_on_every_rank(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for seen in _rank_results(tmp_path):
         assert seen["error"].startswith("the ranks were started with different options or data")
-        assert "seed (rank 0 has 0, 1 of the other 1 ranks not)" in seen["error"]
+        assert "seed (rank 0 has 0, the other rank not)" in seen["error"]
         assert "lr (" not in seen["error"] and "data (" not in seen["error"]
 
 

@@ -122,9 +122,20 @@ def test_ranks_with_different_options_are_refused(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(
         "xpcnn train: error: the ranks were started with different options or data: "
-        "lr (rank 0 has 0.001, 1 of the other 1 ranks not)"
+        "lr (rank 0 has 0.001, the other rank not)"
     )
     assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_an_out_holding_a_run_is_refused_on_every_rank(tmp_path):
+    """Rank 0 decides and tells the others: one line, the same status everywhere."""
+    (tmp_path / "checkpoint.npz").write_bytes(b"another run")
+    proc = run_mpi(2, [*XPCNN, *ARGS, "--out", str(tmp_path)], timeout=90)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "MPI_Abort" not in proc.stderr, proc.stderr
+    assert lines[0].startswith(f"xpcnn train: error: {tmp_path} already holds a run")
+    assert (tmp_path / "checkpoint.npz").read_bytes() == b"another run"
 
 
 def test_ctrl_c_saves_one_checkpoint_and_stops_every_rank(tmp_path):

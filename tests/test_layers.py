@@ -252,6 +252,36 @@ def test_backward_without_forward_says_call_forward_first(backend, dtype, rng, n
         case.layer.backward(dout)
 
 
+@pytest.mark.parametrize(
+    "make, what",
+    [
+        (
+            lambda b: Convolution(
+                b.asarray(np.ones((2, 1, 3, 3)), "float32"), b.asarray(np.zeros(2), "float32")
+            ),
+            "convolution",
+        ),
+        (lambda b: Pooling(2, 2, stride=2), "max pooling"),
+        (
+            lambda b: Affine(
+                b.asarray(np.ones((16, 3)), "float32"), b.asarray(np.zeros(3), "float32")
+            ),
+            "affine",
+        ),
+    ],
+    ids=["Convolution", "Pooling", "Affine"],
+)
+@pytest.mark.parametrize("int_dtype", ["uint8", "int64"])
+def test_integer_input_is_refused_in_plain_words(backend, make, what, int_dtype):
+    """Not NumPy's "data type <class 'numpy.int64'> not inexact" from deep inside,
+    nor a silent promotion to float64."""
+    x = backend.asarray(np.arange(16).reshape(1, 1, 4, 4), int_dtype)
+    with pytest.raises(
+        TypeError, match=rf"^{what} needs floating-point input, got .*{int_dtype}; cast it"
+    ):
+        make(backend).forward(x)
+
+
 @pytest.mark.parametrize("name", list(LAYER_CASES))
 def test_forward_and_backward_do_not_modify_input(backend, dtype, rng, name):
     case = LAYER_CASES[name](backend, dtype, rng)

@@ -10,11 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_extra as xpx
+from array_api_compat import array_namespace
 
 
 def conv_output_size(input_size: int, filter_size: int, stride: int = 1, pad: int = 0) -> int:
     """The book's output size ``(H + 2P - FH) // S + 1``."""
     return (input_size + 2 * pad - filter_size) // stride + 1
+
+
+def check_floating(x: Any, what: str) -> None:
+    """Raise TypeError unless ``x`` has a real floating dtype (integer pixels would
+    otherwise fail deep inside, or be promoted to float64 silently)."""
+    if not array_namespace(x).isdtype(x.dtype, "real floating"):
+        raise TypeError(
+            f"{what} needs floating-point input, got {x.dtype}; cast it (x.astype(float32)), "
+            "or give integer images to the network (predict, loss, accuracy), which scales them to [0, 1]"
+        )
 
 
 def check_window(

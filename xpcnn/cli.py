@@ -129,6 +129,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -217,7 +227,9 @@ def _add_train_parser(sub: Any) -> None:
     _add_train_option(t, "--lr", "learning rate", type=_positive_float)
     _add_device_option(t)
     _add_train_option(t, "--dtype", "float type", choices=("float32", "float64"))
-    _add_train_option(t, "--seed", "seed of the initial weights and the shuffles", type=int)
+    _add_train_option(
+        t, "--seed", "seed of the initial weights and the shuffles", type=_non_negative_int
+    )
     _add_train_option(
         t, "--train-size", "train on the first N images only (quick runs)", type=_positive_int
     )
@@ -225,6 +237,11 @@ def _add_train_parser(sub: Any) -> None:
     t.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     t.add_argument(
         "--resume", type=Path, metavar="CHECKPOINT", help="continue a run from its checkpoint"
+    )
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (else refused, to keep it)",
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
@@ -317,6 +334,11 @@ def _say(*lines: str, file: Any = None) -> None:
         print(line, file=stream, flush=True)
 
 
+def _plural(n: int, word: str) -> str:
+    """``"1 epoch"``, ``"2 epochs"``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
 def _build_network(cfg: dict[str, Any], dataset: Dataset, device: Device) -> Sequential:
     cls = MODELS[cfg["model"]]
     input_dim = tuple(dataset.x_train.shape[1:])
@@ -373,11 +395,12 @@ def _threads_line(device: Device) -> str:
 # -- train --------------------------------------------------------------------------------
 
 
-def _train_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's configuration: defaults, then the resumed run's, then the options given."""
+def _train_config(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    """The run's configuration (defaults, then the resumed run's, then the options
+    given) and the epochs the resumed run has completed (0 for a new run)."""
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
     if args.resume is None:
-        return {**TRAIN_DEFAULTS, **given}
+        return {**TRAIN_DEFAULTS, **given}, 0
     _, meta = load_checkpoint(args.resume)
     stored = meta.get("run")
     if not stored:
@@ -390,7 +413,42 @@ def _train_config(args: argparse.Namespace) -> dict[str, Any]:
                 f"--{k.replace('_', '-')} {given[k]} differs from the resumed run's {stored.get(k)}; "
                 "drop the option to resume, or start a new run without --resume"
             )
-    return {**TRAIN_DEFAULTS, **stored, **given}
+    trained = meta.get("trainer", {}).get("epoch", 0)
+    return {**TRAIN_DEFAULTS, **stored, **given}, trained if isinstance(trained, int) else 0
+
+
+def _check_run_folder(args: argparse.Namespace, epochs: int, trained: int, out: Path) -> None:
+    """Refuse, before anything is written, a run with nothing to train or one
+    that would replace another run's files without ``--overwrite``."""
+    if args.resume is not None and trained >= epochs:
+        raise CLIError(
+            f"{args.resume} has already trained {_plural(trained, 'epoch')}; "
+            f"pass --epochs M with M > {trained} to continue (nothing written)"
+        )
+    ckpt = out / "checkpoint.npz"
+    resumed_here = args.resume is not None and ckpt.exists() and ckpt.samefile(args.resume)
+    if ckpt.exists() and not resumed_here and not args.overwrite:
+        raise CLIError(
+            f"{out} already holds a run ({ckpt.name}); continue it with --resume {ckpt}, "
+            "replace it with --overwrite, or choose another --out"
+        )
+    _check_writable(out)
+
+
+@contextlib.contextmanager
+def _removed_if_empty(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` (and the parents created with it) on the way out if the
+    block left them empty: a run that fails before its first checkpoint leaves
+    no empty --out behind."""
+    new = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        yield
+    finally:
+        for p in new:  # deepest first; a folder that holds anything stays
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def _make_trainer(
@@ -424,6 +482,7 @@ def _make_trainer(
 def _fit(trainer: Trainer, checkpoint: Checkpoint) -> int | None:
     """Train; None when done, else the exit status (Ctrl-C saves a checkpoint first)."""
     comm = trainer.comm
+    start_epoch = trainer.epoch
     try:
         trainer.train()
     except TrainingInterrupted:  # on every rank after the same step
@@ -439,17 +498,37 @@ def _fit(trainer: Trainer, checkpoint: Checkpoint) -> int | None:
             )
         return EXIT_INTERRUPTED
     except TrainingDiverged as exc:  # on every rank: the loss is the global batch's
-        last = (
-            f"the last good checkpoint (epoch {trainer.epoch}) is {checkpoint.path}"
-            if checkpoint.path.exists()
-            else "no checkpoint was written"
-        )
+        if trainer.epoch > start_epoch:
+            last = f"the last good checkpoint (epoch {trainer.epoch}) is {checkpoint.path}"
+        elif start_epoch:
+            last = f"no epoch finished after the resumed epoch {start_epoch}; nothing was written"
+        else:
+            last = "no checkpoint was written"
         raise CLIError(f"{exc}; {last}", EXIT_DIVERGED, collective=True) from None
     return None
 
 
+def _poor_result(
+    test_acc: float, num_classes: int, step_losses: Sequence[float], steps_per_epoch: int
+) -> str | None:
+    """Why a finished run looks like it learnt nothing, or None: test accuracy at
+    chance (at most 1.5 / num_classes), or a last epoch's mean loss above the first's."""
+    if test_acc <= 1.5 / num_classes:
+        return (
+            f"test accuracy {test_acc:.4f} is chance level for {num_classes} classes: "
+            "the network learnt nothing"
+        )
+    n = steps_per_epoch
+    if len(step_losses) >= 2 * n:
+        first, last = sum(step_losses[:n]) / n, sum(step_losses[-n:]) / n
+        if last > first:
+            return f"the last epoch's mean loss {last:.4g} is above the first epoch's {first:.4g}"
+    return None
+
+
 def _finish(trainer: Trainer, checkpoint: Checkpoint, out: Path, seconds: float) -> None:
-    """Final test accuracy, checkpoint, history.json and curves (rank 0 writes)."""
+    """Final test accuracy, checkpoint, history.json and curves (rank 0 writes); a
+    warning line when the run learnt nothing."""
     test_acc = trainer.test_accuracy()
     if trainer.comm.rank != 0:
         return
@@ -468,6 +547,13 @@ def _finish(trainer: Trainer, checkpoint: Checkpoint, out: Path, seconds: float)
         f"test accuracy {test_acc:.4f} ({trainer.x_test.shape[0]} images); "
         f"wrote {checkpoint.path}, {out / 'history.json'}"
     )
+    num_classes = int(trainer.network.output_shapes()[-1][0])
+    poor = _poor_result(test_acc, num_classes, history["train_loss"], trainer.steps_per_epoch)
+    if poor is not None:
+        _say(
+            f"xpcnn train: warning: {poor}; try a lower --lr (now {trainer.optimizer.lr:g})",
+            file=sys.stderr,
+        )
 
 
 def _load_data_once(cfg: dict[str, Any], args: argparse.Namespace, comm: Communicator) -> Dataset:
@@ -486,44 +572,71 @@ def _load_data_once(cfg: dict[str, Any], args: argparse.Namespace, comm: Communi
     return dataset
 
 
+def _announce(
+    args: argparse.Namespace, cfg: dict[str, Any], trainer: Trainer, dataset: Dataset
+) -> None:
+    """The lines on stderr before training: threads, resume point, sizes, settings."""
+    comm, device = trainer.comm, trainer.network.device
+    _say(_threads_line(device) + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
+    if args.resume is not None:
+        _say(
+            f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
+            file=sys.stderr,
+        )
+    n = dataset.x_train.shape[0]
+    if cfg["train_size"] is not None and cfg["train_size"] > n:
+        _say(
+            f"--train-size {cfg['train_size']} is more than the {n:,} training images of "
+            f"{dataset.name}; using all {n:,}",
+            file=sys.stderr,
+        )
+    ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
+    _say(
+        f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
+        f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
+        f"{_plural(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, "
+        f"{cfg['optimizer']} lr {cfg['lr']:g}",
+        file=sys.stderr,
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     comm = get_communicator()  # data-parallel under `mpiexec -n N`, N > 1
     lead = comm.rank == 0  # prints and writes files
-    cfg = _train_config(args)
+    cfg, trained = _train_config(args)
     out = args.out or (
         args.resume.parent if args.resume else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
     )
-    if lead:
-        _check_writable(out)
-    device = resolve_device(rank_device(args.device, comm), args.backend)
-    threads = args.threads if args.threads is not None else cores_per_rank(comm)
-    with _thread_limits(threads, device):
-        progress = not args.no_progress and lead
-        dataset = _load_data_once(cfg, args, comm)
-        run = {**cfg, "device": device.name, "world_size": comm.size}
-        checkpoint = Checkpoint(out / "checkpoint.npz", extra={"run": run})
-        trainer = _make_trainer(cfg, dataset, device, progress, checkpoint, comm)
-        if args.resume is not None:
-            trainer.load_checkpoint(args.resume)
+    with _removed_if_empty(out) if lead else contextlib.nullcontext():
+        # Rank 0 decides (it alone writes to --out); every rank then ends the same way.
+        problem = None
         if lead:
-            _say(_threads_line(device) + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
+            try:
+                _check_run_folder(args, cfg["epochs"], trained, out)
+            except CLIError as exc:
+                problem = str(exc)
+        problem = comm.bcast_object(problem)
+        if problem is not None:
+            raise CLIError(problem, collective=True)
+        device = resolve_device(rank_device(args.device, comm), args.backend)
+        threads = args.threads if args.threads is not None else cores_per_rank(comm)
+        with _thread_limits(threads, device):
+            dataset = _load_data_once(cfg, args, comm)
+            run = {**cfg, "device": device.name, "world_size": comm.size}
+            checkpoint = Checkpoint(out / "checkpoint.npz", extra={"run": run})
+            progress = not args.no_progress and lead
+            trainer = _make_trainer(cfg, dataset, device, progress, checkpoint, comm)
             if args.resume is not None:
-                _say(
-                    f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
-                    file=sys.stderr,
-                )
-            ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
-            _say(
-                f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
-                f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
-                f"{cfg['epochs']} epochs, batch {cfg['batch_size']}, {cfg['optimizer']} lr {cfg['lr']}",
-                file=sys.stderr,
-            )
-        start = time.perf_counter()
-        status = _fit(trainer, checkpoint)
-        if status is not None:
-            return status
-        _finish(trainer, checkpoint, out, time.perf_counter() - start)
+                trainer.load_checkpoint(args.resume)
+            if lead:
+                _announce(args, cfg, trainer, dataset)
+            start = time.perf_counter()
+            # Overflow is reported once, as divergence (or a warning), not by NumPy.
+            with np.errstate(all="ignore"):
+                status = _fit(trainer, checkpoint)
+                if status is not None:
+                    return status
+                _finish(trainer, checkpoint, out, time.perf_counter() - start)
     return 0
 
 

@@ -285,12 +285,18 @@ def check_same_config(cfg: Mapping[str, Any], comm: Any = None) -> None:
     if not flags.any():
         return
     parts = [
-        f"{k} (rank 0 has {root[k]}, {int(n)} of the other {comm.size - 1} ranks not)"
-        for k, n in zip(keys, flags[:-1], strict=True)
+        f"{k} (rank 0 has {root[k]}, "
+        + (
+            "the other rank not)"
+            if comm.size == 2
+            else f"{n} of the other {comm.size - 1} ranks not)"
+        )
+        for k, n in zip(keys, flags[:-1].tolist(), strict=True)
         if n
     ]
     if flags[-1]:
-        parts.append(f"keys that rank 0 lacks ({int(flags[-1])} ranks have some)")
+        n = int(flags[-1])
+        parts.append(f"keys that rank 0 lacks ({n} {'rank has' if n == 1 else 'ranks have'} some)")
     raise ConfigMismatchError(
         "the ranks were started with different options or data: "
         + "; ".join(parts)

@@ -9,7 +9,7 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
-from .._window import check_window, crop_hw, pad_hw, window_slices
+from .._window import check_floating, check_window, crop_hw, pad_hw, window_slices
 
 __all__ = ["ConvCache", "Im2colCache", "col2im", "conv2d_backward", "conv2d_forward", "im2col"]
 
@@ -167,6 +167,7 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
         )
     FN, C, FH, FW = W.shape
     OH, OW = check_window(tuple(x.shape), FH, FW, stride, pad, what="convolution")
+    check_floating(x, "convolution")
     N = x.shape[0]
     if x.shape[1] != C:
         raise ValueError(

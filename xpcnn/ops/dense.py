@@ -8,6 +8,7 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .. import _fast
+from .._window import check_floating
 
 __all__ = [
     "affine_backward",
@@ -31,6 +32,7 @@ def affine_forward(x: Any, W: Any, b: Any) -> tuple[Any, tuple[Any, tuple[int, .
     W : (D, M), b : (M,) -> out : (N, M)
     """
     xp = array_namespace(x, W, b)
+    check_floating(x, "affine")
     N = x.shape[0]
     D = math.prod(x.shape[1:])
     if len(W.shape) != 2 or W.shape[0] != D:

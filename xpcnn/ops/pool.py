@@ -17,7 +17,7 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
-from .._window import check_window, crop_hw, pad_hw, window_slices
+from .._window import check_floating, check_window, crop_hw, pad_hw, window_slices
 from .dense import relu_backward, relu_forward
 
 __all__ = [
@@ -92,6 +92,7 @@ def _fold_windows(cache: ArgmaxPoolCache | AvgPoolCache, dout: Any, part: Any) -
 
 def _check_max_pool(x: Any, pool_h: int, pool_w: int, stride: int, pad: int) -> tuple[int, int]:
     OH, OW = check_window(tuple(x.shape), pool_h, pool_w, stride, pad, what="max pooling")
+    check_floating(x, "max pooling")
     if 2 * pad > min(pool_h, pool_w):
         raise ValueError(
             f"max pooling: pad {pad} must be at most half the window {pool_h}x{pool_w} "
@@ -212,6 +213,7 @@ def avg_pool2d_forward(
     """
     xp = array_namespace(x)
     OH, OW = check_window(tuple(x.shape), pool_h, pool_w, stride, pad, what="average pooling")
+    check_floating(x, "average pooling")
     img = pad_hw(x, pad, xp=xp)
     out = img[window_slices(0, 0, stride, OH, OW)]
     for k in range(1, pool_h * pool_w):
