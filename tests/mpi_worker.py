@@ -46,9 +46,11 @@ def collectives(comm, out: Path) -> None:
             x = b.asarray(rank_input(comm.rank, dtype), dtype)
             s = comm.allreduce(x)
             c = comm.bcast(x, root=comm.size - 1)
+            s_in_place = comm.allreduce(b.asarray(rank_input(comm.rank, dtype), dtype), in_place=True)
             seen[f"{b.name}/{dtype}"] = {
                 "input": _describe(x),
                 "allreduce": _describe(s),
+                "allreduce_in_place": _describe(s_in_place),
                 "bcast": _describe(c),
             }
     seen["object"] = comm.bcast_object({"rank": comm.rank, "x": [1.5, "a"]}, root=comm.size - 1)

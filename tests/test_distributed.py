@@ -102,12 +102,14 @@ def test_allreduce_and_bcast_over_two_ranks(collectives_run, backend, dtype):
     a, b = rank_input(0, dtype), rank_input(1, dtype)
     for rank, seen in enumerate(collectives_run):
         r = seen[f"{backend.name}/{dtype}"]
-        for key in ("allreduce", "bcast"):  # same namespace, device and dtype as the input
+        # same namespace, device and dtype as the input
+        for key in ("allreduce", "allreduce_in_place", "bcast"):
             for attr in ("namespace", "device", "dtype"):
                 assert r[key][attr] == r["input"][attr], (rank, key, attr)
         assert r["input"]["dtype"].endswith(dtype)
-        got = np.array(r["allreduce"]["values"], dtype=dtype)
-        np.testing.assert_array_equal(got, a + b)  # one addition: exact in any dtype
+        for key in ("allreduce", "allreduce_in_place"):
+            got = np.array(r[key]["values"], dtype=dtype)
+            np.testing.assert_array_equal(got, a + b)  # one addition: exact in any dtype
         np.testing.assert_array_equal(np.array(r["bcast"]["values"], dtype=dtype), b)
 
 

@@ -342,7 +342,7 @@ class ThreadComm:
         g["barrier"].wait()
         return slots
 
-    def allreduce(self, x):
+    def allreduce(self, x, *, in_place=False):
         slots = self._exchange(np.array(x, copy=True))
         total = slots[0].copy()
         for s in slots[1:]:

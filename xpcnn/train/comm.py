@@ -27,8 +27,9 @@ class Communicator(Protocol):
     rank: int  #: this process, 0 <= rank < size; rank 0 alone prints and writes files
     size: int  #: number of processes
 
-    def allreduce(self, x: Any) -> Any:
-        """Elementwise sum of ``x`` over all ranks (every rank gets the sum)."""
+    def allreduce(self, x: Any, *, in_place: bool = False) -> Any:
+        """Elementwise sum of ``x`` over all ranks (every rank gets the sum);
+        ``in_place=True`` allows the sum to overwrite ``x``."""
         ...
 
     def bcast(self, x: Any, root: int = 0) -> Any:
@@ -50,7 +51,7 @@ class SingleProcess:
     rank = 0
     size = 1
 
-    def allreduce(self, x: Any) -> Any:
+    def allreduce(self, x: Any, *, in_place: bool = False) -> Any:
         return x
 
     def bcast(self, x: Any, root: int = 0) -> Any:

@@ -274,7 +274,7 @@ class Trainer:
         flat = xp.concat(
             [xp.reshape(grads[k], (-1,)) * w for k in keys] + [xp.reshape(loss * w, (1,)), flag]
         )
-        flat = self.comm.allreduce(flat)
+        flat = self.comm.allreduce(flat, in_place=True)  # flat is ours: no second buffer
         out, at = {}, 0
         for k in keys:
             n = grads[k].size
