@@ -46,7 +46,9 @@ def collectives(comm, out: Path) -> None:
             x = b.asarray(rank_input(comm.rank, dtype), dtype)
             s = comm.allreduce(x)
             c = comm.bcast(x, root=comm.size - 1)
-            s_in_place = comm.allreduce(b.asarray(rank_input(comm.rank, dtype), dtype), in_place=True)
+            s_in_place = comm.allreduce(
+                b.asarray(rank_input(comm.rank, dtype), dtype), in_place=True
+            )
             seen[f"{b.name}/{dtype}"] = {
                 "input": _describe(x),
                 "allreduce": _describe(s),
