@@ -8,7 +8,7 @@ move its argument to any backend (``backend.asarray``) and bring the result back
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -177,9 +177,12 @@ def mpi_available() -> str | None:
     return None
 
 
-def run_mpi(n: int, args: list[str], timeout: float = 120, **kwargs: Any) -> Any:
-    """``mpiexec -n n python ARGS`` from the repository root with this checkout's xpcnn,
-    one BLAS/OpenMP thread per rank; returns the CompletedProcess (text output).
+def run_mpi(
+    n: int, args: list[str], timeout: float = 120, launcher: Sequence[str] = (), **kwargs: Any
+) -> Any:
+    """``mpiexec LAUNCHER -n n python ARGS`` from the repository root with this
+    checkout's xpcnn, one BLAS/OpenMP thread per rank; returns the CompletedProcess
+    (text output).
 
     A job still running after ``timeout`` seconds is killed with its whole process
     group and the test fails: a hang is a failure, never a stalled CI.
@@ -197,7 +200,7 @@ def run_mpi(n: int, args: list[str], timeout: float = 120, **kwargs: Any) -> Any
         "MPLBACKEND": "Agg",
         **kwargs.pop("env", {}),
     }
-    cmd = ["mpiexec", "-n", str(n), sys.executable, *args]
+    cmd = ["mpiexec", *launcher, "-n", str(n), sys.executable, *args]
     with subprocess.Popen(
         cmd,
         cwd=kwargs.pop("cwd", REPO),

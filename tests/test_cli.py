@@ -59,6 +59,20 @@ def test_evaluate_reports_overall_and_per_class_accuracy(trained, capsys):
     assert len(per_class) == 10 and all("(100)" in line for line in per_class)
 
 
+def test_final_accuracy_covers_the_whole_test_set_when_epochs_evaluate_a_part(tmp_path, capsys):
+    # Per epoch only 50 images are evaluated; the final line must still count all of them
+    # (with the default, the last epoch's full evaluation is reused instead of repeated).
+    status, _, _ = run(
+        capsys, "train", "--epochs", "1", "--eval-samples", "50", "--out", str(tmp_path),
+        "--no-progress", "--seed", "3", "--train-size", "500",
+    )  # fmt: skip
+    assert status == 0
+    history = json.loads((tmp_path / "history.json").read_text())
+    status, out, _ = run(capsys, "evaluate", str(tmp_path / "checkpoint.npz"))
+    assert status == 0
+    assert f"test accuracy {history['final_test_accuracy']:.4f}" in out.splitlines()[0]
+
+
 def test_visualize_writes_every_figure(trained, tmp_path, capsys):
     status, out, _ = run(
         capsys, "visualize", str(trained / "checkpoint.npz"), "--out", str(tmp_path)

@@ -76,6 +76,20 @@ def test_only_rank_0_prints_and_writes(runs):
     assert stdout.count("epoch   1/1") == 1 and stdout.count("test accuracy") == 1, stdout
     assert stderr.count("training simple on mnist-sample") == 1, stderr
     assert "x 2 ranks (MPI)" in stderr
+    # mpiexec's default leaves the ranks unbound: the first lines say how to bind them.
+    unbound = len(os.sched_getaffinity(0)) > 1
+    assert stderr.count("note: each rank may run on any of") == unbound, stderr
+
+
+def test_ranks_bound_to_cores_train_and_get_no_binding_note(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to bind two ranks")
+    version = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True).stdout
+    if "HYDRA" not in version:
+        pytest.skip("`-bind-to core` is the option of MPICH's launcher (Hydra)")
+    proc = run_mpi(2, [*XPCNN, *ARGS, "--out", str(tmp_path)], launcher=["-bind-to", "core"])
+    assert proc.returncode == 0, proc.stderr
+    assert "x 2 ranks (MPI)" in proc.stderr and "note: each rank" not in proc.stderr
 
 
 def test_info_shows_the_mpi_library_and_world_size():

@@ -528,7 +528,11 @@ def _poor_result(
 def _finish(trainer: Trainer, checkpoint: Checkpoint, out: Path, seconds: float) -> None:
     """Final test accuracy, checkpoint, history.json and curves (rank 0 writes); a
     warning line when the run learnt nothing."""
-    test_acc = trainer.test_accuracy()
+    n_test, per_epoch = trainer.x_test.shape[0], trainer.evaluate_sample_num_per_epoch
+    if trainer.test_acc_list and (per_epoch is None or per_epoch >= n_test):
+        test_acc = trainer.test_acc_list[-1]  # the last epoch already evaluated every image
+    else:
+        test_acc = trainer.test_accuracy()
     if trainer.comm.rank != 0:
         return
     from .viz import plot_history  # matplotlib: loaded only when plotting
@@ -572,11 +576,22 @@ def _load_data_once(cfg: dict[str, Any], args: argparse.Namespace, comm: Communi
 
 
 def _announce(
-    args: argparse.Namespace, cfg: dict[str, Any], trainer: Trainer, dataset: Dataset
+    args: argparse.Namespace,
+    cfg: dict[str, Any],
+    trainer: Trainer,
+    dataset: Dataset,
+    threads: int | None,
 ) -> None:
     """The lines on stderr before training: threads, resume point, sizes, settings."""
     comm, device = trainer.comm, trainer.network.device
     _say(_threads_line(device) + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+    if comm.size > 1 and "cuda" not in device.name and cpus > (threads or 1):
+        _say(
+            f"note: each rank may run on any of {cpus} CPUs; ranks bound to cores "
+            "(`mpiexec -bind-to core`, Open MPI: `--bind-to core`) trained faster here",
+            file=sys.stderr,
+        )
     if args.resume is not None:
         _say(
             f"resuming {args.resume} at epoch {trainer.epoch}, step {trainer.step_in_epoch}",
@@ -628,7 +643,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.resume is not None:
                 trainer.load_checkpoint(args.resume)
             if lead:
-                _announce(args, cfg, trainer, dataset)
+                _announce(args, cfg, trainer, dataset, threads)
             start = time.perf_counter()
             # Overflow is reported once, as divergence (or a warning), not by NumPy.
             with np.errstate(all="ignore"):
