@@ -55,6 +55,9 @@ def collectives(comm, out: Path) -> None:
                 "allreduce_in_place": _describe(s_in_place),
                 "bcast": _describe(c),
             }
+    read_only = rank_input(comm.rank, "float64")
+    read_only.flags.writeable = False  # in_place falls back to a copy, never fails
+    seen["read_only_in_place"] = comm.allreduce(read_only, in_place=True).tolist()
     seen["object"] = comm.bcast_object({"rank": comm.rank, "x": [1.5, "a"]}, root=comm.size - 1)
     seen["local_rank"] = comm.local_rank
     seen["is_communicator"] = isinstance(comm, Communicator)

@@ -114,6 +114,15 @@ def test_allreduce_and_bcast_over_two_ranks(collectives_run, backend, dtype):
 
 
 @needs_mpi
+def test_in_place_allreduce_of_a_read_only_array(collectives_run):
+    from mpi_worker import rank_input
+
+    want = rank_input(0, "float64") + rank_input(1, "float64")
+    for seen in collectives_run:
+        np.testing.assert_array_equal(np.array(seen["read_only_in_place"]), want)
+
+
+@needs_mpi
 def test_bcast_object_and_local_rank(collectives_run):
     assert [s["object"] for s in collectives_run] == [{"rank": 1, "x": [1.5, "a"]}] * 2
     assert sorted(s["local_rank"] for s in collectives_run) == [0, 1]  # one node

@@ -109,6 +109,8 @@ class MPICommunicator:
         """
         host = _host_buffer(x)
         if in_place:
+            if not host.flags.writeable:  # e.g. a read-only view of a JAX array
+                host = host.copy()
             self.comm.Allreduce(self._MPI.IN_PLACE, host, op=self._MPI.SUM)
             out = host
         else:
