@@ -181,7 +181,7 @@ def main() -> None:
             runs = [("coupled", R, False) for R in args.ranks]
             if regime == "weak":
                 runs += [("uncoupled", R, True) for R in args.ranks if R > 1]
-            samples: dict[tuple[str, int], list[tuple[float, float]]] = {}
+            samples: dict[tuple[str, int], list[tuple[float, float | None]]] = {}
             for rep in range(args.repeats):
                 for kind, R, uncoupled in runs:
                     gb = args.per_rank_batch * R if regime == "weak" else args.global_batch
@@ -189,18 +189,21 @@ def main() -> None:
                         R, model, args.per_rank_batch if uncoupled else gb, args.steps,
                         args.timeout, args.bind, uncoupled,
                     )  # fmt: skip
-                    th_ips = run_torch(R, model, gb, args.steps)
+                    # torch's side of an uncoupled row is its coupled row's (same R, batch)
+                    th_ips = None if uncoupled else run_torch(R, model, gb, args.steps)
                     samples.setdefault((kind, R), []).append((xp_ips, th_ips))
+                    torch_part = (
+                        "" if th_ips is None else f", torch {R} threads {th_ips:9,.0f} img/s"
+                    )
                     print(
                         f"[{rep + 1}/{args.repeats}] {model:>6} {regime:>6} {kind:>9} ranks {R:>2} "
-                        f"batch {gb:>5}: xpcnn {xp_ips:9,.0f} img/s, torch {R} threads "
-                        f"{th_ips:9,.0f} img/s",
+                        f"batch {gb:>5}: xpcnn {xp_ips:9,.0f} img/s{torch_part}",
                         flush=True,
                     )
             base = statistics.median(x for x, _ in samples[("coupled", args.ranks[0])])
             for (kind, R), pairs in samples.items():
                 xp_ips = statistics.median(x for x, _ in pairs)
-                th_ips = statistics.median(t for _, t in pairs)
+                th_ips = statistics.median(t for _, t in samples[("coupled", R)] if t is not None)
                 rows.append({
                     "model": model, "regime": regime if kind == "coupled" else f"{regime}, {kind}",
                     "ranks": R, "global_batch": args.per_rank_batch * R if regime == "weak"
