@@ -583,3 +583,207 @@ def test_adam_loaded_state_is_copied(rng):
     restored.update(net.params, net.gradient(x, t))
     for k in saved:
         np.testing.assert_array_equal(saved[k], before[k], err_msg=k)
+
+
+# -- threads: the NumPy fast paths share their work among threads ----------------------------
+
+
+def test_split_cuts_a_range_into_balanced_contiguous_parts():
+    from xpcnn._fast._pool import split
+
+    for n in range(12):
+        for parts in range(1, 6):
+            ranges = split(n, parts)
+            assert len(ranges) == max(1, min(parts, n)), (n, parts)
+            assert [i for r in ranges for i in r] == list(range(n)), (n, parts)
+            lengths = [len(r) for r in ranges]
+            assert max(lengths) - min(lengths) <= 1, (n, parts)
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2", None])
+def test_threads_must_be_a_positive_integer(bad):
+    from xpcnn import cpu_threads
+
+    with pytest.raises(ValueError, match="threads must be a positive integer"), cpu_threads(bad):
+        pass
+
+
+def test_cpu_threads_sets_the_fast_paths_threads_and_one_blas_thread_for_a_block():
+    from threadpoolctl import threadpool_info
+
+    from xpcnn import cpu_threads
+    from xpcnn._fast._pool import num_threads
+
+    def blas() -> list[int]:
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas()
+    with cpu_threads(3):
+        assert num_threads() == 3
+        assert set(blas()) <= {1}
+    assert num_threads() == 1 and blas() == before
+
+
+def test_map_ranges_waits_for_every_part_then_raises_the_first_error():
+    import time
+
+    from xpcnn._fast import _pool
+
+    for failing in (0, 2):  # the calling thread's part, a pool thread's part
+        done: list[int] = []
+
+        def part(r: range, failing: int = failing, done: list[int] = done) -> int:
+            if r.start == failing:
+                raise KeyError(f"part {r.start}")
+            time.sleep(0.05)
+            done.append(r.start)
+            return r.start
+
+        with _pool.using(3), pytest.raises(KeyError, match=f"part {failing}"):
+            _pool.map_ranges(part, 3)
+        assert sorted(done) == sorted({0, 1, 2} - {failing})
+    with _pool.using(3):
+        assert _pool.map_ranges(lambda r: list(r), 7) == [[0, 1, 2], [3, 4], [5, 6]]
+
+
+def test_map_ranges_inside_a_part_runs_on_that_thread():
+    """A part that splits work again runs it itself (pool threads start at one
+    thread), so nested calls cannot wait on a full pool."""
+    import threading
+
+    from xpcnn._fast import _pool
+
+    def inner(r: range) -> int:
+        return threading.get_ident()
+
+    def outer(r: range) -> bool:
+        return set(_pool.map_ranges(inner, 4)) == {threading.get_ident()}
+
+    with _pool.using(2):
+        assert _pool.map_ranges(outer, 2) == [False, True]  # the caller keeps its 2 threads
+
+
+def test_map_ranges_parts_see_the_callers_errstate_and_fast_path_switch():
+    """A training loop under ``np.errstate(all="ignore")`` stays silent on every thread."""
+    from xpcnn._fast import _pool
+
+    with _pool.using(2), np.errstate(over="raise"), _fast.enabled(False):
+        seen = _pool.map_ranges(lambda r: (np.geterr()["over"], _fast.is_enabled()), 2)
+    assert seen == [("raise", False)] * 2
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # JAX threads: the child uses none
+def test_map_ranges_works_in_a_forked_child():
+    """A child forked after the pool started has none of its threads: it starts its own."""
+    import multiprocessing
+
+    from xpcnn._fast import _pool
+
+    with _pool.using(2):
+        assert _pool.map_ranges(len, 4) == [2, 2]  # the parent's pool exists
+    child = multiprocessing.get_context("fork").Process(target=_threaded_sum_or_exit_1)
+    child.start()
+    child.join(30)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on the parent's pool")
+    assert child.exitcode == 0
+
+
+def _threaded_sum_or_exit_1() -> None:
+    from xpcnn._fast import _pool
+
+    with _pool.using(2):
+        ok = _pool.map_ranges(sum, 4) == [1, 5]
+    raise SystemExit(0 if ok else 1)
+
+
+@pytest.fixture
+def threads_used(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[int]]:
+    """Fast paths on three threads, sharing out even small arrays; yields the set of
+    threads that ran a part, so a test can check that the work was shared."""
+    import threading
+
+    from xpcnn._fast import _pool, numpy_ops
+
+    monkeypatch.setattr(numpy_ops, "_PARALLEL_MIN", 0)
+    seen: set[int] = set()
+    map_ranges = _pool.map_ranges
+
+    def recording(fn: Callable[[range], Any], n: int) -> list[Any]:
+        def part(r: range) -> Any:
+            seen.add(threading.get_ident())
+            return fn(r)
+
+        return map_ranges(part, n)
+
+    monkeypatch.setattr(_pool, "map_ranges", recording)
+    with _pool.using(3):
+        yield seen
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(f"u{a.itemsize}") if a.dtype.kind == "f" else a
+
+
+def _one_thread(fn: Callable[[], Any]) -> Any:
+    from xpcnn._fast import _pool
+
+    with _pool.using(1):
+        return fn()
+
+
+@pytest.mark.parametrize("case", POOL_GRID[:4], ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kind", ["ties", "special"])
+def test_numpy_pool_and_relu_on_threads_equal_one_thread_bit_for_bit(threads_used, rng, case, kind):
+    N, C, H, W, PH, PW, stride, pad = case
+    x = _pool_inputs(rng, (N, C, H, W), kind).astype(np.float32)
+    OH, OW = (H + 2 * pad - PH) // stride + 1, (W + 2 * pad - PW) // stride + 1
+    dout = _pool_inputs(rng, (N, C, OH, OW), "special").astype(np.float32)
+
+    @np.errstate(invalid="ignore")  # overlapping windows add inf and -inf gradients
+    def run() -> list[np.ndarray]:
+        y, mask = relu_forward(x)
+        out, cache = max_pool2d_forward(y, PH, PW, stride, pad)
+        dy = max_pool2d_backward(dout, cache)
+        return [y, mask, out, dy, relu_backward(dy, mask)]
+
+    threaded = run()
+    assert len(threads_used) > 1
+    for name, t, o in zip(
+        ("relu", "mask", "pool", "pool dx", "relu dx"), threaded, _one_thread(run), strict=True
+    ):
+        np.testing.assert_array_equal(_bits(t), _bits(o), err_msg=name)
+
+
+@pytest.mark.parametrize("case", CONV_GRID, ids=lambda c: "x".join(map(str, c)))
+def test_numpy_conv_on_threads_equals_generic(threads_used, rng, case):
+    """Each thread unfolds and multiplies its own output rows; the weight gradient
+    adds the threads' parts. Stride-1 dx takes the transposed convolution on
+    several threads, also where FN > C (one thread folds there)."""
+    N, C, H, W, FN, FH, FW, stride, pad = case
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((FN, C, FH, FW))
+    b = rng.standard_normal(FN)
+    OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
+    dout = rng.standard_normal((N, FN, OH, OW))
+
+    def run() -> list[np.ndarray]:
+        out, cache = conv2d_forward(x, w, b, stride, pad)
+        return host(out, *conv2d_backward(dout, cache))
+
+    generic, threaded = both(run)
+    assert len(threads_used) > 1
+    for name, g, t in zip(("out", "dx", "dW", "db"), generic, threaded, strict=True):
+        assert_close_scaled(t, g, err_msg=name, **tol("float64"))
+
+
+@pytest.mark.skipif("deep" not in MODELS, reason="DeepConvNet is not built yet")
+def test_deep_convnet_gradients_on_threads_equal_generic(threads_used, rng):
+    (generic, threaded), _ = _model_gradients(
+        next(b for b in BACKENDS if b.name == "numpy"), "deep", "float64", rng, dropout_ratio=0.0
+    )
+    assert len(threads_used) > 1
+    for key in generic:
+        assert_close_scaled(threaded[key], generic[key], err_msg=key, **tol("float64"))

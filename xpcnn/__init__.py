@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .backend import Device, DeviceError, resolve_device, to_numpy
+from .backend import Device, DeviceError, cpu_threads, resolve_device, to_numpy
 from .models import NetBuilder, Sequential, SimpleConvNet, build_model
 from .train import Trainer
 from .train import load_network as _load_network
@@ -36,6 +36,7 @@ __all__ = [
     "Trainer",
     "__version__",
     "build_model",
+    "cpu_threads",
     "load_network",
     "resolve_device",
     "to_numpy",

@@ -27,6 +27,7 @@ __all__ = [
     "array_namespace",
     "backend_devices",
     "blas_summary",
+    "cpu_threads",
     "device",
     "gpu_available",
     "gpu_names",
@@ -391,6 +392,29 @@ def blas_summary() -> str:
         if forced.upper() not in _AVX512_CORETYPES:
             text += " (on an AVX-512 CPU, unset it for about twice the GEMM speed)"
     return text
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """NumPy work on ``n`` threads inside the ``with`` block (this thread or asyncio
+    task only).
+
+    The NumPy fast paths split each convolution (its blocks of output rows: the
+    unfolding copies and the GEMMs), max pooling and ReLU into ``n`` parts that
+    run at once, NumPy releasing the GIL inside them; BLAS is limited to one
+    thread per call (threadpoolctl) for the block, so those threads do not wait
+    on BLAS's own. Results equal one thread's up to the order of the
+    weight-gradient sums, and do not vary from run to run for a given ``n``.
+    ``xpcnn train --threads N`` uses this on the NumPy backend. Other backends are
+    not affected (PyTorch: ``torch.set_num_threads``). Raises ValueError unless
+    ``n`` is a positive integer.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from ._fast import _pool
+
+    with _pool.using(n), threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def gpu_available() -> bool:

@@ -24,19 +24,26 @@ The facts that drive the choices (one BLAS thread, float32, batch 100):
   keeping ``col``. A row of ones in ``col`` folds the bias into the GEMM and its
   gradient into the ``dW`` GEMM.
 * Ufuncs with ``out=`` avoid temporaries (the running maximum, Adam).
+* NumPy releases the GIL inside copies, ufunc loops and BLAS calls, so under
+  :func:`xpcnn.cpu_threads` the convolution's blocks of output rows, and
+  pooling and ReLU by ranges of channels, run on several threads at once
+  (:mod:`._pool`), each writing its own part of a preallocated output.
 
-This module imports no other xpcnn module but :mod:`xpcnn._window`.
+This module imports no other xpcnn module but :mod:`xpcnn._window` and
+:mod:`xpcnn._fast._pool` (threads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import EllipsisType
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._window import window_slices
+from . import _pool
 
 __all__ = [
     "ChwnConvCache",
@@ -70,6 +77,24 @@ def where(mask: np.ndarray, a: np.ndarray, out: np.ndarray | None = None) -> np.
     return target.view(a.dtype)
 
 
+# Elements below which an elementwise op stays on the calling thread: handing a part to
+# another thread costs tens of microseconds.
+_PARALLEL_MIN = 1 << 16
+
+Index = tuple[slice, slice] | EllipsisType
+
+
+def _by_channel(fn: Callable[[Index], object], x: np.ndarray) -> None:
+    """``fn(index)`` for indexes ``[:, a:b]`` that cut axis 1 of ``x`` (the channels of
+    (N, C, H, W), the features of (N, D)) into ranges, on the fast paths' threads;
+    one call ``fn(...)`` for small arrays or one thread. ``fn`` writes its part of
+    preallocated outputs."""
+    if x.ndim < 2 or x.size < _PARALLEL_MIN or _pool.num_threads() == 1:
+        fn(...)
+        return
+    _pool.map_ranges(lambda r: fn((slice(None), slice(r.start, r.stop))), x.shape[1])
+
+
 # -- convolution ------------------------------------------------------------------------
 
 
@@ -97,28 +122,38 @@ def _window(img: np.ndarray, i: int, j: int, stride: int, r0: int, r1: int, OW: 
 
 
 def _col_blocks(
-    img: np.ndarray, FH: int, FW: int, stride: int, OH: int, OW: int, *, reverse: bool = False
+    img: np.ndarray,
+    FH: int,
+    FW: int,
+    stride: int,
+    OH: int,
+    OW: int,
+    out_rows: range | None = None,
+    *,
+    reverse: bool = False,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """``(r0, r1, col)`` for blocks of output rows: ``col`` (C*FH*FW + 1, (r1-r0)*OW*N)
-    is the book's ``im2col`` of those rows, transposed, plus a last row of ones
-    that carries the bias through the GEMM.
+    """``(r0, r1, col)`` for blocks of the output rows ``out_rows`` (default all
+    ``OH``): ``col`` (C*FH*FW + 1, (r1-r0)*OW*N) is the book's ``im2col`` of those
+    rows, transposed, plus a last row of ones that carries the bias through the GEMM.
 
-    One buffer of about ``_BLOCK_BYTES`` serves every block, so ``col`` is used
-    while it is in cache and never whole in memory. Each block is filled by one
-    copy from a (C, FH, FW, OH, OW, N) window view of ``img``, whose inner runs
-    are OW*N (stride 1) or N elements long.
+    One buffer of about ``_BLOCK_BYTES`` serves every block of a call, so ``col`` is
+    used while it is in cache and never whole in memory (and calls on several
+    threads each have their own). Each block is filled by one copy from a (C, FH,
+    FW, OH, OW, N) window view of ``img``, whose inner runs are OW*N (stride 1) or
+    N elements long.
     """
+    out_rows = range(OH) if out_rows is None else out_rows
     C, N = img.shape[0], img.shape[3]
     K = C * FH * FW
     windows = sliding_window_view(img, (FH, FW), axis=(1, 2))[:, ::stride, ::stride]
     windows = windows.transpose(0, 4, 5, 1, 2, 3)  # (C, FH, FW, OH, OW, N): a view
     row_bytes = max(1, (K + 1) * OW * N * img.itemsize)  # 0 for an empty batch
-    rows = max(1, min(OH, _BLOCK_BYTES // row_bytes))
+    rows = max(1, min(len(out_rows), _BLOCK_BYTES // row_bytes))
     buf = np.empty((K + 1, rows, OW, N), dtype=img.dtype)
     buf[K] = 1
-    starts = range(0, OH, rows)
+    starts = out_rows[::rows]
     for r0 in reversed(starts) if reverse else starts:
-        r1 = min(OH, r0 + rows)
+        r1 = min(out_rows.stop, r0 + rows)
         col = buf[:, : r1 - r0]
         col[:K].reshape(C, FH, FW, r1 - r0, OW, N)[...] = windows[:, :, :, r0:r1]
         yield r0, r1, col.reshape(K + 1, -1)
@@ -132,12 +167,17 @@ def _correlate(
     img: np.ndarray, col_W: np.ndarray, FH: int, FW: int, stride: int, OH: int, OW: int
 ) -> np.ndarray:
     """``col_W (FN, C*FH*FW + 1) @ col`` for every block of output rows: the
-    (FN, OH, OW, N) cross-correlation of ``img`` (C, H, W, N), bias included."""
+    (FN, OH, OW, N) cross-correlation of ``img`` (C, H, W, N), bias included.
+    The rows are shared out among the fast paths' threads (:mod:`._pool`)."""
     N = img.shape[3]
     FN = col_W.shape[0]
     out = np.empty((FN, OH, OW, N), dtype=np.result_type(img, col_W))
-    for r0, r1, col in _col_blocks(img, FH, FW, stride, OH, OW):
-        np.matmul(col_W, col, out=out[:, r0:r1].reshape(FN, -1))
+
+    def rows(out_rows: range) -> None:
+        for r0, r1, col in _col_blocks(img, FH, FW, stride, OH, OW, out_rows):
+            np.matmul(col_W, col, out=out[:, r0:r1].reshape(FN, -1))
+
+    _pool.map_ranges(rows, OH)
     return out
 
 
@@ -179,11 +219,12 @@ class ChwnConvCache:
         self, dout: np.ndarray, *, need_dx: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """``[dW | db] += col @ dout.T`` block by block of output rows (the ones row of
-        ``col`` sums the bias gradient). ``dx``: for stride 1 and no more filters
-        than channels, the "full" correlation of ``dout`` with the flipped filters
-        (:func:`_transposed_input_gradient`); otherwise ``dcol = col_W.T @ dout``
-        folded into ``dx`` block by block, bottom up, so that each element of ``dx``
-        receives its terms in the generic col2im's order.
+        ``col`` sums the bias gradient), the rows shared out among the fast paths'
+        threads. ``dx``: for stride 1, when there are no more filters than channels
+        or several threads, the "full" correlation of ``dout`` with the flipped
+        filters (:func:`_transposed_input_gradient`); otherwise, on one thread,
+        ``dcol = col_W.T @ dout`` folded into ``dx`` block by block, bottom up, so
+        that each element of ``dx`` receives its terms in the generic col2im's order.
         """
         FN, C, FH, FW = self.W_shape
         K = C * FH * FW
@@ -192,22 +233,33 @@ class ChwnConvCache:
         # (FN, OH, OW, N): a view when dout is stored CHWN, as the fast paths leave it
         d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0))
         # The transposed convolution unfolds dout (FN*FH*FW rows), the fold writes dcol
-        # (C*FH*FW rows): take the smaller.
-        transposed = need_dx and s == 1 and p < min(FH, FW) and FN <= C
-        dWb = np.zeros((K + 1, FN), dtype=np.result_type(img, d))
-        part = np.empty_like(dWb)
+        # (C*FH*FW rows): take the smaller on one thread. The fold's blocks write
+        # overlapping rows of dx in order, so on several threads take the transposed one.
+        transposed = need_dx and s == 1 and p < min(FH, FW) and (FN <= C or _pool.num_threads() > 1)
         dimg = np.zeros_like(img) if need_dx and not transposed else None
         W_T = self.col_W[:, :K].T  # (C*FH*FW, FN)
-        for r0, r1, col in _col_blocks(img, FH, FW, s, OH, OW, reverse=True):
-            d_rows = d[:, r0:r1].reshape(FN, -1)
-            np.matmul(col, d_rows.T, out=part)
-            dWb += part
-            if dimg is not None:
-                dcol = (W_T @ d_rows).reshape(C, FH, FW, r1 - r0, OW, N)
-                for i in range(FH):
-                    for j in range(FW):
-                        target = _window(dimg, i, j, s, r0, r1, OW)
-                        target += dcol[:, i, j]
+
+        def rows(out_rows: range) -> np.ndarray:
+            dWb = np.zeros((K + 1, FN), dtype=np.result_type(img, d))
+            part = np.empty_like(dWb)
+            for r0, r1, col in _col_blocks(img, FH, FW, s, OH, OW, out_rows, reverse=True):
+                d_rows = d[:, r0:r1].reshape(FN, -1)
+                np.matmul(col, d_rows.T, out=part)
+                dWb += part
+                if dimg is not None:
+                    dcol = (W_T @ d_rows).reshape(C, FH, FW, r1 - r0, OW, N)
+                    for i in range(FH):
+                        for j in range(FW):
+                            target = _window(dimg, i, j, s, r0, r1, OW)
+                            target += dcol[:, i, j]
+            return dWb
+
+        if dimg is None:
+            dWb, *more = _pool.map_ranges(rows, OH)
+            for part in more:
+                dWb += part
+        else:
+            dWb = rows(range(OH))
         dW = dWb[:K].T.reshape(self.W_shape)
         db = dWb[K].copy()
         if transposed:
@@ -274,12 +326,18 @@ def max_pool2d_forward(
         img[window_slices(k // pool_w, k % pool_w, stride, OH, OW)] for k in range(pool_h * pool_w)
     ]
     reduce = np.fmax if skip_nan else np.maximum
-    if len(views) == 1:
-        out = views[0].copy()
-    else:
-        out = reduce(views[0], views[1])
+    out = np.empty_like(views[0])  # views[0]'s memory layout: CHWN after the fast conv
+
+    def channels(c: Index) -> None:
+        o = out[c]
+        if len(views) == 1:
+            o[...] = views[0][c]
+            return
+        reduce(views[0][c], views[1][c], out=o)
         for view in views[2:]:
-            reduce(out, view, out=out)
+            reduce(o, view[c], out=o)
+
+    _by_channel(channels, out)
     return out, MaxPoolCache(tuple(x.shape), img, out, pool_h, pool_w, stride, pad)
 
 
@@ -323,23 +381,27 @@ class MaxPoolCache:
             valid = np.zeros(img.shape[2:], dtype=bool)
             valid[p:-p, p:-p] = True
         bits = _BITS[dout.itemsize]
-        left = np.empty_like(out, dtype=bits)  # dout not yet routed
-        left[...] = dout.view(bits)
         last = ph * pw - 1
-        for k in range(last + 1):
-            idx = window_slices(k // pw, k % pw, s, OH, OW)
-            view = img[idx]
-            hit = np.equal(view, out)
-            if nan_out is not None:  # a NaN maximum goes to the first NaN
-                hit |= np.isnan(view) & nan_out
-            if valid is not None:
-                hit &= valid[idx[2:]]
-            target = dx[idx].view(bits) if tiles else np.empty_like(left)
-            np.bitwise_and(left, _ones_where(hit, dout.itemsize), out=target)
-            if k < last:
-                left ^= target
-            if not tiles:
-                dx[idx] += target.view(dx.dtype)
+
+        def channels(c: Index) -> None:
+            left = np.empty_like(out[c], dtype=bits)  # dout not yet routed
+            left[...] = dout[c].view(bits)
+            for k in range(last + 1):
+                idx = window_slices(k // pw, k % pw, s, OH, OW)
+                view = img[idx][c]
+                hit = np.equal(view, out[c])
+                if nan_out is not None:  # a NaN maximum goes to the first NaN
+                    hit |= np.isnan(view) & nan_out[c]
+                if valid is not None:
+                    hit &= valid[idx[2:]]
+                target = dx[idx][c].view(bits) if tiles else np.empty_like(left)
+                np.bitwise_and(left, _ones_where(hit, dout.itemsize), out=target)
+                if k < last:
+                    left ^= target
+                if not tiles:
+                    dx[idx][c] += target.view(dx.dtype)
+
+        _by_channel(channels, out)
         return dx if p == 0 else dx[:, :, p:-p, p:-p]
 
 
@@ -348,12 +410,20 @@ class MaxPoolCache:
 
 def relu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ReLU: ``fmax`` ignores NaN, so NaN -> 0 exactly like ``where(x > 0, x, 0)``."""
-    mask = x > 0
-    return np.fmax(x, 0.0), mask
+    out, mask = np.empty_like(x), np.empty_like(x, dtype=bool)
+
+    def channels(c: Index) -> None:
+        np.greater(x[c], 0, out=mask[c])
+        np.fmax(x[c], 0.0, out=out[c])
+
+    _by_channel(channels, x)
+    return out, mask
 
 
 def relu_backward(dout: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return where(mask, dout)
+    dx = np.empty_like(dout)
+    _by_channel(lambda c: where(mask[c], dout[c], out=dx[c]), dout)
+    return dx
 
 
 # -- Adam ----------------------------------------------------------------------------------

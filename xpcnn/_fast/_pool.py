@@ -1,0 +1,116 @@
+"""Threads for the NumPy fast paths.
+
+A convolution's blocks of output rows are independent (:mod:`.numpy_ops`), and
+NumPy releases the GIL inside its copies, ufunc loops and BLAS calls, so the
+blocks can run on several threads of one process, each with its own ``col``
+buffer and BLAS at one thread. OpenBLAS's own threads help these thin GEMMs
+little, and never the unfolding copies around them.
+
+The thread count is a :class:`contextvars.ContextVar` (like the fast-path switch):
+1 (no pool) unless a block of code asks for more with :func:`using`.
+:func:`map_ranges` splits ``range(n)`` into contiguous parts, one per thread, the
+same way on every call: which thread computes what never depends on timing, so
+results are reproducible for a given thread count.
+
+This module imports no other xpcnn module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+__all__ = ["map_ranges", "num_threads", "split", "using"]
+
+T = TypeVar("T")
+
+_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("xpcnn_threads", default=1)
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def num_threads() -> int:
+    """Threads the NumPy fast paths use in the current thread or task (default 1)."""
+    return _THREADS.get()
+
+
+@contextlib.contextmanager
+def using(n: int) -> Iterator[None]:
+    """Fast paths run on ``n`` threads inside the ``with`` block (this thread or task only)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    token = _THREADS.set(n)
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
+def split(n: int, parts: int) -> list[range]:
+    """``range(n)`` cut into ``min(parts, n)`` contiguous ranges whose lengths differ by
+    at most one (the first ones longer); ``[range(0)]`` when ``n == 0``."""
+    parts = max(1, min(parts, n))
+    size, extra = divmod(n, parts)
+    bounds = [0]
+    for k in range(parts):
+        bounds.append(bounds[-1] + size + (k < extra))
+    return [range(a, b) for a, b in itertools.pairwise(bounds)]
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """The process's pool, grown to at least ``workers`` threads."""
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpcnn")
+            _pool_size = workers
+        return _pool
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool there."""
+    global _pool, _pool_size
+    _pool, _pool_size = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _on_one_thread(fn: Callable[[range], T], r: range) -> T:
+    """``fn(r)`` in a copy of the caller's context (NumPy's ``errstate``, the
+    fast-path switch) with one thread, so a part that splits work again does it
+    itself instead of queueing behind the busy pool."""
+    _THREADS.set(1)
+    return fn(r)
+
+
+def map_ranges(fn: Callable[[range], T], n: int) -> list[T]:
+    """``[fn(r) for r in split(n, num_threads())]``, the ranges after the first on the
+    pool's threads (each in a copy of the caller's context) while the calling thread
+    does the first. Every call finishes before this returns (also when one raises:
+    the first exception is raised)."""
+    ranges = split(n, num_threads())
+    if len(ranges) == 1:
+        return [fn(ranges[0])]
+    pool = _executor(len(ranges) - 1)
+    futures: list[Future[T]] = [
+        pool.submit(contextvars.copy_context().run, _on_one_thread, fn, r) for r in ranges[1:]
+    ]
+    try:
+        first = fn(ranges[0])
+    finally:
+        rest = [f.exception() for f in futures]  # waits for every range
+    for error in rest:
+        if error is not None:
+            raise error
+    return [first, *(f.result() for f in futures)]
