@@ -10,7 +10,11 @@ Usage (from the repository root)::
 What is compared, in one run, on the same synthetic float32 batches (random
 pixels in [0, 1), random labels; speed does not depend on the values):
 
-``xpcnn-numpy``          xpcnn on NumPy arrays, fast paths on (the default)
+``xpcnn-numpy``          xpcnn on NumPy arrays, fast paths on (the default), on the
+                         run's N threads (``xpcnn.cpu_threads(N)``: the fast paths
+                         split their work among N threads, BLAS at one thread)
+``xpcnn-numpy-blas``     the same on one xpcnn thread with N BLAS threads (how xpcnn
+                         used N cores before ``cpu_threads``); opt-in (``--impls``)
 ``xpcnn-numpy-generic``  the same with fast paths off: the generic array-API code
 ``xpcnn-torch``          xpcnn on torch tensors through the array API
                          (``resolve_device(device, "torch")``; the generic code)
@@ -41,7 +45,8 @@ CPU is shared: the load average is recorded before and after, and ratios taken
 within one run are more trustworthy than absolute numbers. PyTorch gets the
 same number of threads as NumPy's BLAS (``torch.set_num_threads``; read from
 threadpoolctl when installed, else ``os.cpu_count()``); ``--threads N`` sets
-both (BLAS through threadpoolctl, when installed).
+both (BLAS through threadpoolctl, when installed), and ``xpcnn-numpy`` runs on
+that many xpcnn threads.
 
 Peak memory: each configuration runs in a fresh subprocess. The child imports
 everything (torch too, so every child starts alike), then resets the kernel's
@@ -83,7 +88,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import xpcnn  # noqa: E402
 from xpcnn import _fast  # noqa: E402
-from xpcnn.backend import Device, DeviceError, blas_summary, resolve_device, to_numpy  # noqa: E402
+from xpcnn.backend import (  # noqa: E402
+    Device,
+    DeviceError,
+    blas_summary,
+    cpu_threads,
+    resolve_device,
+    to_numpy,
+)
 from xpcnn.layers import Affine, Convolution, Dropout, Pooling, Relu, Sigmoid  # noqa: E402
 from xpcnn.models import MODELS, build_model  # noqa: E402
 from xpcnn.optim import Adam  # noqa: E402
@@ -99,6 +111,7 @@ CPU_IMPLS = (
 #: The array library of each xpcnn implementation (``resolve_device``'s backend).
 IMPL_BACKEND = {
     "xpcnn-numpy": "numpy",
+    "xpcnn-numpy-blas": "numpy",
     "xpcnn-numpy-generic": "numpy",
     "xpcnn-cupy": "cupy",
     "xpcnn-cupy-generic": "cupy",
@@ -280,8 +293,11 @@ def torch_model(net: Any) -> Any:
 class Config:
     """One (model, implementation, batch): ``train()`` and ``infer()`` run one step each."""
 
-    def __init__(self, model: str, impl: str, batch: int, device: str, seed: int = 0) -> None:
+    def __init__(
+        self, model: str, impl: str, batch: int, device: str, seed: int = 0, threads: int = 1
+    ) -> None:
         self.model, self.impl, self.batch, self.device = model, impl, batch, device
+        self.threads = threads  # xpcnn's own, for xpcnn-numpy
         self.sync = synchronizer(impl, device)
         x, t = make_batch(batch, seed)
         self.fast = not impl.endswith("-generic")
@@ -334,12 +350,14 @@ class Config:
     def run(self, mode: str, steps: int) -> float:
         """Seconds per step over ``steps`` steps (synchronised on GPUs)."""
         fn = self.train if mode == "train" else self.infer
-        self.sync()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            fn()
-        self.sync()
-        return (time.perf_counter() - t0) / steps
+        own = self.impl == "xpcnn-numpy" and self.device == "cpu"
+        with cpu_threads(self.threads) if own else contextlib.nullcontext():
+            self.sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            self.sync()
+            return (time.perf_counter() - t0) / steps
 
 
 # -- throughput --------------------------------------------------------------------------------
@@ -394,7 +412,9 @@ def _reset_peak_rss() -> bool:
     return _proc_status_kib("VmHWM") is not None
 
 
-def memory_child(model: str, impl: str, batch: int, mode: str, device: str, steps: int) -> dict:
+def memory_child(
+    model: str, impl: str, batch: int, mode: str, device: str, steps: int, threads: int = 1
+) -> dict:
     """Run in a fresh process: peak memory of ``steps`` steps over the post-import baseline."""
     import gc
     import tracemalloc
@@ -420,7 +440,7 @@ def memory_child(model: str, impl: str, batch: int, mode: str, device: str, step
     tracing = impl.startswith("xpcnn-numpy")
     if tracing:
         tracemalloc.start()
-    cfg = Config(model, impl, batch, device)
+    cfg = Config(model, impl, batch, device, threads=threads)
     for _ in range(steps):
         cfg.run(mode, 1)
     if method == "VmHWM":
@@ -443,7 +463,7 @@ def memory_child(model: str, impl: str, batch: int, mode: str, device: str, step
 
 
 def measure_memory(
-    model: str, impl: str, batch: int, mode: str, device: str, steps: int
+    model: str, impl: str, batch: int, mode: str, device: str, steps: int, threads: int
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -457,6 +477,7 @@ def measure_memory(
                 "mode": mode,
                 "device": device,
                 "steps": steps,
+                "threads": threads,
             }
         ),
     ]
@@ -575,7 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     with limits:
         for model in models:
             for batch in batches:
-                configs = [Config(model, impl, batch, args.device) for impl in impls]
+                configs = [
+                    Config(model, impl, batch, args.device, threads=threads) for impl in impls
+                ]
                 res = time_group(configs, tuple(args.modes), rounds, block_s, args.warmup)
                 for mode in args.modes:
                     base = res.get((BASELINE, mode))
@@ -603,7 +626,9 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             for mode in args.modes:
                 mems = {
-                    impl: measure_memory(model, impl, args.memory_batch, mode, args.device, 3)
+                    impl: measure_memory(
+                        model, impl, args.memory_batch, mode, args.device, 3, threads
+                    )
                     for impl in impls
                 }
                 base = mems.get(BASELINE, {}).get(mem_key)

@@ -36,8 +36,9 @@ to the end of its last epoch), so start-up (``import torch`` alone takes
 seconds), data loading and the final evaluation, checkpoint and plot can be
 told from the loop: wall minus train s.
 
-Threads: every ``--threads`` setting is run for both sides. ``default`` leaves
-both libraries alone (OpenBLAS and PyTorch pick their own counts); a number N
+Threads: every ``--threads`` setting is run for both sides. ``default`` runs both
+at their defaults (``xpcnn train``: its own threads on every CPU the process may
+use, BLAS at one; PyTorch picks its own count); a number N
 gives ``--threads N`` to ``xpcnn train`` and ``torch.set_num_threads(N)`` (and
 BLAS limited to N by threadpoolctl) to the torch script. The counts actually
 used are reported by each child: the CLI's ``threads:`` line, and for torch

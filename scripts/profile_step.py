@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import xpcnn.ops as ops_pkg
 import xpcnn.ops.conv as conv_mod
-from xpcnn import optim
+from xpcnn import cpu_threads, optim
 from xpcnn.models import build_model
 
 # (module, attribute, row label). Package-level names are what the layers call;
@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         "--threads",
         type=int,
         default=None,
-        help="BLAS threads (through threadpoolctl, when installed) and torch threads",
+        help="threads: on numpy xpcnn's own (xpcnn.cpu_threads: BLAS at one), else BLAS's "
+        "(threadpoolctl) and torch's",
     )
     p.add_argument("--cprofile", action="store_true", help="cProfile aggregated by function")
     args = p.parse_args(argv)
@@ -263,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        with contextlib.suppress(ImportError):
-            from threadpoolctl import threadpool_limits
+        if args.backend == "numpy":  # as `xpcnn train --threads N`: N xpcnn threads, BLAS at 1
+            contextlib.ExitStack().enter_context(cpu_threads(args.threads))
+        else:
+            with contextlib.suppress(ImportError):
+                from threadpoolctl import threadpool_limits
 
-            threadpool_limits(limits=args.threads, user_api="blas")
+                threadpool_limits(limits=args.threads, user_api="blas")
     step, _ = make_step(args.backend, args.batch, args.model)
     sync = device_sync(args.backend)
     print(

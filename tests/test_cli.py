@@ -496,28 +496,38 @@ def _blas_threads():
     return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
 
 
-@pytest.mark.parametrize("threads", [None, 1])
-def test_threads_option_limits_blas_during_training_and_says_so(
+@pytest.mark.parametrize("threads", [None, 1, 3, "env"])
+def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     threads, monkeypatch, capsys, tmp_path
 ):
+    """On NumPy ``--threads N`` runs the fast paths on N threads with one BLAS thread
+    each; the default is every CPU the process may use; a thread count set in the
+    environment (``OPENBLAS_NUM_THREADS``) leaves BLAS alone and xpcnn at one."""
     import xpcnn.cli as cli
+    from xpcnn._fast import _pool
+    from xpcnn.distributed import cores_per_rank
 
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    expected = {None: cores_per_rank(), 1: 1, 3: 3, "env": 1}[threads]
+    if threads == "env":
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     before = _blas_threads()
     assert before, "NumPy's BLAS is not visible to threadpoolctl"
     during = []
     fit = cli._fit
 
     def spy(trainer, checkpoint):
-        during.append(_blas_threads())
+        during.append((_pool.num_threads(), _blas_threads()))
         return fit(trainer, checkpoint)
 
     monkeypatch.setattr(cli, "_fit", spy)
     argv = ["train", "--epochs", "1", "--train-size", "100", "--eval-samples", "100"]
     argv += ["--no-progress", "--out", str(tmp_path)]
-    status, _, err = run(capsys, *argv, *(["--threads", str(threads)] if threads else []))
+    status, _, err = run(capsys, *argv, *(["--threads", str(threads)] if threads in (1, 3) else []))
     assert status == 0
-    expected = before if threads is None else [threads] * len(before)
-    assert during == [expected]
+    blas = before if threads == "env" else [1] * len(before)
+    assert during == [(expected, blas)]
     first = err.splitlines()[0]
-    assert first.startswith("threads: BLAS ") and first.endswith(f" {expected[-1]}"), first
-    assert _blas_threads() == before  # restored after the run
+    assert first.startswith(f"threads: xpcnn {expected}; BLAS ") and first.endswith(f" {blas[-1]}")
+    assert _blas_threads() == before and _pool.num_threads() == 1  # restored after the run

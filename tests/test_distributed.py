@@ -206,7 +206,7 @@ def test_ranks_share_the_cores_blas_threads(tmp_path):
         assert threads == share and blas and all(n == share for n in blas)
 
 
-def test_cores_per_rank_leaves_one_process_and_chosen_limits_alone(monkeypatch):
+def test_cores_per_rank_shares_the_cpus_and_leaves_chosen_limits_alone(monkeypatch):
     from types import SimpleNamespace
 
     from xpcnn.distributed import cores_per_rank
@@ -214,7 +214,7 @@ def test_cores_per_rank_leaves_one_process_and_chosen_limits_alone(monkeypatch):
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert cores_per_rank(SingleProcess()) is None
+    assert cores_per_rank(SingleProcess()) == 16
     assert cores_per_rank(SimpleNamespace(size=8, local_size=4)) == 4
     assert cores_per_rank(SimpleNamespace(size=64, local_size=32)) == 1
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")

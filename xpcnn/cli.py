@@ -38,6 +38,7 @@ from .backend import (
     DeviceError,
     backend_devices,
     blas_summary,
+    cpu_threads,
     gpu_names,
     resolve_device,
     to_numpy,
@@ -247,7 +248,9 @@ def _add_train_parser(sub: Any) -> None:
         "--threads",
         type=_positive_int,
         metavar="N",
-        help="BLAS threads (and PyTorch's, on the torch backend); default: the library's own",
+        help="threads per process: on NumPy xpcnn's convolutions, pooling and ReLU split "
+        "their work among N threads (BLAS one each); elsewhere BLAS's and PyTorch's threads "
+        "(default: the CPUs this process may use, shared among the ranks on a node)",
     )
 
 
@@ -359,9 +362,18 @@ def _uses_torch(device: Device) -> bool:
     return bool(array_api_compat.is_torch_namespace(device.xp))
 
 
+def _uses_numpy(device: Device) -> bool:
+    return bool(array_api_compat.is_numpy_namespace(device.xp))
+
+
 @contextlib.contextmanager
 def _thread_limits(n: int | None, device: Device) -> Iterator[None]:
-    """BLAS (and PyTorch's intra-op) threads limited to ``n`` inside the block; None: as they are."""
+    """``n`` threads inside the block: on NumPy xpcnn's own (:func:`xpcnn.cpu_threads`,
+    BLAS at one), elsewhere BLAS's (and PyTorch's intra-op); None: as they are."""
+    if n is not None and _uses_numpy(device):
+        with cpu_threads(n):
+            yield
+        return
     with threadpool_limits(limits=n, user_api="blas"):
         if n is None or not _uses_torch(device):
             yield
@@ -376,14 +388,17 @@ def _thread_limits(n: int | None, device: Device) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _threads_line(device: Device) -> str:
-    """The thread counts in use, as threadpoolctl (and PyTorch) report them."""
+def _threads_line(device: Device, threads: int | None) -> str:
+    """The thread counts in use: xpcnn's on NumPy (``threads``), BLAS's as threadpoolctl
+    reports them, and PyTorch's."""
     blas = [
         f"{i['internal_api']} {i['num_threads']}"
         for i in threadpool_info()
         if i["user_api"] == "blas"
     ]
     line = "threads: BLAS " + (", ".join(blas) or "none loaded")
+    if _uses_numpy(device):
+        line = f"threads: xpcnn {threads or 1}; " + line.removeprefix("threads: ")
     if _uses_torch(device):
         import torch
 
@@ -584,7 +599,7 @@ def _announce(
 ) -> None:
     """The lines on stderr before training: threads, resume point, sizes, settings."""
     comm, device = trainer.comm, trainer.network.device
-    _say(_threads_line(device) + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
+    _say(_threads_line(device, threads) + (" per rank" if comm.size > 1 else ""), file=sys.stderr)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     if comm.size > 1 and "cuda" not in device.name and cpus > (threads or 1):
         _say(

@@ -350,16 +350,18 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def cores_per_rank(comm: Any = None) -> int | None:
-    """BLAS threads per rank that share this node's cores among its ranks:
-    ``cores // ranks on the node`` (at least 1), so that N ranks do not each start a
-    thread per core (OpenBLAS's threads spin: oversubscribed, they slow every rank).
+    """Threads per process that share this node's cores among its ranks: the CPUs
+    this process may use ``// ranks on the node`` (at least 1), so that N ranks do
+    not each start a thread per core (OpenBLAS's threads spin: oversubscribed, they
+    slow every rank). One process gets every CPU it may use.
 
-    None (leave the libraries' own choice) with one process, or when
-    ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set.
-    Apply it with ``threadpoolctl.threadpool_limits(cores_per_rank(comm))``.
+    None (leave the libraries' own choice) when ``OMP_NUM_THREADS``,
+    ``OPENBLAS_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set. ``xpcnn train`` applies
+    it with :func:`xpcnn.cpu_threads` on NumPy, else as BLAS's (threadpoolctl) and
+    PyTorch's thread count.
     """
     comm = get_communicator() if comm is None else comm
-    if comm.size == 1 or any(os.environ.get(v) for v in _THREAD_VARS):
+    if any(os.environ.get(v) for v in _THREAD_VARS):
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // max(1, getattr(comm, "local_size", 1)))
