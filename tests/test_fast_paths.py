@@ -646,6 +646,21 @@ def test_map_ranges_waits_for_every_part_then_raises_the_first_error():
         assert _pool.map_ranges(lambda r: list(r), 7) == [[0, 1, 2], [3, 4], [5, 6]]
 
 
+def test_map_ranges_from_several_threads_with_other_counts():
+    """Callers on other threads, each with its own count, share the pool (which grows
+    to the largest) and each gets all its parts back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xpcnn._fast import _pool
+
+    def caller(n: int) -> bool:
+        with _pool.using(n):
+            return all(_pool.map_ranges(len, 2 * n) == [2] * n for _ in range(50))
+
+    with ThreadPoolExecutor(4) as callers:
+        assert list(callers.map(caller, [2, 5, 3, 4] * 3)) == [True] * 12
+
+
 def test_map_ranges_inside_a_part_runs_on_that_thread():
     """A part that splits work again runs it itself (pool threads start at one
     thread), so nested calls cannot wait on a full pool."""

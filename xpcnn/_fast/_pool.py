@@ -64,22 +64,25 @@ def split(n: int, parts: int) -> list[range]:
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """The process's pool, grown to at least ``workers`` threads."""
+def _submit(fn: Callable[[range], T], ranges: list[range]) -> list[Future[T]]:
+    """``fn(r)`` for each range on the process's pool, grown to ``len(ranges)``
+    threads first. Under the lock, so that no caller submits to a pool that another
+    caller has just replaced (and shut down: its queued parts still run)."""
     global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool_size < workers:
+        if _pool is None or _pool_size < len(ranges):
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xpcnn")
-            _pool_size = workers
-        return _pool
+            _pool = ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="xpcnn")
+            _pool_size = len(ranges)
+        return [_pool.submit(contextvars.copy_context().run, _on_one_thread, fn, r) for r in ranges]
 
 
 def _forget_pool() -> None:
-    """In a forked child the pool's threads do not exist: start a new pool there."""
-    global _pool, _pool_size
-    _pool, _pool_size = None, 0
+    """In a forked child the pool's threads do not exist (and the lock may have been
+    held by one of the parent's threads): start afresh there."""
+    global _lock, _pool, _pool_size
+    _lock, _pool, _pool_size = threading.Lock(), None, 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -102,10 +105,7 @@ def map_ranges(fn: Callable[[range], T], n: int) -> list[T]:
     ranges = split(n, num_threads())
     if len(ranges) == 1:
         return [fn(ranges[0])]
-    pool = _executor(len(ranges) - 1)
-    futures: list[Future[T]] = [
-        pool.submit(contextvars.copy_context().run, _on_one_thread, fn, r) for r in ranges[1:]
-    ]
+    futures = _submit(fn, ranges[1:])
     try:
         first = fn(ranges[0])
     finally:
