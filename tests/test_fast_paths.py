@@ -644,6 +644,8 @@ def test_map_ranges_waits_for_every_part_then_raises_the_first_error():
         assert sorted(done) == sorted({0, 1, 2} - {failing})
     with _pool.using(3):
         assert _pool.map_ranges(lambda r: list(r), 7) == [[0, 1, 2], [3, 4], [5, 6]]
+        assert _pool.map_ranges(len, 10, max_parts=2) == [5, 5]  # small work: fewer parts
+        assert _pool.map_ranges(len, 10, max_parts=0) == [10]
 
 
 def test_map_ranges_from_several_threads_with_other_counts():
@@ -726,12 +728,12 @@ def threads_used(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[int]]:
     seen: set[int] = set()
     map_ranges = _pool.map_ranges
 
-    def recording(fn: Callable[[range], Any], n: int) -> list[Any]:
+    def recording(fn: Callable[[range], Any], n: int, max_parts: int | None = None) -> list[Any]:
         def part(r: range) -> Any:
             seen.add(threading.get_ident())
             return fn(r)
 
-        return map_ranges(part, n)
+        return map_ranges(part, n, max_parts)
 
     monkeypatch.setattr(_pool, "map_ranges", recording)
     with _pool.using(3):

@@ -97,12 +97,14 @@ def _on_one_thread(fn: Callable[[range], T], r: range) -> T:
     return fn(r)
 
 
-def map_ranges(fn: Callable[[range], T], n: int) -> list[T]:
-    """``[fn(r) for r in split(n, num_threads())]``, the ranges after the first on the
-    pool's threads (each in a copy of the caller's context) while the calling thread
-    does the first. Every call finishes before this returns (also when one raises:
-    the first exception is raised)."""
-    ranges = split(n, num_threads())
+def map_ranges(fn: Callable[[range], T], n: int, max_parts: int | None = None) -> list[T]:
+    """``[fn(r) for r in split(n, parts)]``, ``parts`` being the thread count (at most
+    ``max_parts``), the ranges after the first on the pool's threads (each in a copy
+    of the caller's context) while the calling thread does the first. Every call
+    finishes before this returns (also when one raises: the first exception is
+    raised)."""
+    parts = num_threads() if max_parts is None else max(1, min(num_threads(), max_parts))
+    ranges = split(n, parts)
     if len(ranges) == 1:
         return [fn(ranges[0])]
     futures = _submit(fn, ranges[1:])

@@ -86,13 +86,14 @@ Index = tuple[slice, slice] | EllipsisType
 
 def _by_channel(fn: Callable[[Index], object], x: np.ndarray) -> None:
     """``fn(index)`` for indexes ``[:, a:b]`` that cut axis 1 of ``x`` (the channels of
-    (N, C, H, W), the features of (N, D)) into ranges, on the fast paths' threads;
-    one call ``fn(...)`` for small arrays or one thread. ``fn`` writes its part of
-    preallocated outputs."""
-    if x.ndim < 2 or x.size < _PARALLEL_MIN or _pool.num_threads() == 1:
+    (N, C, H, W), the features of (N, D)) into ranges, on the fast paths' threads,
+    each part at least about ``_PARALLEL_MIN`` elements; one call ``fn(...)`` for
+    small arrays or one thread. ``fn`` writes its part of preallocated outputs."""
+    parts = x.size // max(1, _PARALLEL_MIN)
+    if x.ndim < 2 or parts < 2 or _pool.num_threads() == 1:
         fn(...)
         return
-    _pool.map_ranges(lambda r: fn((slice(None), slice(r.start, r.stop))), x.shape[1])
+    _pool.map_ranges(lambda r: fn((slice(None), slice(r.start, r.stop))), x.shape[1], parts)
 
 
 # -- convolution ------------------------------------------------------------------------
