@@ -504,7 +504,7 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     each; the default is every CPU the process may use; a thread count set in the
     environment (``OPENBLAS_NUM_THREADS``) leaves BLAS alone and xpcnn at one."""
     import xpcnn.cli as cli
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
     from xpcnn.distributed import cores_per_rank
 
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -518,7 +518,7 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     fit = cli._fit
 
     def spy(trainer, checkpoint):
-        during.append((_pool.num_threads(), _blas_threads()))
+        during.append((_threads.num_threads(), _blas_threads()))
         return fit(trainer, checkpoint)
 
     monkeypatch.setattr(cli, "_fit", spy)
@@ -530,4 +530,4 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     assert during == [(expected, blas)]
     first = err.splitlines()[0]
     assert first.startswith(f"threads: xpcnn {expected}; BLAS ") and first.endswith(f" {blas[-1]}")
-    assert _blas_threads() == before and _pool.num_threads() == 1  # restored after the run
+    assert _blas_threads() == before and _threads.num_threads() == 1  # restored after the run

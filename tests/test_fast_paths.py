@@ -589,7 +589,7 @@ def test_adam_loaded_state_is_copied(rng):
 
 
 def test_split_cuts_a_range_into_balanced_contiguous_parts():
-    from xpcnn._fast._pool import split
+    from xpcnn._fast._threads import split
 
     for n in range(12):
         for parts in range(1, 6):
@@ -612,7 +612,7 @@ def test_cpu_threads_sets_the_fast_paths_threads_and_one_blas_thread_for_a_block
     from threadpoolctl import threadpool_info
 
     from xpcnn import cpu_threads
-    from xpcnn._fast._pool import num_threads
+    from xpcnn._fast._threads import num_threads
 
     def blas() -> list[int]:
         return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
@@ -627,7 +627,7 @@ def test_cpu_threads_sets_the_fast_paths_threads_and_one_blas_thread_for_a_block
 def test_map_ranges_waits_for_every_part_then_raises_the_first_error():
     import time
 
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
 
     for failing in (0, 2):  # the calling thread's part, a pool thread's part
         done: list[int] = []
@@ -639,13 +639,13 @@ def test_map_ranges_waits_for_every_part_then_raises_the_first_error():
             done.append(r.start)
             return r.start
 
-        with _pool.using(3), pytest.raises(KeyError, match=f"part {failing}"):
-            _pool.map_ranges(part, 3)
+        with _threads.using(3), pytest.raises(KeyError, match=f"part {failing}"):
+            _threads.map_ranges(part, 3)
         assert sorted(done) == sorted({0, 1, 2} - {failing})
-    with _pool.using(3):
-        assert _pool.map_ranges(lambda r: list(r), 7) == [[0, 1, 2], [3, 4], [5, 6]]
-        assert _pool.map_ranges(len, 10, max_parts=2) == [5, 5]  # small work: fewer parts
-        assert _pool.map_ranges(len, 10, max_parts=0) == [10]
+    with _threads.using(3):
+        assert _threads.map_ranges(lambda r: list(r), 7) == [[0, 1, 2], [3, 4], [5, 6]]
+        assert _threads.map_ranges(len, 10, max_parts=2) == [5, 5]  # small work: fewer parts
+        assert _threads.map_ranges(len, 10, max_parts=0) == [10]
 
 
 def test_map_ranges_from_several_threads_with_other_counts():
@@ -653,11 +653,11 @@ def test_map_ranges_from_several_threads_with_other_counts():
     to the largest) and each gets all its parts back."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
 
     def caller(n: int) -> bool:
-        with _pool.using(n):
-            return all(_pool.map_ranges(len, 2 * n) == [2] * n for _ in range(50))
+        with _threads.using(n):
+            return all(_threads.map_ranges(len, 2 * n) == [2] * n for _ in range(50))
 
     with ThreadPoolExecutor(4) as callers:
         assert list(callers.map(caller, [2, 5, 3, 4] * 3)) == [True] * 12
@@ -668,24 +668,24 @@ def test_map_ranges_inside_a_part_runs_on_that_thread():
     thread), so nested calls cannot wait on a full pool."""
     import threading
 
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
 
     def inner(r: range) -> int:
         return threading.get_ident()
 
     def outer(r: range) -> bool:
-        return set(_pool.map_ranges(inner, 4)) == {threading.get_ident()}
+        return set(_threads.map_ranges(inner, 4)) == {threading.get_ident()}
 
-    with _pool.using(2):
-        assert _pool.map_ranges(outer, 2) == [False, True]  # the caller keeps its 2 threads
+    with _threads.using(2):
+        assert _threads.map_ranges(outer, 2) == [False, True]  # the caller keeps its 2 threads
 
 
 def test_map_ranges_parts_see_the_callers_errstate_and_fast_path_switch():
     """A training loop under ``np.errstate(all="ignore")`` stays silent on every thread."""
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
 
-    with _pool.using(2), np.errstate(over="raise"), _fast.enabled(False):
-        seen = _pool.map_ranges(lambda r: (np.geterr()["over"], _fast.is_enabled()), 2)
+    with _threads.using(2), np.errstate(over="raise"), _fast.enabled(False):
+        seen = _threads.map_ranges(lambda r: (np.geterr()["over"], _fast.is_enabled()), 2)
     assert seen == [("raise", False)] * 2
 
 
@@ -695,10 +695,10 @@ def test_map_ranges_works_in_a_forked_child():
     """A child forked after the pool started has none of its threads: it starts its own."""
     import multiprocessing
 
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
 
-    with _pool.using(2):
-        assert _pool.map_ranges(len, 4) == [2, 2]  # the parent's pool exists
+    with _threads.using(2):
+        assert _threads.map_ranges(len, 4) == [2, 2]  # the parent's pool exists
     child = multiprocessing.get_context("fork").Process(target=_threaded_sum_or_exit_1)
     child.start()
     child.join(30)
@@ -709,10 +709,10 @@ def test_map_ranges_works_in_a_forked_child():
 
 
 def _threaded_sum_or_exit_1() -> None:
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
 
-    with _pool.using(2):
-        ok = _pool.map_ranges(sum, 4) == [1, 5]
+    with _threads.using(2):
+        ok = _threads.map_ranges(sum, 4) == [1, 5]
     raise SystemExit(0 if ok else 1)
 
 
@@ -722,11 +722,11 @@ def threads_used(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[int]]:
     threads that ran a part, so a test can check that the work was shared."""
     import threading
 
-    from xpcnn._fast import _pool, numpy_ops
+    from xpcnn._fast import _threads, numpy_ops
 
     monkeypatch.setattr(numpy_ops, "_PARALLEL_MIN", 0)
     seen: set[int] = set()
-    map_ranges = _pool.map_ranges
+    map_ranges = _threads.map_ranges
 
     def recording(fn: Callable[[range], Any], n: int, max_parts: int | None = None) -> list[Any]:
         def part(r: range) -> Any:
@@ -735,8 +735,8 @@ def threads_used(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[int]]:
 
         return map_ranges(part, n, max_parts)
 
-    monkeypatch.setattr(_pool, "map_ranges", recording)
-    with _pool.using(3):
+    monkeypatch.setattr(_threads, "map_ranges", recording)
+    with _threads.using(3):
         yield seen
 
 
@@ -745,9 +745,9 @@ def _bits(a: np.ndarray) -> np.ndarray:
 
 
 def _one_thread(fn: Callable[[], Any]) -> Any:
-    from xpcnn._fast import _pool
+    from xpcnn._fast import _threads
 
-    with _pool.using(1):
+    with _threads.using(1):
         return fn()
 
 

@@ -411,9 +411,9 @@ def cpu_threads(n: int) -> Iterator[None]:
     """
     from threadpoolctl import threadpool_limits
 
-    from ._fast import _pool
+    from ._fast import _threads
 
-    with _pool.using(n), threadpool_limits(limits=1, user_api="blas"):
+    with _threads.using(n), threadpool_limits(limits=1, user_api="blas"):
         yield
 
 

@@ -27,14 +27,14 @@ Imports point one way::
         -> xpcnn.ops           (generic code; asks the seam)
         -> xpcnn._fast         (this registry; imports its backend modules lazily)
         -> xpcnn._fast.numpy_ops, xpcnn._fast.cupy_ops
-        -> xpcnn._window, xpcnn._fast._pool  (window arithmetic; threads: no xpcnn imports)
+        -> xpcnn._window, xpcnn._fast._threads  (window arithmetic; threads: no xpcnn imports)
 
 The backend modules never import :mod:`xpcnn.ops`; they are imported on the
 first array of their kind, so CuPy is imported only when a CuPy array arrives.
 Only this package and :mod:`xpcnn.backend` may import numpy or cupy.
 
 Threads: :func:`xpcnn.cpu_threads` sets how many threads the NumPy fast paths
-share their work among (:mod:`xpcnn._fast._pool`, a ContextVar like the switch).
+share their work among (:mod:`xpcnn._fast._threads`, a ContextVar like the switch).
 
 Switch: ``XPCNN_FAST=0`` in the environment starts with fast paths off;
 ``with _fast.enabled(False): ...`` switches them off for a block (tests,

@@ -27,10 +27,10 @@ The facts that drive the choices (one BLAS thread, float32, batch 100):
 * NumPy releases the GIL inside copies, ufunc loops and BLAS calls, so under
   :func:`xpcnn.cpu_threads` the convolution's blocks of output rows, and
   pooling and ReLU by ranges of channels, run on several threads at once
-  (:mod:`._pool`), each writing its own part of a preallocated output.
+  (:mod:`._threads`), each writing its own part of a preallocated output.
 
 This module imports no other xpcnn module but :mod:`xpcnn._window` and
-:mod:`xpcnn._fast._pool` (threads).
+:mod:`xpcnn._fast._threads` (threads).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._window import window_slices
-from . import _pool
+from . import _threads
 
 __all__ = [
     "ChwnConvCache",
@@ -90,10 +90,10 @@ def _by_channel(fn: Callable[[Index], object], x: np.ndarray) -> None:
     each part at least about ``_PARALLEL_MIN`` elements; one call ``fn(...)`` for
     small arrays or one thread. ``fn`` writes its part of preallocated outputs."""
     parts = x.size // max(1, _PARALLEL_MIN)
-    if x.ndim < 2 or parts < 2 or _pool.num_threads() == 1:
+    if x.ndim < 2 or parts < 2 or _threads.num_threads() == 1:
         fn(...)
         return
-    _pool.map_ranges(lambda r: fn((slice(None), slice(r.start, r.stop))), x.shape[1], parts)
+    _threads.map_ranges(lambda r: fn((slice(None), slice(r.start, r.stop))), x.shape[1], parts)
 
 
 # -- convolution ------------------------------------------------------------------------
@@ -169,7 +169,7 @@ def _correlate(
 ) -> np.ndarray:
     """``col_W (FN, C*FH*FW + 1) @ col`` for every block of output rows: the
     (FN, OH, OW, N) cross-correlation of ``img`` (C, H, W, N), bias included.
-    The rows are shared out among the fast paths' threads (:mod:`._pool`)."""
+    The rows are shared out among the fast paths' threads (:mod:`._threads`)."""
     N = img.shape[3]
     FN = col_W.shape[0]
     out = np.empty((FN, OH, OW, N), dtype=np.result_type(img, col_W))
@@ -178,7 +178,7 @@ def _correlate(
         for r0, r1, col in _col_blocks(img, FH, FW, stride, OH, OW, out_rows):
             np.matmul(col_W, col, out=out[:, r0:r1].reshape(FN, -1))
 
-    _pool.map_ranges(rows, OH)
+    _threads.map_ranges(rows, OH)
     return out
 
 
@@ -236,7 +236,7 @@ class ChwnConvCache:
         # The transposed convolution unfolds dout (FN*FH*FW rows), the fold writes dcol
         # (C*FH*FW rows): take the smaller on one thread. The fold's blocks write
         # overlapping rows of dx in order, so on several threads take the transposed one.
-        transposed = need_dx and s == 1 and p < min(FH, FW) and (FN <= C or _pool.num_threads() > 1)
+        transposed = need_dx and s == 1 and p < min(FH, FW) and (FN <= C or _threads.num_threads() > 1)
         dimg = np.zeros_like(img) if need_dx and not transposed else None
         W_T = self.col_W[:, :K].T  # (C*FH*FW, FN)
 
@@ -256,7 +256,7 @@ class ChwnConvCache:
             return dWb
 
         if dimg is None:
-            dWb, *more = _pool.map_ranges(rows, OH)
+            dWb, *more = _threads.map_ranges(rows, OH)
             for part in more:
                 dWb += part
         else:
