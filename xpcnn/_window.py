@@ -1,8 +1,9 @@
 """Window arithmetic shared by the generic ops, the fast paths and the layers.
 
-Output sizes, argument checks and the strided slices of a sliding window. It
-imports no other xpcnn module, so both :mod:`xpcnn.ops` and :mod:`xpcnn._fast`
-sit above it and every import points one way (see :mod:`xpcnn._fast`).
+Output sizes, window argument checks and the strided slices of a sliding window
+(other argument checks are in :mod:`xpcnn._checks`). It imports no other xpcnn
+module, so both :mod:`xpcnn.ops` and :mod:`xpcnn._fast` sit above it and every
+import points one way (see :mod:`xpcnn._fast`).
 """
 
 from __future__ import annotations
@@ -10,22 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace
 
 
 def conv_output_size(input_size: int, filter_size: int, stride: int = 1, pad: int = 0) -> int:
     """The book's output size ``(H + 2P - FH) // S + 1``."""
     return (input_size + 2 * pad - filter_size) // stride + 1
-
-
-def check_floating(x: Any, what: str) -> None:
-    """Raise TypeError unless ``x`` has a real floating dtype (integer pixels would
-    otherwise fail deep inside, or be promoted to float64 silently)."""
-    if not array_namespace(x).isdtype(x.dtype, "real floating"):
-        raise TypeError(
-            f"{what} needs floating-point input, got {x.dtype}; cast it (x.astype(float32)), "
-            "or give integer images to the network (predict, loss, accuracy), which scales them to [0, 1]"
-        )
 
 
 def check_window(

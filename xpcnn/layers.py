@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 from array_api_compat import array_namespace
 
 from . import ops
+from ._checks import check_dropout_ratio
 from ._window import check_window
 from .backend import random_uniform
-from .ops.dropout import _check_ratio
 
 _T = TypeVar("_T")
 
@@ -322,7 +322,7 @@ class Dropout(Layer):
     def __init__(self, dropout_ratio: float = 0.5, *, seed: int | None = None) -> None:
         super().__init__()
         # ops' own check, run here too so a bad ratio fails when the net is built.
-        self.dropout_ratio = _check_ratio(dropout_ratio)
+        self.dropout_ratio = check_dropout_ratio(dropout_ratio)
         self.seed_state: dict[str, Any] = {"seed": seed}
         self._cache: ops.DropoutCache | None = None
 

@@ -10,8 +10,8 @@ returns :class:`Im2colCache`, :class:`ArgmaxPoolCache` or
 ``max_pool2d_backward`` just ask the cache.
 
 Imports point one way: the ops import :mod:`xpcnn._window` (window
-arithmetic) and :mod:`xpcnn._fast` (the fast-path seam); neither imports the
-ops. The layers, models and optimizers sit above.
+arithmetic), :mod:`xpcnn._checks` (argument checks) and :mod:`xpcnn._fast`
+(the fast-path seam); none imports the ops. The layers, models and optimizers sit above.
 """
 
 from .._window import conv_output_size

@@ -9,7 +9,8 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
-from .._window import check_floating, check_window, crop_hw, pad_hw, window_slices
+from .._checks import check_floating
+from .._window import check_window, crop_hw, pad_hw, window_slices
 
 __all__ = ["ConvCache", "Im2colCache", "col2im", "conv2d_backward", "conv2d_forward", "im2col"]
 

@@ -8,7 +8,7 @@ from typing import Any
 from array_api_compat import array_namespace, device
 
 from .. import _fast
-from .._window import check_floating
+from .._checks import check_floating
 
 __all__ = [
     "affine_backward",

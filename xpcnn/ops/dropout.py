@@ -11,6 +11,8 @@ from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
+from .._checks import check_dropout_ratio
+
 __all__ = [
     "DropoutCache",
     "dropout_backward",
@@ -23,13 +25,6 @@ class DropoutCache(NamedTuple):
 
     mask: Any  # bool, shape of x
     scale: float
-
-
-def _check_ratio(dropout_ratio: float) -> float:
-    ratio = float(dropout_ratio)
-    if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"dropout_ratio must be in [0, 1), got {dropout_ratio!r}")
-    return ratio
 
 
 def dropout_forward(x: Any, u: Any, dropout_ratio: float = 0.5) -> tuple[Any, DropoutCache]:
@@ -49,7 +44,7 @@ def dropout_forward(x: Any, u: Any, dropout_ratio: float = 0.5) -> tuple[Any, Dr
     cache : DropoutCache (the bool mask, reused by the backward pass)
     """
     xp = array_namespace(x, u)
-    ratio = _check_ratio(dropout_ratio)
+    ratio = check_dropout_ratio(dropout_ratio)
     if tuple(u.shape) != tuple(x.shape):
         raise ValueError(
             f"dropout: uniform numbers of shape {tuple(u.shape)} do not match the input {tuple(x.shape)}"

@@ -17,7 +17,8 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
-from .._window import check_floating, check_window, crop_hw, pad_hw, window_slices
+from .._checks import check_floating
+from .._window import check_window, crop_hw, pad_hw, window_slices
 from .dense import relu_backward, relu_forward
 
 __all__ = [
