@@ -11,7 +11,8 @@ Usage (from the repository root)::
     python scripts/profile_step.py --backend cupy  # CuPy on the GPU (synchronised per op)
 
 Method: the functions the layers call (``xpcnn.ops.conv2d_forward``, ``im2col``,
-``max_pool2d_backward``, ``Adam.update``, ...) are replaced by timing wrappers
+``Adam.update``, ...) and the layers' ``backward`` methods (each runs its op's
+``cache.backward``, whichever path made the cache) are replaced by timing wrappers
 (``time.perf_counter``). Each row is the function's *self* time: its inclusive
 time minus the time of the instrumented functions it called, so on the
 generic path ``conv2d_forward`` (self) is the GEMM + bias without ``im2col``;
@@ -51,29 +52,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import xpcnn.ops as ops_pkg
 import xpcnn.ops.conv as conv_mod
-from xpcnn import cpu_threads, optim
+from xpcnn import cpu_threads, layers, optim
 from xpcnn.models import build_model
+from xpcnn.models.sequential import _ReluMaxPool
 
-# (module, attribute, row label). Package-level names are what the layers call;
-# conv-module names are what conv2d_* call inside.
+# (module or class, attribute, row label). Package-level names are what the layers
+# call; conv-module names are what conv2d_* call inside; a layer class's backward
+# runs its op's cache.backward (the op's backward, generic or fast).
 TARGETS: list[tuple[Any, str, str]] = [
     # The NumPy fast convolution unfolds and folds inside its blocked GEMMs, so
     # its conv rows include its im2col / col2im; the generic path's are separate.
     (ops_pkg, "conv2d_forward", "conv fwd (self: GEMM + bias; fast: + im2col)"),
     (conv_mod, "im2col", "im2col"),
-    (ops_pkg, "conv2d_backward", "conv bwd (self: GEMMs + db; fast: + im2col, col2im)"),
+    (layers.Convolution, "backward", "conv bwd (self: GEMMs + db; fast: + im2col, col2im)"),
     (conv_mod, "col2im", "col2im"),
     (ops_pkg, "relu_forward", "relu fwd"),
-    (ops_pkg, "relu_backward", "relu bwd"),
+    (layers.Relu, "backward", "relu bwd"),
     (ops_pkg, "max_pool2d_forward", "max pool fwd"),
-    (ops_pkg, "max_pool2d_backward", "max pool bwd"),
+    (layers.Pooling, "backward", "max pool bwd"),
     # Sequential runs each ReLU -> max pooling pair as this one op
     (ops_pkg, "relu_max_pool2d_forward", "relu + max pool fwd"),
-    (ops_pkg, "relu_max_pool2d_backward", "relu + max pool bwd"),
+    (_ReluMaxPool, "backward", "relu + max pool bwd"),
     (ops_pkg, "affine_forward", "affine fwd (GEMM)"),
-    (ops_pkg, "affine_backward", "affine bwd (2 GEMMs + db)"),
+    (layers.Affine, "backward", "affine bwd (2 GEMMs + db)"),
     (ops_pkg, "softmax_cross_entropy_forward", "softmax+CE fwd"),
-    (ops_pkg, "softmax_cross_entropy_backward", "softmax+CE bwd"),
+    (layers.SoftmaxWithLoss, "backward", "softmax+CE bwd"),
     (next(c for c in optim.Adam.__mro__ if "update" in c.__dict__), "update", "Adam update"),
 ]
 GLUE = "(glue, unattributed)"
@@ -117,14 +120,19 @@ def instrumented(timers: Timers) -> Iterator[None]:
     """Swap every target for its timing wrapper; restore them on exit."""
     saved = []
     for owner, attr, label in TARGETS:
-        original = owner.__dict__[attr] if isinstance(owner, type) else getattr(owner, attr)
-        saved.append((owner, attr, original))
+        # a class's own method, or one it inherits (Layer.backward): the wrapper goes on owner
+        own = isinstance(owner, type) and attr in owner.__dict__
+        original = owner.__dict__[attr] if own else getattr(owner, attr)
+        saved.append((owner, attr, original, own or not isinstance(owner, type)))
         setattr(owner, attr, timers.wrap(original, label))
     try:
         yield
     finally:
-        for owner, attr, original in reversed(saved):
-            setattr(owner, attr, original)
+        for owner, attr, original, own in reversed(saved):
+            if own:
+                setattr(owner, attr, original)
+            else:
+                delattr(owner, attr)
 
 
 @contextlib.contextmanager

@@ -26,14 +26,10 @@ from xpcnn.models import MODELS, SimpleConvNet, build_model
 from xpcnn.ops import (
     Im2colCache,
     col2im,
-    conv2d_backward,
     conv2d_forward,
     im2col,
-    max_pool2d_backward,
     max_pool2d_forward,
-    relu_backward,
     relu_forward,
-    relu_max_pool2d_backward,
     relu_max_pool2d_forward,
 )
 from xpcnn.optim import Adam
@@ -181,7 +177,7 @@ def test_conv2d_forward_backward_equal_generic(fast_backend, dtype, rng, case, n
 
     def run() -> list[np.ndarray]:
         out, cache = conv2d_forward(x, w, b, stride, pad)
-        dx, dW, db = conv2d_backward(dout, cache, need_dx=need_dx)
+        dx, dW, db = cache.backward(dout, need_dx=need_dx)
         return host(out, dx, dW, db)
 
     generic, fast = both(run)
@@ -203,8 +199,8 @@ def test_numpy_conv_fast_path_is_taken_and_caches_cross_the_switch(rng):
     with _fast.enabled(False):
         _, generic_cache = conv2d_forward(x, w, b, 1, 1)
         assert type(generic_cache) is Im2colCache
-        crossed = conv2d_backward(dout, fast_cache)
-    reference = conv2d_backward(dout, generic_cache)
+        crossed = fast_cache.backward(dout)
+    reference = generic_cache.backward(dout)
     for c, r in zip(crossed, reference, strict=True):
         assert_close_scaled(c, r, rtol=1e-12, atol=1e-12)
 
@@ -233,7 +229,7 @@ def test_numpy_conv_in_blocks_of_rows_equals_generic(monkeypatch, rng, block_byt
 
     def run() -> list[np.ndarray]:
         out, cache = conv2d_forward(x, w, b, stride, 1)
-        return host(out, *conv2d_backward(dout, cache))
+        return host(out, *cache.backward(dout))
 
     generic, fast = both(run)
     assert len(transposed_calls) == (stride == 1)
@@ -256,13 +252,13 @@ def test_numpy_chwn_layout_flows_through_conv_relu_pool_and_back(rng):
     w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in ((3, 2, 3, 3), (3, 3, 3, 3)))
     b = np.zeros(3, np.float32)
     h1, _ = conv2d_forward(x, w1, b, 1, 1)
-    h2, mask = relu_forward(h1)
+    h2, relu = relu_forward(h1)
     h3, pool = max_pool2d_forward(h2, 2, 2, 2, 0)
     h4, conv2 = conv2d_forward(h3, w2, b, 1, 1)
     assert all(chwn(a) for a in (h1, h2, h3, h4))
-    d3 = conv2d_backward(np.ones_like(h4), conv2)[0]  # FN <= C: transposed convolution
-    d2 = max_pool2d_backward(d3, pool)
-    d1 = relu_backward(d2, mask)
+    d3 = conv2.backward(np.ones_like(h4))[0]  # FN <= C: transposed convolution
+    d2 = pool.backward(d3)
+    d1 = relu.backward(d2)
     assert all(chwn(a) for a in (d3, d2, d1))
 
 
@@ -277,9 +273,9 @@ def test_empty_batch_equal_generic(fast_backend, rng, stride):
     def run() -> list[np.ndarray]:
         out, conv = conv2d_forward(x, w, b, stride, 1)
         pooled, pool = max_pool2d_forward(out, 2, 2, 2, 0)
-        y, mask = relu_forward(pooled)
-        dpool = relu_backward(bk.asarray(np.zeros(y.shape), "float32"), mask)
-        return host(out, y, *conv2d_backward(max_pool2d_backward(dpool, pool), conv))
+        y, relu = relu_forward(pooled)
+        dpool = relu.backward(bk.asarray(np.zeros(y.shape), "float32"))
+        return host(out, y, *conv.backward(pool.backward(dpool)))
 
     generic, fast = both(run)
     for name, f, g in zip(("out", "y", "dx", "dW", "db"), fast, generic, strict=True):
@@ -345,7 +341,7 @@ def test_max_pool_forward_backward_equal_generic(fast_backend, dtype, rng, case,
 
     def run() -> list[np.ndarray]:
         out, cache = max_pool2d_forward(x, PH, PW, stride, pad)
-        return host(out, max_pool2d_backward(dout, cache))
+        return host(out, cache.backward(dout))
 
     generic, fast = both(run)
     assert_same(fast[0], generic[0], "out")
@@ -359,8 +355,8 @@ def test_numpy_pool_caches_cross_the_switch(rng):
     assert type(fast_cache).__name__ == "MaxPoolCache"
     with _fast.enabled(False):
         _, generic_cache = max_pool2d_forward(x, 2, 2, 2)
-        crossed = max_pool2d_backward(dout, fast_cache)
-    assert_same(crossed, max_pool2d_backward(dout, generic_cache), "fast cache, generic switch")
+        crossed = fast_cache.backward(dout)
+    assert_same(crossed, generic_cache.backward(dout), "fast cache, generic switch")
 
 
 # -- ReLU and the bitwise select ---------------------------------------------------------------
@@ -372,8 +368,8 @@ def test_relu_forward_backward_equal_generic(fast_backend, dtype, rng):
     dout = bk.asarray(_pool_inputs(rng, (3, 4, 5, 6), "special"), dtype)
 
     def run() -> list[np.ndarray]:
-        out, mask = relu_forward(x)
-        return host(out, mask, relu_backward(dout, mask))
+        out, relu = relu_forward(x)
+        return host(out, relu.mask, relu.backward(dout))
 
     generic, fast = both(run)
     for name, g, f in zip(("out", "mask", "dx"), generic, fast, strict=True):
@@ -417,12 +413,12 @@ def test_relu_max_pool_equals_relu_then_pool(backend, dtype, rng, case, kind):
 
     def fused() -> list[np.ndarray]:
         out, cache = relu_max_pool2d_forward(x, PH, PW, stride, pad)
-        return host(out, relu_max_pool2d_backward(dout, cache))
+        return host(out, cache.backward(dout))
 
     def unfused() -> list[np.ndarray]:
-        y, mask = relu_forward(x)
+        y, relu = relu_forward(x)
         out, cache = max_pool2d_forward(y, PH, PW, stride, pad)
-        return host(out, relu_backward(max_pool2d_backward(dout, cache), mask))
+        return host(out, relu.backward(cache.backward(dout)))
 
     reference, _ = both(unfused)
     for results in both(fused):
@@ -761,10 +757,10 @@ def test_numpy_pool_and_relu_on_threads_equal_one_thread_bit_for_bit(threads_use
 
     @np.errstate(invalid="ignore")  # overlapping windows add inf and -inf gradients
     def run() -> list[np.ndarray]:
-        y, mask = relu_forward(x)
+        y, relu = relu_forward(x)
         out, cache = max_pool2d_forward(y, PH, PW, stride, pad)
-        dy = max_pool2d_backward(dout, cache)
-        return [y, mask, out, dy, relu_backward(dy, mask)]
+        dy = cache.backward(dout)
+        return [y, relu.mask, out, dy, relu.backward(dy)]
 
     threaded = run()
     assert len(threads_used) > 1
@@ -788,7 +784,7 @@ def test_numpy_conv_on_threads_equals_generic(threads_used, rng, case):
 
     def run() -> list[np.ndarray]:
         out, cache = conv2d_forward(x, w, b, stride, pad)
-        return host(out, *conv2d_backward(dout, cache))
+        return host(out, *cache.backward(dout))
 
     generic, threaded = both(run)
     assert len(threads_used) > 1

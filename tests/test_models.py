@@ -587,4 +587,4 @@ def test_predict_without_cache_gives_the_same_scores_and_keeps_nothing(backend, 
     dropped = backend.to_numpy(net.predict(x, keep_cache=False))
     np.testing.assert_array_equal(dropped, kept)
     for layer in net.layers:
-        assert all(getattr(layer, a, None) is None for a in layer._cache_attrs), layer
+        assert layer._cache is None, layer

@@ -21,24 +21,17 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from xpcnn.ops import (
-    affine_backward,
     affine_forward,
-    avg_pool2d_backward,
     avg_pool2d_forward,
     col2im,
-    conv2d_backward,
     conv2d_forward,
     conv_output_size,
     cross_entropy_error,
     im2col,
-    max_pool2d_backward,
     max_pool2d_forward,
-    relu_backward,
     relu_forward,
-    sigmoid_backward,
     sigmoid_forward,
     softmax,
-    softmax_cross_entropy_backward,
     softmax_cross_entropy_forward,
 )
 
@@ -59,10 +52,7 @@ WINDOW_CASES = [
 ]
 
 
-POOL_OPS = {
-    "max": (max_pool2d_forward, max_pool2d_backward),
-    "avg": (avg_pool2d_forward, avg_pool2d_backward),
-}
+POOL_OPS = {"max": max_pool2d_forward, "avg": avg_pool2d_forward}
 
 
 def _tol(dtype: str) -> dict[str, float]:
@@ -223,7 +213,7 @@ def test_conv2d_forward_book_output_shapes(
 @pytest.mark.parametrize("kind", list(POOL_OPS))
 def test_pool_output_shape_counts_padding(backend, dtype, rng, kind):
     """The book's Pooling ignored ``pad`` in its output size."""
-    forward, _ = POOL_OPS[kind]
+    forward = POOL_OPS[kind]
     x = backend.asarray(rng.standard_normal((2, 3, 7, 9)), dtype)
     out, _ = forward(x, 3, 2, stride=2, pad=1)
     assert tuple(out.shape) == (2, 3, conv_output_size(7, 3, 2, 1), conv_output_size(9, 2, 2, 1))
@@ -277,7 +267,7 @@ def test_conv2d_gradients_numerical(backend, rng, case):
     assert_gradients_match(
         backend,
         lambda x, w, b: conv2d_forward(x, w, b, stride=stride, pad=pad),
-        lambda d, cache, *_: conv2d_backward(d, cache),
+        lambda d, cache, *_: cache.backward(d),
         [
             rng.standard_normal((N, C, H, W)),
             rng.standard_normal((FN, C, FH, FW)),
@@ -291,12 +281,12 @@ def test_conv2d_gradients_numerical(backend, rng, case):
 @pytest.mark.parametrize("kind", list(POOL_OPS))
 def test_pool_gradients_numerical(backend, rng, kind, case):
     N, C, H, W, PH, PW, stride, pad = case
-    forward, backward = POOL_OPS[kind]
+    forward = POOL_OPS[kind]
     # Distinct values: the max-pooling gradient is defined (no ties) and stable under +-eps.
     assert_gradients_match(
         backend,
         lambda x: forward(x, PH, PW, stride=stride, pad=pad),
-        lambda d, cache, *_: (backward(d, cache),),
+        lambda d, cache, *_: (cache.backward(d),),
         [_distinct(rng, (N, C, H, W))],
         rng,
     )
@@ -306,7 +296,7 @@ def test_affine_gradients_numerical_4d_input(backend, rng):
     assert_gradients_match(
         backend,
         affine_forward,
-        lambda d, cache, x, w, b: affine_backward(d, cache, w),
+        lambda d, cache, x, w, b: cache.backward(d),
         [
             rng.standard_normal((3, 2, 3, 2)),
             rng.standard_normal((12, 4)),
@@ -320,7 +310,7 @@ def test_relu_gradient_numerical(backend, rng):
     shape = (2, 3, 4)
     x = rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.1, 2.0, size=shape)  # away from 0
     assert_gradients_match(
-        backend, relu_forward, lambda d, mask, *_: (relu_backward(d, mask),), [x], rng
+        backend, relu_forward, lambda d, cache, *_: (cache.backward(d),), [x], rng
     )
 
 
@@ -328,7 +318,7 @@ def test_sigmoid_gradient_numerical(backend, rng):
     assert_gradients_match(
         backend,
         sigmoid_forward,
-        lambda d, out, *_: (sigmoid_backward(d, out),),
+        lambda d, cache, *_: (cache.backward(d),),
         [3.0 * rng.standard_normal((3, 5))],
         rng,
     )
@@ -349,7 +339,7 @@ def test_softmax_cross_entropy_gradient_numerical(backend, rng, labels, dout):
     assert_gradients_match(
         backend,
         lambda x: softmax_cross_entropy_forward(x, t),
-        lambda d, cache, *_: (softmax_cross_entropy_backward(cache, dout),),
+        lambda d, cache, *_: (cache.backward(dout),),
         [2.0 * rng.standard_normal((N, K))],
         rng,
         weights=np.asarray(dout),
@@ -373,7 +363,7 @@ def test_conv2d_matches_torch(backend, dtype, rng, case):
     x, w, b = (backend.asarray(a, dtype) for a in hosts)
     out, cache = conv2d_forward(x, w, b, stride=stride, pad=pad)
     dout = rng.standard_normal(tuple(out.shape)).astype(dtype)
-    grads = conv2d_backward(backend.asarray(dout, dtype), cache)
+    grads = cache.backward(backend.asarray(dout, dtype))
 
     ref_out, ref_grads = torch_forward_backward(
         lambda x, w, b: F.conv2d(x, w, b, stride=stride, padding=pad), hosts, dout, dtype
@@ -406,11 +396,11 @@ def test_conv2d_forward_matches_naive_loop(backend, rng, case):
 def test_pool_matches_torch(backend, dtype, rng, kind, case):
     F = pytest.importorskip("torch.nn.functional")
     N, C, H, W, PH, PW, stride, pad = case
-    forward, backward = POOL_OPS[kind]
+    forward = POOL_OPS[kind]
     x_host = rng.standard_normal((N, C, H, W)).astype(dtype)
     out, cache = forward(backend.asarray(x_host, dtype), PH, PW, stride=stride, pad=pad)
     dout = rng.standard_normal(tuple(out.shape)).astype(dtype)
-    dx = backward(backend.asarray(dout, dtype), cache)
+    dx = cache.backward(backend.asarray(dout, dtype))
 
     if kind == "max":
 
@@ -443,7 +433,7 @@ def test_max_pool_padding_never_wins_on_negative_input(backend, dtype, rng, case
     x_host = -rng.uniform(1.0, 2.0, size=(N, C, H, W)).astype(dtype)
     out, cache = max_pool2d_forward(backend.asarray(x_host, dtype), PH, PW, stride=stride, pad=pad)
     dout = rng.uniform(0.5, 1.5, size=tuple(out.shape)).astype(dtype)
-    dx = backend.to_numpy(max_pool2d_backward(backend.asarray(dout, dtype), cache))
+    dx = backend.to_numpy(cache.backward(backend.asarray(dout, dtype)))
     out = backend.to_numpy(out)
 
     assert np.all(out <= -1.0), "a padding value won a window"
@@ -467,7 +457,7 @@ def test_max_pool_padding_never_wins_on_negative_input(backend, dtype, rng, case
 def test_max_pool_padding_never_wins_over_minus_infinity(backend, dtype):
     x = backend.asarray(np.full((1, 1, 2, 2), -np.inf), dtype)
     out, cache = max_pool2d_forward(x, 2, 2, stride=2, pad=1)
-    dx = backend.to_numpy(max_pool2d_backward(backend.asarray(np.ones((1, 1, 2, 2)), dtype), cache))
+    dx = backend.to_numpy(cache.backward(backend.asarray(np.ones((1, 1, 2, 2)), dtype)))
     assert np.all(np.isneginf(backend.to_numpy(out)))
     assert dx.sum() == 4.0
 
@@ -496,7 +486,7 @@ def test_max_pool_nan_at_every_window_offset_gives_nan(backend, dtype, case):
             x_host[0, 0, i - pad, j - pad] = np.nan
             out, cache = max_pool2d_forward(backend.asarray(x_host, dtype), PH, PW, stride, pad)
             dout = np.ones(tuple(out.shape), dtype=dtype)
-            dx = backend.to_numpy(max_pool2d_backward(backend.asarray(dout, dtype), cache))
+            dx = backend.to_numpy(cache.backward(backend.asarray(dout, dtype)))
             out = backend.to_numpy(out)
             t_out = F.max_pool2d(torch.from_numpy(x_host), (PH, PW), stride, pad).numpy()
             where = f"NaN at window offset ({i}, {j})"
@@ -523,7 +513,7 @@ def test_max_pool_with_many_nans_matches_torch_and_naive(backend, dtype, rng, ca
     flat[idx[flat.size // 6 : flat.size // 4]] = -np.inf
     out, cache = max_pool2d_forward(backend.asarray(x_host, dtype), PH, PW, stride, pad)
     dout = rng.uniform(0.5, 1.5, size=tuple(out.shape)).astype(dtype)
-    dx = backend.to_numpy(max_pool2d_backward(backend.asarray(dout, dtype), cache))
+    dx = backend.to_numpy(cache.backward(backend.asarray(dout, dtype)))
     out = backend.to_numpy(out)
     t_out = F.max_pool2d(torch.from_numpy(x_host), (PH, PW), stride, pad).numpy()
     assert np.isnan(out).any() and not np.isnan(out).all(), "a case that tests nothing"
@@ -539,7 +529,7 @@ def test_max_pool_ties_go_to_first_max_in_row_major_order(backend, dtype, rng, c
     x_host = rng.integers(-1, 2, size=(N, C, H, W)).astype(dtype)  # many ties among {-1, 0, 1}
     out, cache = max_pool2d_forward(backend.asarray(x_host, dtype), PH, PW, stride=stride, pad=pad)
     dout = rng.standard_normal(tuple(out.shape)).astype(dtype)
-    dx = max_pool2d_backward(backend.asarray(dout, dtype), cache)
+    dx = cache.backward(backend.asarray(dout, dtype))
     ref_out, ref_dx = naive_max_pool2d(x_host, PH, PW, stride, pad, dout)
     np.testing.assert_array_equal(backend.to_numpy(out), ref_out)
     assert_close_scaled(backend.to_numpy(dx), ref_dx, **_tol(dtype), err_msg="dx")
@@ -548,7 +538,7 @@ def test_max_pool_ties_go_to_first_max_in_row_major_order(backend, dtype, rng, c
 def test_max_pool_tie_example_goes_to_top_left(backend, dtype):
     x = backend.asarray(np.array([[[[3.0, 3.0], [3.0, 1.0]]]]), dtype)
     out, cache = max_pool2d_forward(x, 2, 2, stride=2)
-    dx = max_pool2d_backward(backend.asarray(np.array([[[[5.0]]]]), dtype), cache)
+    dx = cache.backward(backend.asarray(np.array([[[[5.0]]]]), dtype))
     np.testing.assert_array_equal(backend.to_numpy(out), [[[[3.0]]]])
     np.testing.assert_array_equal(backend.to_numpy(dx), [[[[5.0, 0.0], [0.0, 0.0]]]])
 
@@ -567,8 +557,8 @@ def test_conv2d_backward_without_dx(backend, dtype, rng, case):
     )
     out, cache = conv2d_forward(x, w, b, stride=stride, pad=pad)
     dout = backend.asarray(rng.standard_normal(tuple(out.shape)), dtype)
-    dx_full, dW_full, db_full = conv2d_backward(dout, cache)
-    dx, dW, db = conv2d_backward(dout, cache, need_dx=False)
+    dx_full, dW_full, db_full = cache.backward(dout)
+    dx, dW, db = cache.backward(dout, need_dx=False)
     assert dx_full is not None
     assert dx is None
     np.testing.assert_array_equal(backend.to_numpy(dW), backend.to_numpy(dW_full))
@@ -584,8 +574,8 @@ def _outputs_conv(bk, dt, rng):
     x, w, b = (bk.asarray(rng.standard_normal(s), dt) for s in ((2, 3, 6, 5), (4, 3, 3, 2), (4,)))
     out, cache = conv2d_forward(x, w, b, stride=2, pad=1)
     dout = bk.asarray(rng.standard_normal(tuple(out.shape)), dt)
-    dx, dW, db = conv2d_backward(dout, cache)
-    _, dW2, db2 = conv2d_backward(dout, cache, need_dx=False)
+    dx, dW, db = cache.backward(dout)
+    _, dW2, db2 = cache.backward(dout, need_dx=False)
     return {"out": out, "dx": dx, "dW": dW, "db": db, "dW(no dx)": dW2, "db(no dx)": db2}
 
 
@@ -595,11 +585,11 @@ def _outputs_im2col(bk, dt, rng):
     return {"col": col, "img": col2im(col, (2, 3, 5, 5), 3, 3, stride=1, pad=1)}
 
 
-def _outputs_pool(forward, backward):
+def _outputs_pool(forward):
     def build(bk, dt, rng):
         x = bk.asarray(rng.standard_normal((2, 3, 6, 5)), dt)
         out, cache = forward(x, 3, 2, stride=2, pad=1)
-        dx = backward(bk.asarray(rng.standard_normal(tuple(out.shape)), dt), cache)
+        dx = cache.backward(bk.asarray(rng.standard_normal(tuple(out.shape)), dt))
         return {"out": out, "dx": dx}
 
     return build
@@ -608,15 +598,15 @@ def _outputs_pool(forward, backward):
 def _outputs_affine(bk, dt, rng):
     x, w, b = (bk.asarray(rng.standard_normal(s), dt) for s in ((2, 3, 2, 2), (12, 5), (5,)))
     out, cache = affine_forward(x, w, b)
-    dx, dW, db = affine_backward(bk.asarray(rng.standard_normal((2, 5)), dt), cache, w)
+    dx, dW, db = cache.backward(bk.asarray(rng.standard_normal((2, 5)), dt))
     return {"out": out, "dx": dx, "dW": dW, "db": db}
 
 
-def _outputs_activation(forward, backward):
+def _outputs_activation(forward):
     def build(bk, dt, rng):
         x = bk.asarray(rng.standard_normal((3, 4)), dt)
         out, cache = forward(x)
-        return {"out": out, "dx": backward(bk.asarray(rng.standard_normal((3, 4)), dt), cache)}
+        return {"out": out, "dx": cache.backward(bk.asarray(rng.standard_normal((3, 4)), dt))}
 
     return build
 
@@ -631,20 +621,20 @@ def _outputs_softmax(bk, dt, rng):
         "softmax": softmax(x),
         "cross_entropy_error": cross_entropy_error(softmax(x), t),
         "loss": loss,
-        "dx": softmax_cross_entropy_backward(cache),
+        "dx": cache.backward(),
         "loss(one-hot)": loss_oh,
-        "dx(one-hot)": softmax_cross_entropy_backward(cache_oh, 0.5),
+        "dx(one-hot)": cache_oh.backward(0.5),
     }
 
 
 OUTPUT_BUILDERS = {
     "conv2d": _outputs_conv,
     "im2col-col2im": _outputs_im2col,
-    "max_pool2d": _outputs_pool(max_pool2d_forward, max_pool2d_backward),
-    "avg_pool2d": _outputs_pool(avg_pool2d_forward, avg_pool2d_backward),
+    "max_pool2d": _outputs_pool(max_pool2d_forward),
+    "avg_pool2d": _outputs_pool(avg_pool2d_forward),
     "affine": _outputs_affine,
-    "relu": _outputs_activation(relu_forward, relu_backward),
-    "sigmoid": _outputs_activation(sigmoid_forward, sigmoid_backward),
+    "relu": _outputs_activation(relu_forward),
+    "sigmoid": _outputs_activation(sigmoid_forward),
     "softmax-cross-entropy": _outputs_softmax,
 }
 
@@ -806,8 +796,12 @@ def test_invalid_arguments_raise_value_error_naming_shapes(backend, call, match)
 
 
 def _cache_arrays(cache):
-    """The arrays a conv or pooling cache holds (each path's cache is a dataclass)."""
-    values = (getattr(cache, f.name) for f in dataclasses.fields(cache))
+    """The arrays a cache holds (a NamedTuple, or a dataclass such as each conv or
+    pooling path's cache)."""
+    if isinstance(cache, tuple):
+        values = iter(cache)
+    else:
+        values = (getattr(cache, f.name) for f in dataclasses.fields(cache))
     return [v for v in values if hasattr(v, "shape")]
 
 
@@ -818,17 +812,17 @@ def _backward_conv(bk, rng):
     out, cache = conv2d_forward(x, w, b, stride=1, pad=1)
     dout = bk.asarray(rng.standard_normal(tuple(out.shape)), "float64")
     return [x, w, b, dout, *_cache_arrays(cache)], lambda: (
-        conv2d_backward(dout, cache),
-        conv2d_backward(dout, cache, need_dx=False),
+        cache.backward(dout),
+        cache.backward(dout, need_dx=False),
     )
 
 
-def _backward_pool(forward, backward):
+def _backward_pool(forward):
     def build(bk, rng):
         x = bk.asarray(rng.standard_normal((2, 2, 4, 4)), "float64")
         out, cache = forward(x, 2, 2, stride=1, pad=1)
         dout = bk.asarray(rng.standard_normal(tuple(out.shape)), "float64")
-        return [x, dout, *_cache_arrays(cache)], lambda: backward(dout, cache)
+        return [x, dout, *_cache_arrays(cache)], lambda: cache.backward(dout)
 
     return build
 
@@ -837,15 +831,15 @@ def _backward_affine(bk, rng):
     x, w, b = (bk.asarray(rng.standard_normal(s), "float64") for s in ((2, 2, 2, 2), (8, 3), (3,)))
     _, cache = affine_forward(x, w, b)
     dout = bk.asarray(rng.standard_normal((2, 3)), "float64")
-    return [x, w, b, dout, cache[0]], lambda: affine_backward(dout, cache, w)
+    return [x, w, b, dout, cache[0]], lambda: cache.backward(dout)
 
 
-def _backward_activation(forward, backward):
+def _backward_activation(forward):
     def build(bk, rng):
         x = bk.asarray(rng.standard_normal((3, 4)), "float64")
         _, cache = forward(x)
         dout = bk.asarray(rng.standard_normal((3, 4)), "float64")
-        return [x, dout, cache], lambda: backward(dout, cache)
+        return [x, dout, *_cache_arrays(cache)], lambda: cache.backward(dout)
 
     return build
 
@@ -854,18 +848,60 @@ def _backward_softmax_ce(bk, rng):
     x = bk.asarray(rng.standard_normal((3, 4)), "float64")
     t = bk.asarray(np.eye(4)[[1, 0, 3]], "float64")
     _, cache = softmax_cross_entropy_forward(x, t)
-    return [x, t, *cache], lambda: softmax_cross_entropy_backward(cache, 2.0)
+    return [x, t, *cache], lambda: cache.backward(2.0)
 
 
 BACKWARD_BUILDERS = {
     "conv2d": _backward_conv,
-    "max_pool2d": _backward_pool(max_pool2d_forward, max_pool2d_backward),
-    "avg_pool2d": _backward_pool(avg_pool2d_forward, avg_pool2d_backward),
+    "max_pool2d": _backward_pool(max_pool2d_forward),
+    "avg_pool2d": _backward_pool(avg_pool2d_forward),
     "affine": _backward_affine,
-    "relu": _backward_activation(relu_forward, relu_backward),
-    "sigmoid": _backward_activation(sigmoid_forward, sigmoid_backward),
+    "relu": _backward_activation(relu_forward),
+    "sigmoid": _backward_activation(sigmoid_forward),
     "softmax-cross-entropy": _backward_softmax_ce,
 }
+
+
+def test_every_forward_returns_a_cache_that_owns_its_backward(backend, rng):
+    """One op contract: every ``*_forward`` of ``xpcnn.ops`` returns ``(out, cache)`` and
+    ``cache.backward(dout)`` gives ``dx`` shaped like the input, or ``(dx, d<param>, ...)``
+    shaped like the forward's input and parameter arguments; no ``*_backward`` function
+    is left to be paired with its forward by hand."""
+    import xpcnn.ops as ops
+
+    def arr(*shape: int) -> Any:
+        return backend.asarray(rng.standard_normal(shape), "float64")
+
+    x, W, b, g = arr(2, 3, 4, 4), arr(2, 3, 3, 3), arr(2), arr(3)
+    u = backend.asarray(rng.random((2, 3, 4, 4)), "float64")
+    t = backend.asarray(np.array([0, 2]), "int64")
+    calls: dict[str, tuple[Callable[[], Any], list[Any]]] = {
+        "conv2d_forward": (lambda: ops.conv2d_forward(x, W, b, pad=1), [x, W, b]),
+        "affine_forward": (lambda: ops.affine_forward(x, arr(48, 2), b), [x, arr(48, 2), b]),
+        "batchnorm_forward": (lambda: ops.batchnorm_forward(x, g, g, g, g), [x, g, g]),
+        "max_pool2d_forward": (lambda: ops.max_pool2d_forward(x, 2, 2), [x]),
+        "avg_pool2d_forward": (lambda: ops.avg_pool2d_forward(x, 2, 2), [x]),
+        "relu_max_pool2d_forward": (lambda: ops.relu_max_pool2d_forward(x, 2, 2), [x]),
+        "relu_forward": (lambda: ops.relu_forward(x), [x]),
+        "sigmoid_forward": (lambda: ops.sigmoid_forward(x), [x]),
+        "tanh_forward": (lambda: ops.tanh_forward(x), [x]),
+        "dropout_forward": (lambda: ops.dropout_forward(x, u, 0.5), [x]),
+        "lrn_forward": (lambda: ops.lrn_forward(x, 3), [x]),
+        "softmax_cross_entropy_forward": (
+            lambda: ops.softmax_cross_entropy_forward(arr(2, 3), t),
+            [arr(2, 3)],
+        ),
+    }
+    assert set(calls) == {n for n in ops.__all__ if n.endswith("_forward")}
+    assert [n for n in ops.__all__ if n.endswith("_backward")] == []
+    for name, (call, inputs) in calls.items():
+        out, cache = call()
+        dout = 1.0 if out.shape == () else backend.asarray(np.ones(tuple(out.shape)), "float64")
+        grads = cache.backward(dout)
+        grads = grads if len(inputs) > 1 else (grads,)
+        assert isinstance(grads, tuple) and len(grads) == len(inputs), name
+        for k, (grad, inp) in enumerate(zip(grads, inputs, strict=True)):
+            assert tuple(grad.shape) == tuple(inp.shape), f"{name}: gradient {k}"
 
 
 @pytest.mark.parametrize("op", list(BACKWARD_BUILDERS))
@@ -882,8 +918,8 @@ def test_relu_backward_does_not_write_into_dout_the_book_bug(backend, rng):
     x = backend.asarray(np.array([[-1.0, 2.0], [3.0, -4.0]]), "float64")
     dout_host = np.array([[10.0, 20.0], [30.0, 40.0]])
     dout = backend.asarray(dout_host, "float64")
-    _, mask = relu_forward(x)
-    dx = relu_backward(dout, mask)
+    _, cache = relu_forward(x)
+    dx = cache.backward(dout)
     np.testing.assert_array_equal(backend.to_numpy(dx), [[0.0, 20.0], [30.0, 0.0]])
     np.testing.assert_array_equal(backend.to_numpy(dout), dout_host)
 

@@ -9,7 +9,7 @@ it receives.
 from __future__ import annotations
 
 import math
-from typing import Any, TypeVar
+from typing import Any
 
 from array_api_compat import array_namespace
 
@@ -17,8 +17,6 @@ from . import ops
 from ._checks import check_dropout_ratio
 from ._window import check_window
 from .backend import random_uniform
-
-_T = TypeVar("_T")
 
 __all__ = [
     "LRN",
@@ -41,44 +39,53 @@ class Layer:
     ``params`` maps names (``"W"``, ``"b"``, ...) to arrays; ``backward`` fills
     ``grads`` with arrays of the same shapes. ``buffers`` holds non-trained state
     that a checkpoint must keep (running statistics).
+
+    A layer built on an op (:mod:`xpcnn.ops`) keeps the op's cache in ``_cache``
+    in ``forward``; the inherited ``backward`` then runs ``_cache.backward(dout)``
+    and stores the parameter gradients it returns (one per entry of ``params``,
+    in ``params``' order) in ``grads``. See the README's layout section for the
+    files a new layer touches.
     """
 
     params: dict[str, Any]
     grads: dict[str, Any]
     buffers: dict[str, Any]
+    _cache: Any
 
     def __init__(self) -> None:
         self.params = {}
         self.grads = {}
         self.buffers = {}
+        self._cache = None
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         raise NotImplementedError
 
     def backward(self, dout: Any) -> Any:
-        raise NotImplementedError
+        """``dx`` for ``dout`` through the last forward pass's cache; fills ``grads``."""
+        grads = self._saved().backward(dout)
+        if not self.params:
+            return grads
+        dx, *dparams = grads
+        self.grads.update(zip(self.params, dparams, strict=True))
+        return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of one example's output for one example's input shape (no batch axis)."""
         return input_shape
 
-    # Attributes holding what backward needs from the last forward pass.
-    _cache_attrs: tuple[str, ...] = ("_cache",)
-
-    def _saved(self, cache: _T | None) -> _T:
-        """What ``backward`` needs from the last forward pass, or a clear error if there is none."""
-        if cache is None:
+    def _saved(self) -> Any:
+        """The last forward pass's cache, or a clear error if there is none."""
+        if self._cache is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called with no forward pass to go back "
                 "through (never run, or cleared by clear_cache()); call forward first"
             )
-        return cache
+        return self._cache
 
     def clear_cache(self) -> None:
         """Drop the forward pass's saved arrays (pure inference needs no backward)."""
-        for name in self._cache_attrs:
-            if hasattr(self, name):
-                setattr(self, name, None)
+        self._cache = None
 
     def extra_repr(self) -> str:
         return ""
@@ -105,7 +112,6 @@ class Convolution(Layer):
         self.stride = stride
         self.pad = pad
         self.need_dx = True
-        self._cache: ops.ConvCache | None = None
 
     @property
     def W(self) -> Any:
@@ -120,9 +126,7 @@ class Convolution(Layer):
         return out
 
     def backward(self, dout: Any) -> Any:
-        dx, self.grads["W"], self.grads["b"] = ops.conv2d_backward(
-            dout, self._saved(self._cache), need_dx=self.need_dx
-        )
+        dx, self.grads["W"], self.grads["b"] = self._saved().backward(dout, need_dx=self.need_dx)
         return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -162,16 +166,11 @@ class Pooling(Layer):
             pad,
             mode,
         )
-        self._cache: ops.PoolCache | None = None
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         fwd = ops.max_pool2d_forward if self.mode == "max" else ops.avg_pool2d_forward
         out, self._cache = fwd(x, self.pool_h, self.pool_w, self.stride, self.pad)
         return out
-
-    def backward(self, dout: Any) -> Any:
-        bwd = ops.max_pool2d_backward if self.mode == "max" else ops.avg_pool2d_backward
-        return bwd(dout, self._saved(self._cache))
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         OH, OW = check_window(
@@ -199,7 +198,6 @@ class Affine(Layer):
     def __init__(self, W: Any, b: Any) -> None:
         super().__init__()
         self.params = {"W": W, "b": b}
-        self._cache: Any = None
 
     @property
     def W(self) -> Any:
@@ -212,12 +210,6 @@ class Affine(Layer):
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         out, self._cache = ops.affine_forward(x, self.W, self.b)
         return out
-
-    def backward(self, dout: Any) -> Any:
-        dx, self.grads["W"], self.grads["b"] = ops.affine_backward(
-            dout, self._saved(self._cache), self.W
-        )
-        return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         D, M = self.W.shape
@@ -235,44 +227,35 @@ class Affine(Layer):
 class Relu(Layer):
     """Rectified linear unit; keeps the mask ``x > 0`` for the backward pass."""
 
-    _cache_attrs = ("mask",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.mask: Any = None
-
     def forward(self, x: Any, train_flg: bool = True) -> Any:
-        out, self.mask = ops.relu_forward(x)
+        out, self._cache = ops.relu_forward(x)
         return out
 
-    def backward(self, dout: Any) -> Any:
-        return ops.relu_backward(dout, self._saved(self.mask))
+    @property
+    def mask(self) -> Any:
+        """The book's attribute: bool ``x > 0`` of the last forward pass (or None)."""
+        return None if self._cache is None else self._cache.mask
 
 
 class _OutputActivation(Layer):
     """An activation whose backward needs only its own output (sigmoid, tanh)."""
 
-    _cache_attrs = ("out",)
-    _forward: Any = None  # ops function x -> (out, out)
-    _backward: Any = None  # ops function (dout, out) -> dx
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.out: Any = None
+    _forward: Any = None  # ops function x -> (out, cache with .out)
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
-        self.out, _ = self._forward(x)
-        return self.out
+        out, self._cache = self._forward(x)
+        return out
 
-    def backward(self, dout: Any) -> Any:
-        return self._backward(dout, self._saved(self.out))
+    @property
+    def out(self) -> Any:
+        """The book's attribute: the last forward pass's output (or None)."""
+        return None if self._cache is None else self._cache.out
 
 
 class Sigmoid(_OutputActivation):
     """Logistic sigmoid ``1 / (1 + exp(-x))``."""
 
     _forward = staticmethod(ops.sigmoid_forward)
-    _backward = staticmethod(ops.sigmoid_backward)
 
 
 class SoftmaxWithLoss(Layer):
@@ -286,23 +269,24 @@ class SoftmaxWithLoss(Layer):
     def __init__(self) -> None:
         super().__init__()
         self.loss: Any = None
-        self.y: Any = None
-        self._cache: Any = None
 
     def forward(self, x: Any, t: Any) -> Any:  # type: ignore[override]
         self.loss, self._cache = ops.softmax_cross_entropy_forward(x, t)
-        self.y = self._cache[0]
         return self.loss
 
     def backward(self, dout: Any = 1.0) -> Any:
-        return ops.softmax_cross_entropy_backward(self._saved(self._cache), dout)
+        return super().backward(dout)
+
+    @property
+    def y(self) -> Any:
+        """The book's attribute: the softmax (N, K) of the last forward pass (or None)."""
+        return None if self._cache is None else self._cache.y
 
 
 class Tanh(_OutputActivation):
     """Hyperbolic tangent (LeNet's squashing function)."""
 
     _forward = staticmethod(ops.tanh_forward)
-    _backward = staticmethod(ops.tanh_backward)
 
 
 class Dropout(Layer):
@@ -324,7 +308,6 @@ class Dropout(Layer):
         # ops' own check, run here too so a bad ratio fails when the net is built.
         self.dropout_ratio = check_dropout_ratio(dropout_ratio)
         self.seed_state: dict[str, Any] = {"seed": seed}
-        self._cache: ops.DropoutCache | None = None
 
     @property
     def mask(self) -> Any:
@@ -340,7 +323,7 @@ class Dropout(Layer):
         return out
 
     def backward(self, dout: Any) -> Any:
-        return dout if self._cache is None else ops.dropout_backward(dout, self._cache)
+        return dout if self._cache is None else self._cache.backward(dout)
 
     def extra_repr(self) -> str:
         return f"{self.dropout_ratio}"
@@ -384,7 +367,6 @@ class BatchNormalization(Layer):
         }
         self.momentum = float(momentum)
         self.eps = float(eps)
-        self._cache: ops.BatchNormCache | None = None
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         out, self._cache = ops.batchnorm_forward(
@@ -401,12 +383,6 @@ class BatchNormalization(Layer):
             self.buffers["running_mean"] = self._cache.running_mean
             self.buffers["running_var"] = self._cache.running_var
         return out
-
-    def backward(self, dout: Any) -> Any:
-        dx, self.grads["gamma"], self.grads["beta"] = ops.batchnorm_backward(
-            dout, self._saved(self._cache)
-        )
-        return dx
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         (C,) = self.params["gamma"].shape
@@ -434,14 +410,10 @@ class LRN(Layer):
     ) -> None:
         super().__init__()
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
-        self._cache: ops.LRNCache | None = None
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         out, self._cache = ops.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
         return out
-
-    def backward(self, dout: Any) -> Any:
-        return ops.lrn_backward(dout, self._saved(self._cache))
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"

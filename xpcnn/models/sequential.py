@@ -75,7 +75,7 @@ class _ReluMaxPool:
         return out
 
     def backward(self, dout: Any) -> Any:
-        return ops.relu_max_pool2d_backward(dout, self._cache)
+        return self._cache.backward(dout)
 
     def clear_cache(self) -> None:
         self._cache = None

@@ -12,7 +12,7 @@ from .. import _fast
 from .._checks import check_floating
 from .._window import check_window, crop_hw, pad_hw, window_slices
 
-__all__ = ["ConvCache", "Im2colCache", "col2im", "conv2d_backward", "conv2d_forward", "im2col"]
+__all__ = ["ConvCache", "Im2colCache", "col2im", "conv2d_forward", "im2col"]
 
 
 def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0) -> Any:
@@ -118,7 +118,12 @@ class ConvCache(Protocol):
     ``col``), so the backward that runs always matches the forward that ran."""
 
     def backward(self, dout: Any, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
-        """``(dx or None, dW, db)`` for ``dout`` (N, FN, OH, OW); see :func:`conv2d_backward`."""
+        """Gradients for ``dout`` (N, FN, OH, OW), dtype of ``dout``: ``dx`` (N, C, H, W)
+        or None, ``dW`` (FN, C, FH, FW), ``db`` (FN,).
+
+        ``need_dx=False`` skips the input gradient (``dx`` is None): a first layer's
+        input gradient is never used, and its col2im is the most expensive part.
+        """
         ...
 
 
@@ -159,7 +164,7 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
     Returns
     -------
     out : array (N, FN, OH, OW), dtype of ``x``
-    cache : ConvCache (its ``backward`` is :func:`conv2d_backward`)
+    cache : ConvCache (``cache.backward(dout)`` -> ``(dx, dW, db)``)
     """
     xp = array_namespace(x, W, b)
     if len(W.shape) != 4:
@@ -185,21 +190,3 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
     out = col @ col_W + b
     out = xp.permute_dims(xp.reshape(out, (N, OH, OW, FN)), (0, 3, 1, 2))
     return out, Im2colCache(tuple(x.shape), col, col_W, tuple(W.shape), stride, pad)
-
-
-def conv2d_backward(dout: Any, cache: ConvCache, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
-    """Gradients of :func:`conv2d_forward`.
-
-    Parameters
-    ----------
-    dout : array (N, FN, OH, OW)
-    cache : the cache :func:`conv2d_forward` returned (it runs its own backward)
-    need_dx : bool
-        False skips the input gradient (``dx`` is None): a first layer's input
-        gradient is never used, and its col2im is the most expensive part.
-
-    Returns
-    -------
-    dx : array (N, C, H, W) or None, dW : array (FN, C, FH, FW), db : array (FN,)
-    """
-    return cache.backward(dout, need_dx=need_dx)

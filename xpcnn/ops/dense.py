@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 from array_api_compat import array_namespace, device
 
@@ -11,25 +11,41 @@ from .. import _fast
 from .._checks import check_floating
 
 __all__ = [
-    "affine_backward",
+    "AffineCache",
+    "ReluCache",
+    "SigmoidCache",
+    "SoftmaxCrossEntropyCache",
+    "TanhCache",
     "affine_forward",
     "cross_entropy_error",
-    "relu_backward",
     "relu_forward",
-    "sigmoid_backward",
     "sigmoid_forward",
     "softmax",
-    "softmax_cross_entropy_backward",
     "softmax_cross_entropy_forward",
-    "tanh_backward",
     "tanh_forward",
 ]
 
 
-def affine_forward(x: Any, W: Any, b: Any) -> tuple[Any, tuple[Any, tuple[int, ...]]]:
+class AffineCache(NamedTuple):
+    """The input flattened to (N, D), its original shape, and ``W`` (D, M)."""
+
+    x2: Any
+    x_shape: tuple[int, ...]
+    W: Any
+
+    def backward(self, dout: Any) -> tuple[Any, Any, Any]:
+        """``dout`` (N, M) -> ``(dx, dW, db)``: dx of the input's shape, dW (D, M), db (M,)."""
+        xp = array_namespace(dout)
+        dx = xp.reshape(dout @ xp.matrix_transpose(self.W), self.x_shape)
+        dW = xp.matrix_transpose(self.x2) @ dout
+        db = xp.sum(dout, axis=0)
+        return dx, dW, db
+
+
+def affine_forward(x: Any, W: Any, b: Any) -> tuple[Any, AffineCache]:
     """``x @ W + b`` with ``x`` (N, ...) flattened to (N, D) like the book's Affine.
 
-    W : (D, M), b : (M,) -> out : (N, M)
+    W : (D, M), b : (M,) -> out : (N, M), dtype of ``x``; cache : AffineCache
     """
     xp = array_namespace(x, W, b)
     check_floating(x, "affine")
@@ -43,59 +59,66 @@ def affine_forward(x: Any, W: Any, b: Any) -> tuple[Any, tuple[Any, tuple[int, .
     if tuple(b.shape) != (W.shape[1],):
         raise ValueError(f"affine: bias must have shape ({W.shape[1]},), got {tuple(b.shape)}")
     x2 = xp.reshape(x, (N, D))
-    return x2 @ W + b, (x2, tuple(x.shape))
+    return x2 @ W + b, AffineCache(x2, tuple(x.shape), W)
 
 
-def affine_backward(dout: Any, cache: tuple[Any, tuple[int, ...]], W: Any) -> tuple[Any, Any, Any]:
-    """Gradients of :func:`affine_forward`: ``dout`` (N, M) -> (dx of the input's shape, dW, db)."""
-    xp = array_namespace(dout)
-    x2, x_shape = cache
-    dx = xp.reshape(dout @ xp.matrix_transpose(W), x_shape)
-    dW = xp.matrix_transpose(x2) @ dout
-    db = xp.sum(dout, axis=0)
-    return dx, dW, db
+class ReluCache(NamedTuple):
+    """The boolean mask ``x > 0`` (shape of x)."""
+
+    mask: Any
+
+    def backward(self, dout: Any) -> Any:
+        """``dx``, a new array (``dout`` is not modified, unlike the book)."""
+        fast = _fast.lookup("relu_backward", dout)
+        if fast is not None:
+            return fast(dout, self.mask)
+        xp = array_namespace(dout)
+        return xp.where(self.mask, dout, xp.zeros((), dtype=dout.dtype, device=device(dout)))
 
 
-def relu_forward(x: Any) -> tuple[Any, Any]:
-    """ReLU; returns the output and the boolean mask ``x > 0`` for the backward pass."""
+def relu_forward(x: Any) -> tuple[Any, ReluCache]:
+    """ReLU: ``out`` of x's shape and dtype, and the mask ``x > 0`` for the backward pass."""
     fast = _fast.lookup("relu_forward", x)
     if fast is not None:
-        return fast(x)
+        out, mask = fast(x)
+        return out, ReluCache(mask)
     xp = array_namespace(x)
     mask = x > 0
-    return xp.where(mask, x, xp.zeros((), dtype=x.dtype, device=device(x))), mask
+    return xp.where(mask, x, xp.zeros((), dtype=x.dtype, device=device(x))), ReluCache(mask)
 
 
-def relu_backward(dout: Any, mask: Any) -> Any:
-    """Gradient of ReLU; allocates a new array (``dout`` is not modified, unlike the book)."""
-    fast = _fast.lookup("relu_backward", dout)
-    if fast is not None:
-        return fast(dout, mask)
-    xp = array_namespace(dout)
-    return xp.where(mask, dout, xp.zeros((), dtype=dout.dtype, device=device(dout)))
+class SigmoidCache(NamedTuple):
+    """The forward output ``out`` (the derivative needs only it)."""
+
+    out: Any
+
+    def backward(self, dout: Any) -> Any:
+        """``dout * (1 - out) * out``."""
+        return dout * (1.0 - self.out) * self.out
 
 
-def sigmoid_forward(x: Any) -> tuple[Any, Any]:
-    """Logistic sigmoid; the output is its own backward cache."""
+def sigmoid_forward(x: Any) -> tuple[Any, SigmoidCache]:
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, shape and dtype of ``x``."""
     xp = array_namespace(x)
     out = 1.0 / (1.0 + xp.exp(-x))
-    return out, out
+    return out, SigmoidCache(out)
 
 
-def sigmoid_backward(dout: Any, out: Any) -> Any:
-    return dout * (1.0 - out) * out
+class TanhCache(NamedTuple):
+    """The forward output ``out`` (the derivative needs only it)."""
+
+    out: Any
+
+    def backward(self, dout: Any) -> Any:
+        """``dout * (1 - tanh(x)**2)``, from the forward output."""
+        return dout * (1.0 - self.out * self.out)
 
 
-def tanh_forward(x: Any) -> tuple[Any, Any]:
-    """Hyperbolic tangent; the output is its own backward cache."""
+def tanh_forward(x: Any) -> tuple[Any, TanhCache]:
+    """Hyperbolic tangent, shape and dtype of ``x``."""
     xp = array_namespace(x)
     out = xp.tanh(x)
-    return out, out
-
-
-def tanh_backward(dout: Any, out: Any) -> Any:
-    """``dout * (1 - tanh(x)**2)``, from the forward output."""
-    return dout * (1.0 - out * out)
+    return out, TanhCache(out)
 
 
 def _log_softmax(x: Any, xp: Any) -> Any:
@@ -138,7 +161,19 @@ def cross_entropy_error(y: Any, t: Any) -> Any:
     return -xp.sum(onehot * xp.log(y + 1e-7)) / float(y.shape[0])
 
 
-def softmax_cross_entropy_forward(x: Any, t: Any) -> tuple[Any, tuple[Any, Any]]:
+class SoftmaxCrossEntropyCache(NamedTuple):
+    """The softmax ``y`` (N, K) and the targets as (N, K) one-hot / soft rows."""
+
+    y: Any
+    onehot: Any
+
+    def backward(self, dout: Any = 1.0) -> Any:
+        """Gradient of ``dout`` times the mean loss with respect to the scores:
+        ``(y - t) * dout / N`` (N, K). ``dout`` is a Python number (the loss is a scalar)."""
+        return (self.y - self.onehot) * (float(dout) / float(self.y.shape[0]))
+
+
+def softmax_cross_entropy_forward(x: Any, t: Any) -> tuple[Any, SoftmaxCrossEntropyCache]:
     """Softmax followed by mean cross-entropy, computed through log-softmax.
 
     Parameters
@@ -149,7 +184,7 @@ def softmax_cross_entropy_forward(x: Any, t: Any) -> tuple[Any, tuple[Any, Any]]
     Returns
     -------
     loss : 0-d array, dtype of ``x``
-    cache : (y, t_onehot) for :func:`softmax_cross_entropy_backward`
+    cache : SoftmaxCrossEntropyCache (``cache.y`` is the softmax of ``x``)
     """
     xp = array_namespace(x)
     if len(x.shape) != 2 or t.shape[0] != x.shape[0]:
@@ -160,10 +195,4 @@ def softmax_cross_entropy_forward(x: Any, t: Any) -> tuple[Any, tuple[Any, Any]]
     onehot = _as_one_hot(t, x.shape[1], x.dtype, xp)
     logp = _log_softmax(x, xp)
     loss = -xp.sum(onehot * logp) / float(x.shape[0])
-    return loss, (xp.exp(logp), onehot)
-
-
-def softmax_cross_entropy_backward(cache: tuple[Any, Any], dout: float = 1.0) -> Any:
-    """Gradient of the mean loss with respect to the scores: ``(y - t) / N`` (N, K)."""
-    y, onehot = cache
-    return (y - onehot) * (float(dout) / float(y.shape[0]))
+    return loss, SoftmaxCrossEntropyCache(xp.exp(logp), onehot)

@@ -13,11 +13,7 @@ from array_api_compat import array_namespace, device
 
 from .._checks import check_dropout_ratio
 
-__all__ = [
-    "DropoutCache",
-    "dropout_backward",
-    "dropout_forward",
-]
+__all__ = ["DropoutCache", "dropout_forward"]
 
 
 class DropoutCache(NamedTuple):
@@ -25,6 +21,12 @@ class DropoutCache(NamedTuple):
 
     mask: Any  # bool, shape of x
     scale: float
+
+    def backward(self, dout: Any) -> Any:
+        """``dx``: the forward pass's mask and scale applied to ``dout``."""
+        xp = array_namespace(dout)
+        zero = xp.zeros((), dtype=dout.dtype, device=device(dout))
+        return xp.where(self.mask, dout * self.scale, zero)
 
 
 def dropout_forward(x: Any, u: Any, dropout_ratio: float = 0.5) -> tuple[Any, DropoutCache]:
@@ -53,11 +55,3 @@ def dropout_forward(x: Any, u: Any, dropout_ratio: float = 0.5) -> tuple[Any, Dr
     scale = 1.0 / (1.0 - ratio)
     out = xp.where(mask, x * scale, xp.zeros((), dtype=x.dtype, device=device(x)))
     return out, DropoutCache(mask, scale)
-
-
-def dropout_backward(dout: Any, cache: DropoutCache) -> Any:
-    """Gradient of :func:`dropout_forward`: the same mask and scale applied to ``dout``."""
-    xp = array_namespace(dout)
-    return xp.where(
-        cache.mask, dout * cache.scale, xp.zeros((), dtype=dout.dtype, device=device(dout))
-    )

@@ -8,14 +8,7 @@ from typing import Any, NamedTuple
 import array_api_extra as xpx
 from array_api_compat import array_namespace
 
-__all__ = [
-    "BatchNormCache",
-    "LRNCache",
-    "batchnorm_backward",
-    "batchnorm_forward",
-    "lrn_backward",
-    "lrn_forward",
-]
+__all__ = ["BatchNormCache", "LRNCache", "batchnorm_forward", "lrn_forward"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -24,7 +17,7 @@ __all__ = [
 
 
 class BatchNormCache(NamedTuple):
-    """What :func:`batchnorm_backward` needs, plus the running statistics after the step."""
+    """What the backward pass needs, plus the running statistics after the step."""
 
     xn: Any  # normalised input, shape of x
     std: Any  # sqrt(var + eps), broadcastable to x: (1, C, 1, 1) or (1, D)
@@ -33,6 +26,28 @@ class BatchNormCache(NamedTuple):
     train_flg: bool  # True: batch statistics were used (and are differentiated through)
     running_mean: Any  # (C,) or (D,): updated in training mode, unchanged otherwise
     running_var: Any
+
+    def backward(self, dout: Any) -> tuple[Any, Any, Any]:
+        """``dout`` (shape of x) -> ``(dx, dgamma, dbeta)``.
+
+        In training mode the batch statistics depend on ``x``; the book's chain of
+        ``dstd``, ``dvar``, ``dmu`` collapses to
+        ``dx = (dxn - mean(dxn) - xn * mean(dxn * xn)) / std`` with ``dxn = gamma * dout``.
+        In inference mode the statistics are constants: ``dx = dxn / std``.
+        """
+        xp = array_namespace(dout)
+        xn, std, gamma_b, axes = self.xn, self.std, self.gamma, self.axes
+        C = gamma_b.shape[1]
+        dbeta = xp.reshape(xp.sum(dout, axis=axes), (C,))
+        dgamma = xp.reshape(xp.sum(dout * xn, axis=axes), (C,))
+        dxn = dout * gamma_b
+        if self.train_flg:
+            dxn = (
+                dxn
+                - xp.mean(dxn, axis=axes, keepdims=True)
+                - xn * xp.mean(dxn * xn, axis=axes, keepdims=True)
+            )
+        return dxn / std, dgamma, dbeta
 
 
 def _bn_axes(
@@ -105,41 +120,37 @@ def batchnorm_forward(
     return out, BatchNormCache(xn, std, gamma_b, axes, bool(train_flg), running_mean, running_var)
 
 
-def batchnorm_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
-    """Gradients of :func:`batchnorm_forward`: ``dout`` (shape of x) -> (dx, dgamma, dbeta).
-
-    In training mode the batch statistics depend on ``x``; the book's chain of
-    ``dstd``, ``dvar``, ``dmu`` collapses to
-    ``dx = (dxn - mean(dxn) - xn * mean(dxn * xn)) / std`` with ``dxn = gamma * dout``.
-    In inference mode the statistics are constants: ``dx = dxn / std``.
-    """
-    xp = array_namespace(dout)
-    xn, std, gamma_b, axes = cache.xn, cache.std, cache.gamma, cache.axes
-    C = gamma_b.shape[1]
-    dbeta = xp.reshape(xp.sum(dout, axis=axes), (C,))
-    dgamma = xp.reshape(xp.sum(dout * xn, axis=axes), (C,))
-    dxn = dout * gamma_b
-    if cache.train_flg:
-        dxn = (
-            dxn
-            - xp.mean(dxn, axis=axes, keepdims=True)
-            - xn * xp.mean(dxn * xn, axis=axes, keepdims=True)
-        )
-    return dxn / std, dgamma, dbeta
-
-
 # --------------------------------------------------------------------------------------------
 # Local response normalisation
 # --------------------------------------------------------------------------------------------
 
 
 class LRNCache(NamedTuple):
+    """The input, the windowed denominators and the hyperparameters."""
+
     x: Any
     d: Any  # k + alpha / size * (windowed sum of x**2), shape of x
     scale: Any  # d ** -beta
     size: int
     alpha: float
     beta: float
+
+    def backward(self, dout: Any) -> Any:
+        """``dout`` (shape of x) -> dx.
+
+        ``out_c = x_c * d_c ** -beta`` and ``d_c`` depends on every ``x_i`` in ``c``'s
+        window, so
+
+        ``dx_i = dout_i * d_i ** -beta - 2 * alpha * beta / size * x_i * sum_c dout_c * out_c / d_c``
+
+        summed over the channels ``c`` whose window holds ``i``: the mirrored window
+        (``(size - 1) // 2`` before, ``size // 2`` after).
+        """
+        xp = array_namespace(dout)
+        x, d, scale, size = self.x, self.d, self.scale, self.size
+        g = dout * x * scale / d
+        back = _channel_window_sum(g, (size - 1) // 2, size // 2, xp=xp)
+        return dout * scale - (2.0 * self.alpha * self.beta / size) * x * back
 
 
 def _channel_window_sum(a: Any, before: int, after: int, *, xp: Any) -> Any:
@@ -187,20 +198,3 @@ def lrn_forward(
     d = float(k) + (float(alpha) / size) * sq_sum
     scale = d ** (-float(beta))
     return x * scale, LRNCache(x, d, scale, size, float(alpha), float(beta))
-
-
-def lrn_backward(dout: Any, cache: LRNCache) -> Any:
-    """Gradient of :func:`lrn_forward`: ``dout`` (shape of x) -> dx.
-
-    ``out_c = x_c * d_c ** -beta`` and ``d_c`` depends on every ``x_i`` in ``c``'s window, so
-
-    ``dx_i = dout_i * d_i ** -beta - 2 * alpha * beta / size * x_i * sum_c dout_c * out_c / d_c``
-
-    summed over the channels ``c`` whose window holds ``i``: the mirrored window
-    (``(size - 1) // 2`` before, ``size // 2`` after).
-    """
-    xp = array_namespace(dout)
-    x, d, scale, size = cache.x, cache.d, cache.scale, cache.size
-    g = dout * x * scale / d
-    back = _channel_window_sum(g, (size - 1) // 2, size // 2, xp=xp)
-    return dout * scale - (2.0 * cache.alpha * cache.beta / size) * x * back

@@ -19,17 +19,14 @@ from array_api_compat import array_namespace, device
 from .. import _fast
 from .._checks import check_floating
 from .._window import check_window, crop_hw, pad_hw, window_slices
-from .dense import relu_backward, relu_forward
+from .dense import ReluCache, relu_forward
 
 __all__ = [
     "ArgmaxPoolCache",
     "AvgPoolCache",
     "PoolCache",
-    "avg_pool2d_backward",
     "avg_pool2d_forward",
-    "max_pool2d_backward",
     "max_pool2d_forward",
-    "relu_max_pool2d_backward",
     "relu_max_pool2d_forward",
 ]
 
@@ -120,7 +117,7 @@ def max_pool2d_forward(
     Returns
     -------
     out : array (N, C, OH, OW), dtype of ``x``
-    cache : PoolCache (its ``backward`` is :func:`max_pool2d_backward`)
+    cache : PoolCache (``cache.backward(dout)`` -> dx (N, C, H, W))
     """
     OH, OW = _check_max_pool(x, pool_h, pool_w, stride, pad)
     fast = _fast.lookup("max_pool2d_forward", x)
@@ -149,30 +146,22 @@ def max_pool2d_forward(
     return out, ArgmaxPoolCache(tuple(x.shape), arg, pool_h, pool_w, stride, pad)
 
 
-def max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
-    """Gradient of :func:`max_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W).
-
-    ``cache`` is what the forward pass returned; it runs its own backward.
-    """
-    return cache.backward(dout)
-
-
 @dataclass(frozen=True)
 class _ReluThenPoolCache:
-    mask: Any
+    relu: ReluCache
     pool: PoolCache
 
     def backward(self, dout: Any) -> Any:
-        return relu_backward(self.pool.backward(dout), self.mask)
+        return self.relu.backward(self.pool.backward(dout))
 
 
 @dataclass(frozen=True)
 class _PoolThenReluCache:
     pool: PoolCache
-    mask: Any
+    relu: ReluCache
 
     def backward(self, dout: Any) -> Any:
-        return self.pool.backward(relu_backward(dout, self.mask))
+        return self.pool.backward(self.relu.backward(dout))
 
 
 def relu_max_pool2d_forward(
@@ -191,17 +180,12 @@ def relu_max_pool2d_forward(
     OH, OW = _check_max_pool(x, pool_h, pool_w, stride, pad)
     fast = _fast.lookup("max_pool2d_forward", x)
     if fast is None:
-        y, mask = relu_forward(x)
+        y, relu = relu_forward(x)
         out, pool = max_pool2d_forward(y, pool_h, pool_w, stride, pad)
-        return out, _ReluThenPoolCache(mask, pool)
+        return out, _ReluThenPoolCache(relu, pool)
     pooled, pool = fast(x, pool_h, pool_w, stride, pad, OH, OW, skip_nan=True)
-    out, mask = relu_forward(pooled)
-    return out, _PoolThenReluCache(pool, mask)
-
-
-def relu_max_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
-    """Gradient of :func:`relu_max_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W)."""
-    return cache.backward(dout)
+    out, relu = relu_forward(pooled)
+    return out, _PoolThenReluCache(pool, relu)
 
 
 def avg_pool2d_forward(
@@ -221,8 +205,3 @@ def avg_pool2d_forward(
         out = out + img[window_slices(k // pool_w, k % pool_w, stride, OH, OW)]
     out = out / float(pool_h * pool_w)
     return out, AvgPoolCache(tuple(x.shape), pool_h, pool_w, stride, pad)
-
-
-def avg_pool2d_backward(dout: Any, cache: PoolCache) -> Any:
-    """Gradient of :func:`avg_pool2d_forward`: ``dout`` (N, C, OH, OW) -> dx (N, C, H, W)."""
-    return cache.backward(dout)
