@@ -137,6 +137,33 @@ def test_dropout_same_seed_same_masks(backend, rng):
     assert not np.array_equal(backend.to_numpy(c.forward(x)), first_a)
 
 
+def test_random_state_hooks_default_to_nothing_and_round_trip_on_dropout(backend):
+    """``Layer.rng_state`` is None for a layer that draws nothing (its other hooks do
+    nothing); Dropout's snapshot restores its sequence of masks, and ``reseed``
+    derives the new seed from the layer's own."""
+    tanh = Tanh()
+    assert tanh.rng_state() is None
+    tanh.set_rng_state({})
+    tanh.reseed(lambda seed: 1)
+    x = backend.asarray(np.ones((8, 50)), "float32")
+    drop = Dropout(0.5, seed=7)
+    assert drop.rng_state() == {}  # no generator before the first draw
+    drop.forward(x)
+    state = drop.rng_state()
+    assert all(isinstance(a, np.ndarray) for a in state.values())
+    if backend.name != "cupy":  # CuPy generators expose no state to restore
+        assert state
+        following = backend.to_numpy(drop.forward(x))
+        drop.set_rng_state(state)
+        np.testing.assert_array_equal(backend.to_numpy(drop.forward(x)), following)
+    seen: list[int | None] = []
+    drop.reseed(lambda seed: seen.append(seed) or 11)
+    assert seen == [7]
+    np.testing.assert_array_equal(
+        backend.to_numpy(drop.forward(x)), backend.to_numpy(Dropout(0.5, seed=11).forward(x))
+    )
+
+
 def test_dropout_gradient_numerical(backend, rng):
     # A fresh layer with the same seed draws the same first mask: forward is a fixed linear map.
     check_layer_gradients(

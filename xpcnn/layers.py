@@ -9,6 +9,7 @@ it receives.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from array_api_compat import array_namespace
@@ -17,6 +18,8 @@ from . import ops
 from ._checks import check_dropout_ratio
 from ._window import check_window
 from .backend import random_uniform
+from .backend import rng_state as _rng_state
+from .backend import set_rng_state as _set_rng_state
 
 __all__ = [
     "LRN",
@@ -86,6 +89,21 @@ class Layer:
     def clear_cache(self) -> None:
         """Drop the forward pass's saved arrays (pure inference needs no backward)."""
         self._cache = None
+
+    # Random state: a layer that draws random numbers (Dropout) overrides all three.
+    def rng_state(self) -> dict[str, Any] | None:
+        """Host snapshots (NumPy arrays) of this layer's random generators, keyed by
+        generator, for checkpoints; None (the default): this layer draws no random numbers."""
+        return None
+
+    def set_rng_state(self, arrays: Mapping[str, Any]) -> None:
+        """Restore :meth:`rng_state` snapshots: the next draws continue the saved
+        sequences. The default does nothing."""
+
+    def reseed(self, derive: Callable[[int | None], int | None]) -> None:
+        """Restart this layer's generators from ``derive(seed)``, where ``seed`` is the
+        layer's integer seed (None if it has none): for example a per-rank seed in
+        data-parallel training. The default does nothing."""
 
     def extra_repr(self) -> str:
         return ""
@@ -324,6 +342,17 @@ class Dropout(Layer):
 
     def backward(self, dout: Any) -> Any:
         return dout if self._cache is None else self._cache.backward(dout)
+
+    def rng_state(self) -> dict[str, Any]:
+        return _rng_state(self.seed_state)
+
+    def set_rng_state(self, arrays: Mapping[str, Any]) -> None:
+        _set_rng_state(self.seed_state, dict(arrays))
+
+    def reseed(self, derive: Callable[[int | None], int | None]) -> None:
+        seed = self.seed_state.get("seed")
+        # a Generator seed has no integer to derive from: derive(None)
+        self.seed_state = {"seed": derive(seed if isinstance(seed, int) else None)}
 
     def extra_repr(self) -> str:
         return f"{self.dropout_ratio}"

@@ -14,7 +14,7 @@ from typing import Any
 from array_api_compat import array_namespace, is_numpy_array
 
 from .. import ops
-from ..backend import Device, host_rng, resolve_device, rng_state, set_rng_state, to_numpy
+from ..backend import Device, host_rng, resolve_device, to_numpy
 from ..inputs import as_input
 from ..layers import (
     LRN,
@@ -368,8 +368,7 @@ class Sequential:
         return {
             f"{i}/{key}": a
             for i, layer in enumerate(self.layers)
-            if hasattr(layer, "seed_state")
-            for key, a in rng_state(layer.seed_state).items()
+            for key, a in (layer.rng_state() or {}).items()
         }
 
     def set_random_state(self, arrays: dict[str, Any]) -> None:
@@ -377,12 +376,12 @@ class Sequential:
         for name, a in arrays.items():
             i, key = name.split("/", 1)
             layer = self.layers[int(i)]
-            if not hasattr(layer, "seed_state"):
+            if layer.rng_state() is None:
                 raise ValueError(
                     f"random state {name!r} is for layer {i}, a {type(layer).__name__}, which "
                     "draws no random numbers: it was saved from another network"
                 )
-            set_rng_state(layer.seed_state, {key: a})
+            layer.set_rng_state({key: a})
 
     def state_shapes(self) -> dict[str, tuple[tuple[int, ...], str]]:
         """Expected ``{key: (shape, dtype name)}`` of :meth:`state_dict`."""
