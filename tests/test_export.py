@@ -12,7 +12,15 @@ ort = pytest.importorskip("onnxruntime", reason="the export is checked with onnx
 from xpcnn.cli import main  # noqa: E402
 from xpcnn.data import load_dataset  # noqa: E402
 from xpcnn.export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx, to_onnx  # noqa: E402
-from xpcnn.models import AlexNet, DeepConvNet, LeNet, NetBuilder, SimpleConvNet  # noqa: E402
+from xpcnn.layers import Affine, Layer  # noqa: E402
+from xpcnn.models import (  # noqa: E402
+    AlexNet,
+    DeepConvNet,
+    LeNet,
+    NetBuilder,
+    Sequential,
+    SimpleConvNet,
+)
 from xpcnn.optim import SGD  # noqa: E402
 from xpcnn.train import load_network  # noqa: E402
 
@@ -87,6 +95,40 @@ def test_even_lrn_window_is_refused():
     net = NetBuilder((4, 5, 5), seed=0).lrn(size=4).affine(3).build()
     with pytest.raises(ValueError, match="even window"):
         to_onnx(net)
+
+
+class _Double(Layer):
+    """A layer defined outside xpcnn, with its ONNX mapping beside its forward."""
+
+    def forward(self, x, train_flg=True):
+        return x * 2.0
+
+    def onnx_nodes(self, graph, x, input_shape):
+        return graph.node("Mul", [x, graph.const("two", np.asarray(2.0))])
+
+
+class _NoExport(_Double):
+    onnx_nodes = Layer.onnx_nodes
+
+
+def _with(layer):
+    rng = np.random.default_rng(0)
+    W, b = rng.standard_normal((6, 4)), rng.standard_normal(4)
+    return Sequential([Affine(W.astype(np.float32), b.astype(np.float32)), layer], (6,))
+
+
+def test_a_new_layer_is_exported_by_its_own_onnx_nodes():
+    net = _with(_Double())
+    x = np.random.default_rng(1).random((3, 6), dtype=np.float32)
+    (got,) = _session(to_onnx(net)).run([OUTPUT_NAME], {INPUT_NAME: x})
+    np.testing.assert_allclose(got, net.predict(x), rtol=1e-6, atol=1e-6)
+
+
+def test_a_layer_without_onnx_nodes_is_refused_by_name():
+    with pytest.raises(
+        ValueError, match=r"layer 1 \(_NoExport\(\)\): _NoExport has no ONNX export"
+    ):
+        to_onnx(_with(_NoExport()))
 
 
 def test_export_command_writes_a_model_of_the_checkpoint(tmp_path, capsys):

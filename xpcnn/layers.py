@@ -90,6 +90,17 @@ class Layer:
         """Drop the forward pass's saved arrays (pure inference needs no backward)."""
         self._cache = None
 
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        """Write this layer's inference form into an ONNX graph; return its output's name.
+
+        ``graph`` is an :class:`xpcnn.export.OnnxGraph` (``graph.node(op_type, inputs,
+        **attributes)`` adds a node and returns its output's name; ``graph.const(name,
+        array)`` adds a float32 initializer), ``x`` the name of the input tensor and
+        ``input_shape`` one example's shape. Raise ValueError for what ONNX cannot express.
+        """
+        name = type(self).__name__
+        raise ValueError(f"{name} has no ONNX export: define {name}.onnx_nodes (see Layer)")
+
     # Random state: a layer that draws random numbers (Dropout) overrides all three.
     def rng_state(self) -> dict[str, Any] | None:
         """Host snapshots (NumPy arrays) of this layer's random generators, keyed by
@@ -159,6 +170,12 @@ class Convolution(Layer):
         )
         return (FN, OH, OW)
 
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        FH, FW = (int(n) for n in self.W.shape[2:])
+        s, p = int(self.stride), int(self.pad)
+        ins = [x, graph.const("W", self.W), graph.const("b", self.b)]
+        return graph.node("Conv", ins, kernel_shape=[FH, FW], strides=[s, s], pads=[p] * 4)
+
     def extra_repr(self) -> str:
         FN, C, FH, FW = self.W.shape
         return f"{C}->{FN}, {FH}x{FW}, stride={self.stride}, pad={self.pad}"
@@ -177,13 +194,8 @@ class Pooling(Layer):
         super().__init__()
         if mode not in ("max", "avg"):
             raise ValueError(f"Pooling mode must be 'max' or 'avg', got {mode!r}")
-        self.pool_h, self.pool_w, self.stride, self.pad, self.mode = (
-            pool_h,
-            pool_w,
-            stride,
-            pad,
-            mode,
-        )
+        self.pool_h, self.pool_w = pool_h, pool_w
+        self.stride, self.pad, self.mode = stride, pad, mode
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         fwd = ops.max_pool2d_forward if self.mode == "max" else ops.avg_pool2d_forward
@@ -201,6 +213,17 @@ class Pooling(Layer):
             batched=False,
         )
         return (input_shape[0], OH, OW)
+
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        """MaxPool, or AveragePool counting padding (``count_include_pad=1``) as this does."""
+        kw: dict[str, Any] = {
+            "kernel_shape": [self.pool_h, self.pool_w],
+            "strides": [self.stride] * 2,
+            "pads": [self.pad] * 4,
+        }
+        if self.mode == "max":
+            return graph.node("MaxPool", [x], **kw)
+        return graph.node("AveragePool", [x], count_include_pad=1, **kw)
 
     def extra_repr(self) -> str:
         return f"{self.mode}, {self.pool_h}x{self.pool_w}, stride={self.stride}, pad={self.pad}"
@@ -238,6 +261,12 @@ class Affine(Layer):
             )
         return (M,)
 
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        """Flatten (for an image-shaped input) and Gemm."""
+        if len(input_shape) > 1:
+            x = graph.node("Flatten", [x], axis=1)
+        return graph.node("Gemm", [x, graph.const("W", self.W), graph.const("b", self.b)])
+
     def extra_repr(self) -> str:
         return "{}->{}".format(*self.W.shape)
 
@@ -249,31 +278,29 @@ class Relu(Layer):
         out, self._cache = ops.relu_forward(x)
         return out
 
-    @property
-    def mask(self) -> Any:
-        """The book's attribute: bool ``x > 0`` of the last forward pass (or None)."""
-        return None if self._cache is None else self._cache.mask
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        return graph.node("Relu", [x])
 
 
 class _OutputActivation(Layer):
     """An activation whose backward needs only its own output (sigmoid, tanh)."""
 
     _forward: Any = None  # ops function x -> (out, cache with .out)
+    _onnx_op = ""  # the ONNX operator of the same name
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         out, self._cache = self._forward(x)
         return out
 
-    @property
-    def out(self) -> Any:
-        """The book's attribute: the last forward pass's output (or None)."""
-        return None if self._cache is None else self._cache.out
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        return graph.node(self._onnx_op, [x])
 
 
 class Sigmoid(_OutputActivation):
     """Logistic sigmoid ``1 / (1 + exp(-x))``."""
 
     _forward = staticmethod(ops.sigmoid_forward)
+    _onnx_op = "Sigmoid"
 
 
 class SoftmaxWithLoss(Layer):
@@ -305,6 +332,7 @@ class Tanh(_OutputActivation):
     """Hyperbolic tangent (LeNet's squashing function)."""
 
     _forward = staticmethod(ops.tanh_forward)
+    _onnx_op = "Tanh"
 
 
 class Dropout(Layer):
@@ -353,6 +381,9 @@ class Dropout(Layer):
         seed = self.seed_state.get("seed")
         # a Generator seed has no integer to derive from: derive(None)
         self.seed_state = {"seed": derive(seed if isinstance(seed, int) else None)}
+
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        return x  # the identity at inference
 
     def extra_repr(self) -> str:
         return f"{self.dropout_ratio}"
@@ -422,6 +453,13 @@ class BatchNormalization(Layer):
             )
         return input_shape
 
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        """The inference form: the running statistics."""
+        arrays = {**self.params, **self.buffers}
+        order = ("gamma", "beta", "running_mean", "running_var")  # ONNX's input order
+        ins = [x, *(graph.const(k, arrays[k]) for k in order)]
+        return graph.node("BatchNormalization", ins, epsilon=self.eps)
+
     def extra_repr(self) -> str:
         return f"{self.params['gamma'].shape[0]}, momentum={self.momentum}"
 
@@ -443,6 +481,14 @@ class LRN(Layer):
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         out, self._cache = ops.lrn_forward(x, self.size, self.alpha, self.beta, self.k)
         return out
+
+    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
+        """ONNX's LRN (the same ``alpha / size`` convention), for odd sizes."""
+        if self.size % 2 == 0:  # ONNX centres an even window one channel later than we do
+            raise ValueError(
+                "ONNX's LRN places an even window differently; only odd sizes can be exported"
+            )
+        return graph.node("LRN", [x], size=self.size, alpha=self.alpha, beta=self.beta, bias=self.k)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}"
