@@ -7,9 +7,10 @@ from typing import Any
 
 from ..backend import Device
 from .alexnet import AlexNet
+from .builder import NetBuilder, init_std
 from .deep_convnet import DeepConvNet
 from .lenet import LeNet
-from .sequential import NetBuilder, Sequential, init_std
+from .sequential import Sequential
 from .simple_convnet import SimpleConvNet
 
 __all__ = [

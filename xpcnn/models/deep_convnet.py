@@ -8,7 +8,8 @@ from typing import Any
 
 from ..backend import Device
 from ._options import merge_options
-from .sequential import NetBuilder, Sequential
+from .builder import NetBuilder
+from .sequential import Sequential
 
 __all__ = ["DeepConvNet"]
 

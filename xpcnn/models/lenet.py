@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..backend import Device
-from .sequential import NetBuilder, Sequential
+from .builder import NetBuilder
+from .sequential import Sequential
 
 __all__ = ["LeNet"]
 
