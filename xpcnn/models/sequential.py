@@ -13,6 +13,7 @@ from typing import Any
 from array_api_compat import array_namespace, is_numpy_array
 
 from .. import ops
+from .._numerical import numerical_gradient
 from ..backend import Device, resolve_device, to_numpy
 from ..inputs import as_input
 from ..layers import Layer, Pooling, Relu, SoftmaxWithLoss
@@ -257,21 +258,16 @@ class Sequential:
         grads = {}
         for key in list(self.params):
             original = self.params[key]
-            p = to_numpy(original).copy()
-            g = p * 0
-            flat, gflat = p.reshape(-1), g.reshape(-1)
-            for i in range(flat.size):
-                old = flat[i]
-                flat[i] = old + h
-                self.params[key] = self.device.asarray(p)
-                fxh1 = float(to_numpy(self.loss(x, t)))
-                flat[i] = old - h
-                self.params[key] = self.device.asarray(p)
-                fxh2 = float(to_numpy(self.loss(x, t)))
-                flat[i] = old
-                gflat[i] = (fxh1 - fxh2) / (2 * h)
-            self.params[key] = original
-            grads[key] = self.device.asarray(g)
+
+            def loss(p: Any, key: str = key, dtype: Any = original.dtype) -> float:
+                self.params[key] = self.device.asarray(p, dtype)  # p: float64 on the host
+                return float(to_numpy(self.loss(x, t)))
+
+            try:
+                g = numerical_gradient(loss, to_numpy(original), h)
+            finally:
+                self.params[key] = original
+            grads[key] = self.device.asarray(g, original.dtype)
         return grads
 
     # -- the book's save_params / load_params (npz, never pickle) --------------------
