@@ -417,3 +417,19 @@ def test_shape_only_matches_a_real_build():
     assert {k: tuple(v.shape) for k, v in meta.params.items()} == {
         k: tuple(v.shape) for k, v in real.params.items()
     }
+
+
+def test_for_input_applies_each_nets_small_input_rule():
+    """The nets own their small-input rule: AlexNet gives its reduced form for images
+    under 64x64 and its full one otherwise; the others are built for the shape."""
+    kw = {"seed": 0, "shape_only": True}
+    small = AlexNet.for_input((1, 28, 28), output_size=5, **kw)
+    assert small.config == AlexNet.small((1, 28, 28), output_size=5, **kw).config
+    full = AlexNet.for_input((3, 227, 227), **kw)
+    assert full.config == AlexNet(**kw).config
+    lenet = LeNet.for_input((1, 28, 28), seed=0)
+    assert type(lenet) is LeNet and lenet.input_dim == (1, 28, 28)
+    with pytest.raises(
+        TypeError, match=r"built from its layers: NetBuilder\(\(1, 8, 8\), \.\.\.\)"
+    ):
+        Sequential.for_input((1, 8, 8))

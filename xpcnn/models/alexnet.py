@@ -26,6 +26,11 @@ SMALL = {
 }
 
 
+def _wants_small(input_dim: Sequence[int]) -> bool:
+    """The small-input rule: images under 64x64 pixels get :meth:`AlexNet.small`."""
+    return len(input_dim) == 3 and min(input_dim[1:]) < 64
+
+
 class AlexNet(Sequential):
     """AlexNet on one device (the paper split it over two GPUs).
 
@@ -106,6 +111,19 @@ class AlexNet(Sequential):
             "dtype": dtype,
         }
         super().__init__(b.layers, b.input_dim, config=config)
+
+    @classmethod
+    def for_input(cls, input_dim: Sequence[int], **kwargs: Any) -> AlexNet:
+        """AlexNet for inputs of ``input_dim``: the full configuration, or :meth:`small`
+        for images under 64x64 pixels (the full one is made for 227x227)."""
+        factory = cls.small if _wants_small(input_dim) else cls
+        return factory(input_dim=input_dim, **kwargs)
+
+    @classmethod
+    def _build_hint(cls, input_dim: Sequence[int]) -> str:
+        if _wants_small(input_dim):
+            return f"{cls.__name__}.small(input_dim={tuple(input_dim)})"
+        return super()._build_hint(input_dim)
 
     @classmethod
     def small(

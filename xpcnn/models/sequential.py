@@ -185,16 +185,30 @@ class Sequential:
         if len(self.input_dim) > 1:
             want += f" or flat (N, {math.prod(self.input_dim)})"
         got = shape[1:] if len(shape) > 1 else shape
-        if shape == self.input_dim:
-            return f"{type(self).__name__} got one example of shape {shape}: add the batch axis (x[None])"
         name = type(self).__name__
-        if name == "Sequential":
-            fix = f"build the network for it: NetBuilder({got}, ...)"
-        elif name == "AlexNet" and len(got) == 3 and min(got[1:]) < 64:
-            fix = f"build the network for it: AlexNet.small(input_dim={got})"
-        else:
-            fix = f"build the network for it: {name}(input_dim={got})"
-        return f"{name} expects inputs {want}, got {shape}; {fix}"
+        if shape == self.input_dim:
+            return f"{name} got one example of shape {shape}: add the batch axis (x[None])"
+        fix = self._build_hint(got)
+        return f"{name} expects inputs {want}, got {shape}; build the network for it: {fix}"
+
+    @classmethod
+    def for_input(cls, input_dim: Sequence[int], **kwargs: Any) -> Sequential:
+        """A named network of this class for inputs of ``input_dim`` (one example's
+        shape): ``cls(input_dim=input_dim, **kwargs)``, or the reduced form where the
+        full configuration needs larger inputs (:meth:`AlexNet.for_input
+        <xpcnn.models.AlexNet.for_input>`). A plain Sequential is built from its
+        layers instead (:class:`~xpcnn.models.NetBuilder`)."""
+        if cls is Sequential:
+            raise TypeError(f"a Sequential is built from its layers: {cls._build_hint(input_dim)}")
+        return cls(input_dim=input_dim, **kwargs)
+
+    @classmethod
+    def _build_hint(cls, input_dim: Sequence[int]) -> str:
+        """The call that builds this kind of network for inputs of ``input_dim``
+        (:meth:`for_input`'s choice), for error messages."""
+        if cls is Sequential:
+            return f"NetBuilder({tuple(input_dim)}, ...)"
+        return f"{cls.__name__}(input_dim={tuple(input_dim)})"
 
     def predict(self, x: Any, train_flg: bool = False, *, keep_cache: bool = True) -> Any:
         """Scores (N, K) (logits, before the softmax) for inputs x.
