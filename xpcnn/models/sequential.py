@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import MutableMapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from array_api_compat import array_namespace, is_numpy_array
-
 from .. import ops
 from .._numerical import numerical_gradient
 from ..backend import Device, resolve_device, to_numpy
-from ..inputs import as_input
 from ..layers import Layer, Pooling, Relu, SoftmaxWithLoss
 from ..metrics import accuracy
+from ._inputs import network_input
+from ._params import ParamView, index_by_name
 
 __all__ = ["Sequential"]
 
@@ -60,52 +59,6 @@ def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
     return plan
 
 
-def _check_library(net: Sequential, x: Any) -> None:
-    """One clear line when ``x`` comes from another array library than the network's
-    parameters (instead of array-api-compat's "Multiple namespaces for array inputs").
-    NumPy arrays are host data: they are copied to the network's device."""
-    try:
-        xp = array_namespace(x)
-    except TypeError:
-        return  # not an array: the first layer says what it expects
-    if xp is not net.device.xp and not is_numpy_array(x):
-        theirs = Device.of(x).backend
-        raise TypeError(
-            f"{type(net).__name__} holds {net.device.backend} arrays ({net.device.name}) but was "
-            f"given a {theirs} array: move the input with net.device.asarray(x), or build the "
-            f"network with backend={theirs!r}"
-        )
-
-
-class _ParamView(MutableMapping):
-    """Network-level names (``W1``, ``b1``, ...) that read and write the layers' dicts.
-
-    Optimizers assign ``params[key] = new``; the assignment lands in the
-    owning layer, so updates work on immutable backends too.
-    """
-
-    def __init__(self, index: dict[str, tuple[Layer, str]], attr: str) -> None:
-        self._index = index
-        self._attr = attr
-
-    def __getitem__(self, key: str) -> Any:
-        layer, k = self._index[key]
-        return getattr(layer, self._attr)[k]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        layer, k = self._index[key]
-        getattr(layer, self._attr)[k] = value
-
-    def __delitem__(self, key: str) -> None:
-        raise TypeError("network parameters cannot be deleted")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-
 class Sequential:
     """A feed-forward network: ``layers`` then a loss layer (``SoftmaxWithLoss``).
 
@@ -146,50 +99,16 @@ class Sequential:
         if hasattr(self.layers[0], "need_dx"):
             self.layers[0].need_dx = False
         self._plan: list[Any] = self.layers  # what the last forward pass ran (see predict)
-        params: dict[str, tuple[Layer, str]] = {}
-        buffers: dict[str, tuple[Layer, str]] = {}
-        n = 0
-        for layer in self.layers:
-            n += bool(layer.params)
-            params.update({f"{k}{n}": (layer, k) for k in layer.params})
-            buffers.update({f"{k}{n}": (layer, k) for k in layer.buffers})
-        self._index = params
-        self.params: MutableMapping[str, Any] = _ParamView(params, "params")
-        self.buffers: MutableMapping[str, Any] = _ParamView(buffers, "buffers")
+        self._index, buffers = index_by_name(self.layers)
+        self.params: MutableMapping[str, Any] = ParamView(self._index, "params")
+        self.buffers: MutableMapping[str, Any] = ParamView(buffers, "buffers")
         first = next(iter(self.params.values()), None)
         self.device = Device.of(first) if first is not None else resolve_device("cpu")
 
     # -- the book's interface -------------------------------------------------
     def _input(self, x: Any) -> Any:
-        """``x`` as this network's input: on its device (host arrays are copied
-        there), integer pixels scaled to [0, 1] and floats cast to its dtype
-        (:func:`xpcnn.inputs.as_input`, as the Trainer does), flat (N, D) rows
-        reshaped to (N, *input_dim). Any other shape, or an array of another
-        library than the network's (NumPy excepted), is refused in one line."""
-        _check_library(self, x)
-        shape, D = tuple(x.shape), math.prod(self.input_dim)
-        if shape[1:] != self.input_dim:
-            # A 1-D input_dim (a stack of Affine layers) flattens whatever it gets.
-            flat_ok = len(shape) >= 2 and math.prod(shape[1:]) == D
-            if not flat_ok or (len(shape) > 2 and len(self.input_dim) > 1):
-                raise ValueError(self._shape_error(shape))
-        x = self.device.asarray(x)
-        if self.dtype is not None:
-            x = as_input(x, self.dtype)
-        if len(shape) == 2 and len(self.input_dim) > 1:
-            x = self.device.xp.reshape(x, (shape[0], *self.input_dim))
-        return x
-
-    def _shape_error(self, shape: tuple[int, ...]) -> str:
-        want = f"(N, {', '.join(map(str, self.input_dim))})"
-        if len(self.input_dim) > 1:
-            want += f" or flat (N, {math.prod(self.input_dim)})"
-        got = shape[1:] if len(shape) > 1 else shape
-        name = type(self).__name__
-        if shape == self.input_dim:
-            return f"{name} got one example of shape {shape}: add the batch axis (x[None])"
-        fix = self._build_hint(got)
-        return f"{name} expects inputs {want}, got {shape}; build the network for it: {fix}"
+        """``x`` as this network's input (:func:`~xpcnn.models._inputs.network_input`)."""
+        return network_input(self, x)
 
     @classmethod
     def for_input(cls, input_dim: Sequence[int], **kwargs: Any) -> Sequential:
