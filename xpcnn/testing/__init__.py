@@ -222,11 +222,32 @@ def check_layer(
         same_place(layer.grads[k], f"grads[{k!r}]", tuple(p.shape), p.dtype)
 
     # 2. gradients in float64, on the same device.
-    f64 = "float64"
     try:
-        ref.check_dtype(f64)
+        ref.check_dtype("float64")
     except DeviceError as exc:
         fail("float64 gradient check", str(exc))
+    analytic, numeric = _float64_gradients(layer, x, ref, w, eps)
+    for what, num in numeric.items():
+        got = analytic[what]
+        scale = max(1.0, float(np.max(np.abs(num)))) if num.size else 1.0
+        err = np.abs(got - num) - (atol * scale + rtol * np.abs(num))
+        if num.size and float(np.max(err)) > 0:
+            i = np.unravel_index(int(np.argmax(err)), num.shape)
+            fail(
+                what,
+                "does not match central differences: "
+                f"max abs error {float(np.max(np.abs(got - num))):.3g} "
+                f"(at {tuple(int(j) for j in i)}: backward {got[i]:.6g}, numerical {num[i]:.6g}; "
+                f"rtol {rtol:g}, atol {atol:g})",
+            )
+
+
+def _float64_gradients(
+    layer: Any, x: Any, ref: Device, w: np.ndarray, eps: float
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(analytic, numeric)`` host gradients of ``sum(forward(x) * w)`` in float64 on
+    ``ref``, keyed ``"dx"`` and ``"grads['W']"``; the layer's parameters are restored."""
+    f64 = "float64"
     original = dict(layer.params)
     params64 = {k: ref.asarray(p, f64) for k, p in original.items()}
     try:
@@ -253,19 +274,7 @@ def check_layer(
             )
     finally:
         layer.params.update(original)
-    for what, num in numeric.items():
-        got = analytic[what]
-        scale = max(1.0, float(np.max(np.abs(num)))) if num.size else 1.0
-        err = np.abs(got - num) - (atol * scale + rtol * np.abs(num))
-        if num.size and float(np.max(err)) > 0:
-            i = np.unravel_index(int(np.argmax(err)), num.shape)
-            fail(
-                what,
-                "does not match central differences: "
-                f"max abs error {float(np.max(np.abs(got - num))):.3g} "
-                f"(at {tuple(int(j) for j in i)}: backward {got[i]:.6g}, numerical {num[i]:.6g}; "
-                f"rtol {rtol:g}, atol {atol:g})",
-            )
+    return analytic, numeric
 
 
 # -- pytest plugin (hooks only: no pytest import) ----------------------------------------
