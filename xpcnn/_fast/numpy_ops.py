@@ -236,7 +236,9 @@ class ChwnConvCache:
         # The transposed convolution unfolds dout (FN*FH*FW rows), the fold writes dcol
         # (C*FH*FW rows): take the smaller on one thread. The fold's blocks write
         # overlapping rows of dx in order, so on several threads take the transposed one.
-        transposed = need_dx and s == 1 and p < min(FH, FW) and (FN <= C or _threads.num_threads() > 1)
+        transposed = (
+            need_dx and s == 1 and p < min(FH, FW) and (FN <= C or _threads.num_threads() > 1)
+        )
         dimg = np.zeros_like(img) if need_dx and not transposed else None
         W_T = self.col_W[:, :K].T  # (C*FH*FW, FN)
 
