@@ -20,6 +20,8 @@ import array_api_compat
 import numpy as np
 from array_api_compat import array_namespace, device, is_cupy_array, is_numpy_array
 
+from .errors import XpcnnError
+
 __all__ = [
     "BACKENDS",
     "Device",
@@ -59,7 +61,7 @@ _MODULES["array-api-strict"] = "array_api_strict"
 _DISPLAY = {"numpy": "NumPy", "cupy": "CuPy", "torch": "PyTorch", "jax": "JAX"}
 
 
-class DeviceError(RuntimeError):
+class DeviceError(XpcnnError, RuntimeError):
     """The requested device cannot be used (bad name, library missing, no such device)."""
 
 

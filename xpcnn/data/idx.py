@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xpcnn.errors import XpcnnError
+
 __all__ = ["IDXError", "read_idx", "write_idx"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -31,7 +33,7 @@ _DTYPE_NAMES = {
 }
 
 
-class IDXError(ValueError):
+class IDXError(XpcnnError, ValueError):
     """An IDX file is malformed: bad magic, truncated, trailing bytes, corrupt gzip."""
 
 

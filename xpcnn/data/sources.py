@@ -25,6 +25,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from xpcnn._atomic import atomic_write
+from xpcnn.errors import XpcnnError
 
 __all__ = [
     "DATASET_NAMES",
@@ -81,7 +82,7 @@ _CHUNK = 1 << 16
 _USER_AGENT = "xpcnn (python urllib)"
 
 
-class DatasetError(RuntimeError):
+class DatasetError(XpcnnError, RuntimeError):
     """The data set files could not be found or downloaded."""
 
 
