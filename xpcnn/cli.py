@@ -56,10 +56,8 @@ from .distributed import (
     rank_device,
 )
 from .errors import XpcnnError
-from .inputs import as_input
-from .layers import Convolution
 from .metrics import predict_labels
-from .models import MODELS, Sequential, build_model
+from .models import MODELS, Sequential
 from .optim import OPTIMIZERS
 from .train import (
     Checkpoint,
@@ -706,74 +704,6 @@ def _parse_what(text: str) -> list[str]:
     return what
 
 
-def _first_conv(network: Sequential) -> Convolution | None:
-    return next((layer for layer in network.layers if isinstance(layer, Convolution)), None)
-
-
-def _filter_figures(viz: Any, conv: Convolution, meta: dict[str, Any], out: Path) -> list[Path]:
-    """First-layer filters after training, and before when the run's seed is known."""
-    written = []
-    seed = meta.get("run", {}).get("seed")
-    initial = _first_conv(build_model(meta["model"], seed=seed)) if seed is not None else None
-    if initial is not None:
-        written.append(
-            viz.plot_filters(
-                to_numpy(initial.W),
-                out / "filters_before.png",
-                title="first-layer filters before training",
-            )
-        )
-    written.append(
-        viz.plot_filters(
-            to_numpy(conv.W), out / "filters_after.png", title="first-layer filters after training"
-        )
-    )
-    return written
-
-
-def _response_figure(
-    viz: Any, conv: Convolution, image: np.ndarray, filters: list[int] | None, out: Path
-) -> Path:
-    W = to_numpy(conv.W)
-    bad = [i for i in filters or [] if not 0 <= i < W.shape[0]]
-    if bad:
-        raise CLIError(f"--filters {bad}: the first layer has filters 0..{W.shape[0] - 1}")
-    return viz.plot_filter_responses(
-        image[0], W, out / "filter_responses.png", filter_indices=filters
-    )
-
-
-def _feature_figure(viz: Any, network: Sequential, image: np.ndarray, out: Path) -> Path:
-    """Every convolution's output maps for one image."""
-    maps: list[tuple[str, np.ndarray]] = []
-    x = network.device.asarray(image[None], network.dtype)
-    for layer in network.layers:
-        x = layer.forward(x, False)
-        if isinstance(layer, Convolution):
-            maps.append((f"conv{len(maps) + 1}", to_numpy(x)[0]))
-    return viz.plot_feature_maps(image[0], maps, out / "feature_maps.png")
-
-
-def _prediction_figures(
-    viz: Any, network: Sequential, dataset: Dataset, what: list[str], out: Path
-) -> list[Path]:
-    """Misclassified test images and the confusion matrix."""
-    if "errors" not in what and "confusion" not in what:
-        return []
-    pred = to_numpy(predict_labels(network, dataset.x_test))
-    x, t, names = dataset.x_test, dataset.t_test, dataset.class_names
-    written = []
-    if "errors" in what:
-        written.append(
-            viz.plot_misclassified(x, t, pred, out / "misclassified.png", class_names=names)
-        )
-    if "confusion" in what:
-        written.append(
-            viz.plot_confusion_matrix(t, pred, out / "confusion_matrix.png", class_names=names)
-        )
-    return written
-
-
 def cmd_visualize(args: argparse.Namespace) -> int:
     from . import viz  # matplotlib: loaded only when plotting
 
@@ -784,21 +714,16 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--image-index {args.image_index} is outside 0..{dataset.x_test.shape[0] - 1}"
         )
-    image = as_input(dataset.x_test[args.image_index], np.float32)
-    conv = _first_conv(network)
-    written = []
-    if conv is not None:
-        if "filters" in what:
-            written += _filter_figures(viz, conv, meta, out)
-        if "responses" in what:
-            written.append(_response_figure(viz, conv, image, args.filters, out))
-        if "features" in what:
-            written.append(_feature_figure(viz, network, image, out))
-    if "curves" in what and meta.get("history", {}).get("test_acc"):
-        written.append(viz.plot_history(meta["history"], out / "curves.png"))
-    written += _prediction_figures(viz, network, dataset, what, out)
-    for p in written:
-        print(p)
+    conv = viz.first_conv(network)
+    n = 0 if conv is None else conv.W.shape[0]
+    bad = [i for i in args.filters or [] if not 0 <= i < n]
+    if bad and conv is not None and "responses" in what:
+        raise CLIError(f"--filters {bad}: the first layer has filters 0..{n - 1}")
+    figures = viz.network_figures(
+        network, dataset, meta, what=what, image_index=args.image_index, filters=args.filters
+    )
+    for name, fig in figures.items():
+        print(viz.save_figure(fig, out / f"{name}.png"))
     return 0
 
 
