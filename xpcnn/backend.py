@@ -38,6 +38,8 @@ __all__ = [
     "resolve_device",
     "rng_state",
     "set_rng_state",
+    "thread_limits",
+    "thread_summary",
     "to_numpy",
 ]
 
@@ -417,6 +419,57 @@ def cpu_threads(n: int) -> Iterator[None]:
 
     with _threads.using(n), threadpool_limits(limits=1, user_api="blas"):
         yield
+
+
+@contextlib.contextmanager
+def thread_limits(n: int | None, device: Device) -> Iterator[None]:
+    """``n`` threads per process inside the block, for ``device``'s library: on NumPy
+    xpcnn's own (:func:`cpu_threads`, BLAS at one); elsewhere BLAS's, and PyTorch's
+    intra-op threads on torch. None leaves every library as it is."""
+    if n is None:
+        yield
+    elif device.backend == "numpy":
+        with cpu_threads(n):
+            yield
+    else:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=n, user_api="blas"), _torch_threads(n, device):
+            yield
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int, device: Device) -> Iterator[None]:
+    if device.backend != "torch":
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def thread_summary(device: Device, n: int | None) -> str:
+    """The threads in use, for a log line: ``"threads: xpcnn 2; BLAS openblas 1"``
+    (xpcnn's own on NumPy, ``n`` or 1; BLAS's as threadpoolctl sees them; PyTorch's)."""
+    from threadpoolctl import threadpool_info
+
+    blas = [
+        f"{i['internal_api']} {i['num_threads']}"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
+    parts = [f"xpcnn {n or 1}"] if device.backend == "numpy" else []
+    parts.append("BLAS " + (", ".join(blas) or "none loaded"))
+    if device.backend == "torch":
+        import torch
+
+        parts.append(f"torch {torch.get_num_threads()}")
+    return "threads: " + "; ".join(parts)
 
 
 def gpu_available() -> bool:
