@@ -88,7 +88,7 @@ def worker(model: str, global_batch: int, steps: int, out: Path, uncoupled: bool
         net = build_model({"model": model}, seed=0)
         trainer = Trainer(
             net, x, t, x[:10], t[:10], epochs=2, mini_batch_size=global_batch,
-            evaluate_sample_num_per_epoch=10, verbose=False, progress=False,
+            evaluate_sample_num_per_epoch=10, verbose=False,
             seed=0, log_every=steps, comm=comm,
         )  # fmt: skip
         history = trainer.train()

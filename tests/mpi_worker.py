@@ -75,19 +75,18 @@ def layer_net():
 def layers(comm, out: Path) -> None:
     """Per-rank dropout masks after the start-of-training broadcast; BatchNorm running
     statistics: trained per rank, rank 0's once evaluated."""
-    from xpcnn.train import Trainer
+    from xpcnn.train import Batch, Trainer
 
     net = layer_net()
     rng = np.random.default_rng(0)
     x, t = rng.standard_normal((40, 6)), rng.integers(0, 3, 40)
     trainer = Trainer(net, x, t, x, t, epochs=1, mini_batch_size=8, verbose=False,
-                      progress=False, seed=0, comm=comm)  # fmt: skip
+                      seed=0, comm=comm)  # fmt: skip
     trainer.broadcast_state()
     drop = next(layer for layer in net.layers if hasattr(layer, "seed_state"))
     mask = drop.forward(np.ones((4, 8)), True).tolist()
-    trainer._share = (4, 8)  # this rank's images of a global batch (as train() sets it)
-    for _ in range(3):  # BatchNorm running statistics of this rank's shares
-        trainer.train_step(*trainer._take(np.arange(comm.rank * 4, comm.rank * 4 + 4)))
+    for step in range(1, 4):  # BatchNorm running statistics of this rank's shares (4 of 8)
+        trainer.updater.update(Batch(step, np.arange(comm.rank * 4, comm.rank * 4 + 4), 8))
     trained = {k: v.tolist() for k, v in net.buffers.items()}
     trainer.test_accuracy()
     evaluated = {k: v.tolist() for k, v in net.buffers.items()}
@@ -136,11 +135,11 @@ def mismatch(comm, out: Path) -> None:
 def cli(comm, how: str, argv: list[str]) -> int:
     """``xpcnn`` on every rank, with a fault on rank 1: ``raise`` or ``kill`` in its
     7th training step, or ``lr``: started with another learning rate."""
-    from xpcnn import train
     from xpcnn.cli import main
+    from xpcnn.train import StandardUpdater
 
     if comm.rank == 1 and how in ("raise", "kill"):
-        step = train.Trainer.train_step
+        step = StandardUpdater.gradients
         calls = [0]
 
         def failing_step(self, *args):
@@ -151,7 +150,7 @@ def cli(comm, how: str, argv: list[str]) -> int:
                 raise RuntimeError("rank 1 failed in step 7 on purpose")
             return step(self, *args)
 
-        train.Trainer.train_step = failing_step
+        StandardUpdater.gradients = failing_step
     if comm.rank == 1 and how == "lr":
         argv = [*argv, "--lr", "0.002"]
     return main(argv)

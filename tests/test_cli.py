@@ -203,17 +203,17 @@ def test_a_run_that_ends_at_chance_says_so(tmp_path, capsys):
     ],
 )
 def test_poor_result_detects_chance_accuracy_and_a_rising_loss(test_acc, losses, expected):
-    from xpcnn.cli import _poor_result
+    from xpcnn.run import poor_result
 
-    got = _poor_result(test_acc, 10, losses, steps_per_epoch=2)
+    got = poor_result(test_acc, 10, losses, steps_per_epoch=2)
     assert got == expected if expected is None else got.startswith(expected), got
 
 
 def test_train_size_above_the_data_says_what_it_used(monkeypatch, tmp_path, capsys):
-    import xpcnn.cli as cli
+    import xpcnn.run
 
     seen = []
-    monkeypatch.setattr(cli, "_fit", lambda trainer, checkpoint: seen.append(trainer) or 0)
+    monkeypatch.setattr(xpcnn.run, "_fit", lambda trainer, checkpoint: seen.append(trainer) or 0)
     status, _, err = run(capsys, "train", "--train-size", "99999", "--out", str(tmp_path / "o"))
     assert status == 0 and seen[0].x_train.shape[0] == 5000
     assert _other_lines(err) == [
@@ -429,13 +429,13 @@ def test_visualize_chosen_filters_and_bad_choices(trained, tmp_path, capsys):
 
 
 def test_a_project_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys, tmp_path):
-    import xpcnn.cli as cli
+    import xpcnn.run
     from xpcnn.errors import ConfigError
 
     def config_error(*args, **kw):
         raise ConfigError("--x 3 is too large; use at most 2")
 
-    monkeypatch.setattr(cli, "load_dataset", config_error)
+    monkeypatch.setattr(xpcnn.run, "load_dataset", config_error)
     status, _, err = run(capsys, "train", "--out", str(tmp_path))
     assert status == 2
     assert_one_line_error(err, "--x 3 is too large")
@@ -443,7 +443,7 @@ def test_a_project_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, 
     def bug(*args, **kw):
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(cli, "load_dataset", bug)
+    monkeypatch.setattr(xpcnn.run, "load_dataset", bug)
     with pytest.raises(ValueError, match="could not be broadcast"):
         main(["train", "--out", str(tmp_path)])
 
@@ -503,7 +503,7 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     """On NumPy ``--threads N`` runs the fast paths on N threads with one BLAS thread
     each; the default is every CPU the process may use; a thread count set in the
     environment (``OPENBLAS_NUM_THREADS``) leaves BLAS alone and xpcnn at one."""
-    import xpcnn.cli as cli
+    import xpcnn.run
     from xpcnn._fast import _threads
     from xpcnn.distributed import cores_per_rank
 
@@ -515,13 +515,13 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     before = _blas_threads()
     assert before, "NumPy's BLAS is not visible to threadpoolctl"
     during = []
-    fit = cli._fit
+    fit = xpcnn.run._fit
 
     def spy(trainer, checkpoint):
         during.append((_threads.num_threads(), _blas_threads()))
         return fit(trainer, checkpoint)
 
-    monkeypatch.setattr(cli, "_fit", spy)
+    monkeypatch.setattr(xpcnn.run, "_fit", spy)
     argv = ["train", "--epochs", "1", "--train-size", "100", "--eval-samples", "100"]
     argv += ["--no-progress", "--out", str(tmp_path)]
     status, _, err = run(capsys, *argv, *(["--threads", str(threads)] if threads in (1, 3) else []))

@@ -142,7 +142,7 @@ def test_export_command_writes_a_model_of_the_checkpoint(tmp_path, capsys):
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     x = d.x_test[:20]
     (got,) = sess.run(None, {INPUT_NAME: x.astype(np.float32) / 255})
-    loaded, _ = load_network(ckpt)
+    loaded = load_network(ckpt)
     np.testing.assert_allclose(got, loaded.predict(x), rtol=1e-5, atol=1e-5)
     assert (got.argmax(1) == net.predict(x).argmax(1)).all()
 

@@ -12,7 +12,13 @@ from xpcnn.backend import to_numpy
 from xpcnn.checkpoint import CheckpointError, load_checkpoint
 from xpcnn.data import load_dataset
 from xpcnn.models import SimpleConvNet
-from xpcnn.train import Trainer, TrainingDiverged, TrainingInterrupted, load_network
+from xpcnn.train import (
+    EpochEndCallback,
+    Trainer,
+    TrainingDiverged,
+    TrainingInterrupted,
+    load_network_with_meta,
+)
 
 SMALL = {
     "conv_param": {"filter_num": 4, "filter_size": 5, "pad": 0, "stride": 1},
@@ -39,13 +45,13 @@ def params_of(trainer):
 def test_each_epoch_visits_every_example_once(data):
     tr = make_trainer(data, epochs=1, mini_batch_size=64)  # 300 = 4*64 + 44: a partial last batch
     seen = []
-    step = tr.train_step
+    step = tr.updater.gradients
 
     def spy(x, t):
         seen.append(np.asarray(t))
         return step(x, t)
 
-    tr.train_step = spy
+    tr.updater.gradients = spy
     tr.train()
     labels = np.concatenate(seen)
     assert len(seen) == tr.steps_per_epoch == 5
@@ -87,17 +93,17 @@ def test_ctrl_c_stops_after_a_whole_step_and_resumes_exactly(data, tmp_path):
     straight.train()
 
     tr = make_trainer(data, epochs=2)
-    step = tr.train_step
+    step = tr.updater.update
     calls = []
 
-    def step_then_ctrl_c(x, t):
-        out = step(x, t)
+    def step_then_ctrl_c(batch):
+        out = step(batch)
         calls.append(1)
         if len(calls) == 8:  # mid-way through epoch 2
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
-    tr.train_step = step_then_ctrl_c
+    tr.updater.update = step_then_ctrl_c
     with pytest.raises(TrainingInterrupted):
         tr.train()
     assert (tr.epoch, tr.step_in_epoch) == (1, 2)
@@ -124,7 +130,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(data, tmp_path):
         epochs=3,
         optimizer="SGD",
         optimizer_param={"lr": 0.01},
-        on_epoch_end=save_then_explode,
+        extensions=[EpochEndCallback(save_then_explode)],
         log_every=2,
     )
     with pytest.raises(TrainingDiverged, match=r"diverged.*lower the learning rate"):
@@ -150,7 +156,7 @@ def test_load_network_rebuilds_the_trained_model(data, tmp_path):
     tr = make_trainer(data, epochs=1, dtype="float32")
     tr.train()
     tr.save_checkpoint(tmp_path / "ck.npz")
-    net, meta = load_network(tmp_path / "ck.npz")
+    net, meta = load_network_with_meta(tmp_path / "ck.npz")
     x = data[0][:20].astype(np.float32) / 255
     np.testing.assert_array_equal(np.asarray(net.predict(x)), np.asarray(tr.network.predict(x)))
     assert meta["model"]["model"] == "simple"
@@ -181,7 +187,7 @@ def test_trainer_runs_on_every_backend(backend, data, tmp_path):
     assert all(np.isfinite(h["train_loss"]))
     assert 0.0 <= tr.test_accuracy() <= 1.0
     tr.save_checkpoint(tmp_path / "ck.npz")
-    net_cpu, _ = load_network(tmp_path / "ck.npz", "cpu")  # trained anywhere, evaluated on the CPU
+    net_cpu, _ = load_network_with_meta(tmp_path / "ck.npz", "cpu")  # trained anywhere, evaluated on the CPU
     np.testing.assert_allclose(
         np.asarray(net_cpu.params["W1"]), backend.to_numpy(net.params["W1"]), rtol=0, atol=0
     )
@@ -427,15 +433,15 @@ def test_a_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(data):
     def make(comm):
         tr = make_trainer(data, epochs=1, mini_batch_size=30, comm=comm)
         if comm.rank == 1:
-            step = tr.train_step
+            step = tr.updater.update
 
-            def late_ctrl_c(x, t):
-                out = step(x, t)
+            def late_ctrl_c(batch):
+                out = step(batch)
                 if tr.step_in_epoch == 3:
-                    tr._stop[0] = True  # what the SIGINT handler does
+                    tr._on_signal(signal.SIGINT)  # what the SIGINT handler does
                 return out
 
-            tr.train_step = late_ctrl_c
+            tr.updater.update = late_ctrl_c
         return tr
 
     errors = []

@@ -12,7 +12,9 @@ global batch and one allreduce sums them (see :class:`xpcnn.train.Trainer`).
   (``MPI_Abort``) instead of leaving the other ranks waiting in a collective.
 - :func:`check_same_config`: ranks started with different options or data stop,
   naming the keys that differ.
-- :func:`rank_seed`: per-rank seeds (dropout masks) derived from ``(seed, rank)``.
+- :func:`rank_seed` (from :mod:`xpcnn.train.parallel`, which holds everything the
+  training loop does differently in a data-parallel run, on any communicator):
+  per-rank seeds (dropout masks) derived from ``(seed, rank)``.
 
 NumPy arrays go to MPI as buffers (no pickling). Arrays of any other array-API
 backend (CuPy, torch, JAX, array-api-strict) are staged through a NumPy host copy
@@ -28,15 +30,14 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .backend import Device, to_numpy
 from .errors import ConfigError, XpcnnError
-
-if TYPE_CHECKING:
-    from .train.comm import SingleProcess
+from .train.comm import SingleProcess
+from .train.parallel import rank_seed
 
 __all__ = [
     "ConfigMismatchError",
@@ -214,8 +215,6 @@ def get_communicator() -> MPICommunicator | SingleProcess:
         Launched with more than one process but mpi4py is not installed (each process
         would otherwise train alone and overwrite the others' files).
     """
-    from .train.comm import SingleProcess  # here: xpcnn.train imports this module
-
     global _COMM
     if _COMM is not None:
         return _COMM
@@ -313,24 +312,6 @@ def check_same_config(cfg: Mapping[str, Any], comm: Any = None) -> None:
         + "; ".join(parts)
         + ". Start every rank with the same command line and the same data files"
     )
-
-
-def rank_seed(seed: int | None, rank: int, step: int = 0) -> int | None:
-    """The seed of rank ``rank``'s random stream (dropout masks) in a job seeded ``seed``.
-
-    Rank 0 keeps ``seed``, so a one-process run is unchanged; every other rank gets a
-    distinct seed mixed from ``(seed, rank)``, and ``step`` when non-zero (a stream
-    restarted after a resume at optimizer step ``step`` does not repeat the first
-    one), by ``numpy.random.SeedSequence``. None (fresh entropy) stays None.
-    """
-    if seed is None or rank == 0:
-        return seed
-    if rank < 0 or seed < 0 or step < 0:
-        raise ValueError(
-            f"seed, rank and step must be non-negative, got seed {seed}, rank {rank}, step {step}"
-        )
-    entropy = [seed, rank, step] if step else [seed, rank]
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint32)[0])
 
 
 def rank_device(spec: str | None, comm: Any = None) -> str | None:

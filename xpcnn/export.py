@@ -118,7 +118,7 @@ def export_onnx(
     if not isinstance(network, Sequential):
         from .train import load_network
 
-        network, _ = load_network(Path(network))
+        network = load_network(network)
     model = to_onnx(network, opset=opset)
     path = Path(path)
     with atomic_write(path) as f:

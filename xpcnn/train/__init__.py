@@ -1,12 +1,17 @@
-"""Training: the :class:`Trainer` and its parts.
+"""Training: the :class:`Trainer` and its parts (the split of Chainer's trainer).
 
+* :mod:`.trainer` — the loop: epochs, steps, extension hooks, :meth:`Trainer.request_stop`;
+* :mod:`.updater` — the step: :class:`StandardUpdater` (forward, backward, update);
 * :mod:`.batches` — :class:`BatchIterator`, epochs of shuffled index batches;
-* :mod:`.comm` — the :class:`Communicator` protocol of a data-parallel run and
-  the default :class:`SingleProcess`;
 * :mod:`.extensions` — evaluation, divergence check, progress bar, epoch line,
   checkpoints (rank-0-only side effects are marked ``rank0_only``);
-* :mod:`.trainer` — the loop and the step, with the gradient reduction hook
-  :meth:`Trainer.reduce_gradients` between gradient and update.
+* :mod:`.state` — a run's state in a checkpoint (save, check, restore) and
+  :func:`load_network`;
+* :mod:`.stopping` — early stops: requests, SIGINT and SIGTERM after a whole step;
+* :mod:`.comm` — the :class:`Communicator` protocol and the default :class:`SingleProcess`;
+* :mod:`.parallel` — what a data-parallel run adds (:class:`DataParallelUpdater`,
+  the start-of-training broadcast, sharded evaluation, :func:`rank_seed`), on any
+  communicator; MPI itself is ``xpcnn.distributed``, which this package never imports.
 """
 
 from ..inputs import as_input
@@ -23,7 +28,11 @@ from .extensions import (
     ProgressBar,
     TrainerView,
 )
-from .trainer import HISTORY_FIELDS, Trainer, TrainingDiverged, TrainingInterrupted, load_network
+from .parallel import DataParallelUpdater, rank_seed
+from .state import load_network, load_network_with_meta
+from .stopping import StopRequest
+from .trainer import HISTORY_FIELDS, Trainer, TrainingDiverged, TrainingInterrupted
+from .updater import StandardUpdater, Updater
 
 __all__ = [
     "HISTORY_FIELDS",
@@ -31,6 +40,7 @@ __all__ = [
     "BatchIterator",
     "Checkpoint",
     "Communicator",
+    "DataParallelUpdater",
     "DivergenceCheck",
     "EpochEndCallback",
     "EpochLog",
@@ -38,11 +48,16 @@ __all__ = [
     "Extension",
     "ProgressBar",
     "SingleProcess",
+    "StandardUpdater",
+    "StopRequest",
     "Trainer",
     "TrainerView",
     "TrainingDiverged",
     "TrainingInterrupted",
+    "Updater",
     "as_input",
     "load_network",
+    "load_network_with_meta",
     "predict_labels",
+    "rank_seed",
 ]

@@ -5,7 +5,9 @@ The :class:`~xpcnn.train.Trainer` calls each extension's hooks in list order:
 ``on_train_begin``, then per epoch ``on_epoch_begin``, ``on_step_end`` after
 every step, ``on_losses`` whenever the per-step losses reach the host (every
 ``log_every`` steps and at the epoch's end), ``on_epoch_end``, and finally
-``on_train_end`` (also when training stops with an exception).
+``on_train_end`` (also when training stops with an exception). Any hook may
+call ``trainer.request_stop(reason)`` to end training early and normally (after
+the current step; at an epoch's end, before the next epoch).
 
 An extension whose effects must happen once per job (printing, a progress bar,
 writing files) sets ``rank0_only = True``: in a data-parallel run only rank 0
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
+from ..errors import XpcnnError
 from ..optim import Optimizer
 
 __all__ = [
@@ -38,8 +41,12 @@ __all__ = [
 ]
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(XpcnnError, RuntimeError):
+    """The loss became NaN or infinite (on every rank at once: the loss is the
+    global batch's). ``xpcnn train`` ends with status 3."""
+
+    status = 3
+    collective = True
 
 
 class TrainerView(Protocol):
@@ -68,6 +75,7 @@ class TrainerView(Protocol):
     @property
     def images_per_sec(self) -> list[float]: ...
     def accuracies(self, *sets: tuple[Any, Any]) -> list[float]: ...
+    def request_stop(self, reason: str = ...) -> None: ...
     def save_checkpoint(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path: ...
 
 
@@ -133,21 +141,24 @@ class ProgressBar(Extension):
 
 
 class Evaluate(Extension):
-    """Accuracy on the first ``samples`` training and test examples (all if
-    None) after each epoch, appended to ``train_acc_list`` / ``test_acc_list``.
-    A collective in a data-parallel run: each rank counts its shard."""
+    """Accuracy on the first ``samples`` training and test examples (all of them if
+    None, or of a smaller set) after each epoch, appended to ``train_acc_list`` /
+    ``test_acc_list``. A collective in a data-parallel run: each rank counts its shard."""
 
     def __init__(self, samples: int | None = None) -> None:
         self.samples = samples
 
     def on_epoch_end(self, trainer: TrainerView) -> None:
-        sl = slice(None) if self.samples is None else slice(0, self.samples)
         train_acc, test_acc = trainer.accuracies(
-            (trainer.x_train[sl, ...], trainer.t_train[sl, ...]),
-            (trainer.x_test[sl, ...], trainer.t_test[sl, ...]),
+            self._head(trainer.x_train, trainer.t_train), self._head(trainer.x_test, trainer.t_test)
         )
         trainer.train_acc_list.append(train_acc)
         trainer.test_acc_list.append(test_acc)
+
+    def _head(self, x: Any, t: Any) -> tuple[Any, Any]:
+        # Never slice past the end: the array API leaves it unspecified (strict refuses it).
+        n = x.shape[0] if self.samples is None else min(self.samples, x.shape[0])
+        return x[:n, ...], t[:n, ...]
 
 
 class EpochLog(Extension):
@@ -181,8 +192,8 @@ class Checkpoint(Extension):
 
 
 class EpochEndCallback(Extension):
-    """A plain ``callback(trainer)`` after each epoch's evaluation (the
-    Trainer's ``on_epoch_end=`` argument); rank 0 only, as it usually writes."""
+    """A plain ``callback(trainer)`` after each epoch's evaluation; rank 0 only, as
+    it usually writes."""
 
     rank0_only = True
 

@@ -1,0 +1,111 @@
+"""What several subcommands share: argument types that name the option in their
+error, the ``--device`` / ``--backend`` and ``--dataset`` / ``--data-dir`` groups,
+and loading a checkpoint's network with its data set."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..backend import BACKENDS, Device, resolve_device
+from ..data import DATASET_NAMES, Dataset, load_dataset
+from ..errors import ConfigError
+from ..models import Sequential
+from ..train import load_network_with_meta
+
+__all__ = [
+    "add_data_options",
+    "add_device_options",
+    "device",
+    "int_list",
+    "network_and_data",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+]
+
+
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "a non-negative integer")
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(i) for i in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def add_device_options(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--backend``: the array library that holds the network, and where."""
+    p.add_argument(
+        "--device",
+        help="cpu, cuda or cuda:N, within --backend (default: cpu; CuPy: cuda:0; "
+        "JAX: its default device)",
+    )
+    p.add_argument(
+        "--backend",
+        type=str.lower,
+        choices=BACKENDS,
+        help="array library (default: numpy for --device cpu, cupy for cuda)",
+    )
+
+
+def device(args: argparse.Namespace) -> Device:
+    """The :class:`~xpcnn.backend.Device` that ``--device`` and ``--backend`` name."""
+    return resolve_device(args.device, args.backend)
+
+
+def add_data_options(p: argparse.ArgumentParser, default: str = "the checkpoint's") -> None:
+    p.add_argument(
+        "--dataset",
+        choices=DATASET_NAMES,
+        help=f"mnist-sample (bundled, offline), mnist or fashion-mnist (default {default})",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="folder with the IDX files (else $XPCNN_DATA, the cache, a download)",
+    )
+
+
+def network_and_data(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any], Dataset]:
+    """The checkpoint's network on ``--device``, its metadata, and ``--dataset`` (default:
+    the one it was trained on), whose images must fit the network."""
+    network, meta = load_network_with_meta(args.checkpoint, device(args))
+    name = args.dataset or meta.get("run", {}).get("dataset") or "mnist-sample"
+    dataset = load_dataset(name, args.data_dir)
+    if tuple(dataset.x_test.shape[1:]) != network.input_dim:
+        raise ConfigError(
+            f"{name} images are {tuple(dataset.x_test.shape[1:])} but the network expects {network.input_dim}"
+        )
+    return network, meta, dataset

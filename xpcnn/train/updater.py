@@ -1,0 +1,82 @@
+"""One training step, apart from the loop (Chainer's ``StandardUpdater``).
+
+:class:`StandardUpdater` owns the step: it takes a batch's rows of the training
+set on the device, computes the gradients (forward and backward) and applies the
+optimizer's update. The loop (:class:`~xpcnn.train.Trainer`) only calls
+:meth:`~StandardUpdater.update` with each :class:`~xpcnn.train.Batch`.
+
+The step is split as :meth:`~StandardUpdater.gradients` and
+:meth:`~StandardUpdater.apply` so that a wrapper can act between them (the
+data-parallel gradient reduction, :class:`xpcnn.train.parallel.DataParallelUpdater`).
+An updater of another kind (a compiled step: forward, backward and update traced
+into one function) replaces :meth:`~StandardUpdater.update` as a whole; anything
+with the :class:`Updater` interface can stand in for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..inputs import as_input
+from ..models import Sequential
+from ..optim import Optimizer
+from .batches import Batch
+
+__all__ = ["StandardUpdater", "Updater"]
+
+
+class Updater(Protocol):
+    """What the loop needs of a step object."""
+
+    network: Sequential
+    optimizer: Optimizer
+
+    def update(self, batch: Batch) -> Any:
+        """One optimizer step on ``batch``; returns its loss (0-d, on the device:
+        the loop copies losses to the host only every few steps)."""
+        ...
+
+
+class StandardUpdater:
+    """Forward, backward and the optimizer's update of ``network`` on batches of
+    ``x_train``, ``t_train``.
+
+    Parameters
+    ----------
+    network : Sequential
+    optimizer : Optimizer
+        Updates ``network.params`` in place of each key.
+    x_train, t_train : arrays on the network's device
+        Images (N, *input_dim) or flat (N, D), uint8 pixels or floats; labels (N,)
+        integers or (N, K) one-hot. Batches are taken from them on the device.
+    """
+
+    def __init__(self, network: Sequential, optimizer: Optimizer, x_train: Any, t_train: Any):
+        self.network, self.optimizer = network, optimizer
+        self.x_train, self.t_train = x_train, t_train
+
+    def take(self, indices: np.ndarray) -> tuple[Any, Any]:
+        """The rows ``indices`` (host int64) of the training set, on the device:
+        images converted to the network's dtype (uint8 scaled there), labels as stored."""
+        net = self.network
+        xp, dev = net.device.xp, net.device
+        i = dev.asarray(indices)
+        x = xp.reshape(xp.take(self.x_train, i, axis=0), (-1, *net.input_dim))
+        return as_input(x, net.dtype), xp.take(self.t_train, i, axis=0)
+
+    def gradients(self, x: Any, t: Any) -> tuple[dict[str, Any], Any]:
+        """Forward and backward on a prepared batch: ``(grads by parameter key, loss)``,
+        the mean over the batch."""
+        grads = self.network.gradient(x, t)
+        return grads, self.network.last_layer.loss
+
+    def apply(self, grads: dict[str, Any]) -> None:
+        """The optimizer's update of the network's parameters with ``grads``."""
+        self.optimizer.update(self.network.params, grads)
+
+    def update(self, batch: Batch) -> Any:
+        grads, loss = self.gradients(*self.take(batch.indices))
+        self.apply(grads)
+        return loss
