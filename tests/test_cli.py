@@ -531,3 +531,109 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     first = err.splitlines()[0]
     assert first.startswith(f"threads: xpcnn {expected}; BLAS ") and first.endswith(f" {blas[-1]}")
     assert _blas_threads() == before and _threads.num_threads() == 1  # restored after the run
+
+
+def test_sigterm_saves_a_checkpoint_says_so_in_one_line_and_exits_143(tmp_path):
+    """A scheduler's SIGTERM (Slurm preemption, `kill`, a container stop) is handled
+    like Ctrl-C: the current step ends, a checkpoint is saved, one line, status 143."""
+    import os
+    import signal
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = ["train", "--epochs", "20", "--train-size", "500", "--eval-samples", "100"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xpcnn", *argv, "--no-progress", "--out", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("epoch   1/20  loss"), first
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    lines = _other_lines(err)
+    ckpt = tmp_path / "checkpoint.npz"
+    assert lines == [
+        f"terminated (interrupted by SIGTERM): checkpoint saved to {ckpt}; "
+        f"continue with: xpcnn train --resume {ckpt}"
+    ], err
+    _, meta = load_checkpoint(ckpt)
+    assert 1 <= meta["trainer"]["epoch"] < 20
+    assert meta["history"]["stop_reason"] == "interrupted by SIGTERM"
+
+
+def test_an_early_stop_is_in_the_end_line_and_the_history(monkeypatch, tmp_path, capsys):
+    import xpcnn.run
+    from xpcnn.train import Extension
+
+    class Patience(Extension):
+        def on_epoch_end(self, trainer):
+            trainer.request_stop("test accuracy did not improve")
+
+    make = xpcnn.run._make_trainer
+
+    def with_patience(*args, **kw):
+        trainer = make(*args, **kw)
+        trainer.extensions.append(Patience())
+        return trainer
+
+    monkeypatch.setattr(xpcnn.run, "_make_trainer", with_patience)
+    status, out, _ = run(capsys, "train", "--out", str(tmp_path), "--epochs", "3", *QUICK[:2])
+    assert status == 0
+    assert out.count("epoch ") == 1
+    assert "; stopped early: test accuracy did not improve; wrote" in out.splitlines()[-1]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert history["stop_reason"] == "test accuracy did not improve"
+    assert len(history["test_acc"]) == 1
+
+
+def test_the_resumed_checkpoint_is_read_once(trained, monkeypatch, tmp_path, capsys):
+    import xpcnn.checkpoint
+    import xpcnn.run
+    import xpcnn.train.trainer
+
+    reads = []
+
+    def counting(path):
+        reads.append(path)
+        return xpcnn.checkpoint.load_checkpoint(path)
+
+    monkeypatch.setattr(xpcnn.run, "load_checkpoint", counting)
+    monkeypatch.setattr(xpcnn.train.trainer, "load_checkpoint", counting)
+    resumed = tmp_path / "checkpoint.npz"
+    resumed.write_bytes((trained / "checkpoint.npz").read_bytes())
+    status, _, _ = run(capsys, "train", "--resume", str(resumed), "--epochs", "2", "--no-progress")
+    assert status == 0
+    assert reads == [resumed]
+
+
+def test_array_api_strict_trains_on_sets_smaller_than_eval_samples(tmp_path, capsys):
+    """The defect of issue 21: the per-epoch evaluation sliced past the end of a
+    300-image training set (--eval-samples 10000), which strict refuses."""
+    pytest.importorskip("array_api_strict")
+    argv = ["train", "--backend", "array-api-strict", "--epochs", "1", "--train-size", "300"]
+    status, out, err = run(capsys, *argv, "--no-progress", "--out", str(tmp_path))
+    assert status == 0, err
+    assert "(300 train / 1000 test) on array-api-strict:CPU_DEVICE" in err
+    assert "test accuracy" in out.splitlines()[-1]
+
+
+def test_every_subcommand_is_one_module_in_the_registry():
+    """A subcommand is one module of xpcnn/cli with add_parser and run, listed once
+    in COMMANDS; the parser is built from that list and nothing else."""
+    from pathlib import Path
+
+    import xpcnn.cli as cli
+
+    modules = {p.stem for p in Path(cli.__file__).parent.glob("*.py") if not p.stem.startswith("_")}
+    assert {m.__name__.rpartition(".")[2] for m in cli.COMMANDS} == modules
+    assert all(callable(m.add_parser) and callable(m.run) for m in cli.COMMANDS)
+    parser = cli.build_parser()
+    names = list(parser._subparsers._group_actions[0].choices)
+    assert names == [m.__name__.rpartition(".")[2] for m in cli.COMMANDS]
+    assert [m for m in cli.COMMANDS if getattr(m, "EVERY_RANK", False)] == [cli.train]

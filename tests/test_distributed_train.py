@@ -152,8 +152,10 @@ def test_an_out_holding_a_run_is_refused_on_every_rank(tmp_path):
     assert (tmp_path / "checkpoint.npz").read_bytes() == b"another run"
 
 
-def test_ctrl_c_saves_one_checkpoint_and_stops_every_rank(tmp_path):
-    """SIGINT to mpiexec (a terminal's Ctrl-C): every rank stops after the same step."""
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_saves_one_checkpoint_and_stops_every_rank(tmp_path, signum, status):
+    """SIGINT to mpiexec (a terminal's Ctrl-C) or SIGTERM (a scheduler's; mpiexec
+    forwards both to every rank): every rank stops after the same step."""
     argv = [*ARGS, "--epochs", "1000", "--dtype", "float32", "--out", str(tmp_path)]
     cmd = ["mpiexec", "-n", "2", sys.executable, *XPCNN, *argv]
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -166,14 +168,16 @@ def test_ctrl_c_saves_one_checkpoint_and_stops_every_rank(tmp_path):
             while not (tmp_path / "checkpoint.npz").exists():  # epoch 1 is done
                 assert proc.poll() is None and time.monotonic() < deadline, "no epoch finished"
                 time.sleep(0.2)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signum)
             _, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130, err
-    assert err.count("interrupted: checkpoint saved to") == 1, err
+    assert proc.returncode == status, err
+    what = "interrupted" if signum == signal.SIGINT else "terminated (interrupted by SIGTERM)"
+    assert err.count(f"{what}: checkpoint saved to") == 1, err
     assert f"mpiexec -n 2 xpcnn train --resume {tmp_path / 'checkpoint.npz'}" in err
+    assert "MPI_Abort" not in err and "Traceback" not in err, err
     _, meta = load_checkpoint(tmp_path / "checkpoint.npz")
     tr = meta["trainer"]
     assert tr["epoch"] >= 1 and tr["epoch"] * 5 + tr["step_in_epoch"] == meta["optimizer"]["iter"]

@@ -14,6 +14,7 @@ from xpcnn.data import load_dataset
 from xpcnn.models import SimpleConvNet
 from xpcnn.train import (
     EpochEndCallback,
+    Extension,
     Trainer,
     TrainingDiverged,
     TrainingInterrupted,
@@ -187,7 +188,9 @@ def test_trainer_runs_on_every_backend(backend, data, tmp_path):
     assert all(np.isfinite(h["train_loss"]))
     assert 0.0 <= tr.test_accuracy() <= 1.0
     tr.save_checkpoint(tmp_path / "ck.npz")
-    net_cpu, _ = load_network_with_meta(tmp_path / "ck.npz", "cpu")  # trained anywhere, evaluated on the CPU
+    net_cpu, _ = load_network_with_meta(
+        tmp_path / "ck.npz", "cpu"
+    )  # trained anywhere, evaluated on the CPU
     np.testing.assert_allclose(
         np.asarray(net_cpu.params["W1"]), backend.to_numpy(net.params["W1"]), rtol=0, atol=0
     )
@@ -448,3 +451,139 @@ def test_a_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(data):
     ranks = run_ranks(2, make, errors)
     assert len(errors) == 2 and all(isinstance(e, TrainingInterrupted) for e in errors)
     assert [tr.step_in_epoch for tr in ranks] == [4, 4]
+
+
+# -- early stops: SIGTERM, request_stop, and sets smaller than the evaluation ------------
+
+
+def test_sigterm_stops_after_a_whole_step_and_restores_the_handler(data, tmp_path):
+    """A scheduler's SIGTERM is handled like Ctrl-C (status 143), and the handler
+    that was installed before train() is back afterwards (library use)."""
+    straight = make_trainer(data, epochs=2)
+    straight.train()
+
+    seen = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        tr = make_trainer(data, epochs=2)
+        step = tr.updater.update
+
+        def step_then_sigterm(batch):
+            out = step(batch)
+            if tr.epoch == 1 and tr.step_in_epoch == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        tr.updater.update = step_then_sigterm
+        with pytest.raises(TrainingInterrupted) as info:
+            tr.train()
+        assert (info.value.signum, info.value.status) == (signal.SIGTERM, 143)
+        assert (tr.epoch, tr.step_in_epoch) == (1, 3)
+        assert tr.stop_reason == "interrupted by SIGTERM" == tr.history()["stop_reason"]
+        os.kill(os.getpid(), signal.SIGTERM)  # the previous handler is back
+        assert seen == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    tr.save_checkpoint(tmp_path / "ck.npz")
+    resumed = make_trainer(data, epochs=2)
+    resumed.load_checkpoint(tmp_path / "ck.npz")
+    resumed.train()
+    a, b = params_of(straight), params_of(resumed)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-12, err_msg=k)
+
+
+class StopAt(Extension):
+    """Requests a stop at step ``step`` of epoch ``epoch`` (0: at that epoch's end)."""
+
+    def __init__(self, epoch, step=0, rank0_only=False):
+        self.epoch, self.step, self.rank0_only = epoch, step, rank0_only
+
+    def on_step_end(self, trainer):
+        if self.step and (trainer.epoch + 1, trainer.step_in_epoch) == (self.epoch, self.step):
+            trainer.request_stop(f"step {self.step} of epoch {self.epoch}")
+
+    def on_epoch_end(self, trainer):
+        if not self.step and trainer.epoch == self.epoch:
+            trainer.request_stop("no better for 2 epochs")
+
+
+def test_request_stop_ends_training_normally(data):
+    tr = make_trainer(data, epochs=5, extensions=[StopAt(epoch=2)])
+    h = tr.train()  # returns: an early stop is not an error
+    assert tr.epoch == 2 and tr.step_in_epoch == 0
+    assert len(h["test_acc"]) == 2 and h["stop_reason"] == "no better for 2 epochs"
+    assert len(h["train_loss"]) == 2 * tr.steps_per_epoch  # every loss reached the host
+
+    tr = make_trainer(data, epochs=5, extensions=[StopAt(epoch=2, step=3)])
+    h = tr.train()
+    assert (tr.epoch, tr.step_in_epoch) == (1, 3)  # after the step that asked
+    assert h["stop_reason"] == "step 3 of epoch 2" and len(h["test_acc"]) == 1
+    assert len(h["train_loss"]) == tr.steps_per_epoch + 3
+    tr.extensions.pop()
+    tr.epochs = 2
+    assert tr.train()["stop_reason"] is None  # the next train() starts without the request
+    assert (tr.epoch, tr.step_in_epoch) == (2, 0)
+
+
+@pytest.mark.parametrize("step", [0, 2])
+def test_a_stop_requested_on_rank_0_alone_stops_every_rank_together(data, step):
+    """A rank0_only extension's request reaches the others: in the next step's
+    allreduce (mid-epoch), or in one small collective at the epoch's end."""
+    ranks = run_ranks(
+        2,
+        lambda comm: make_trainer(
+            data, epochs=3, mini_batch_size=64, extensions=[StopAt(2, step, True)], comm=comm
+        ),
+    )
+    if step:  # asked after step 2's allreduce: carried by step 3's
+        assert [(tr.epoch, tr.step_in_epoch) for tr in ranks] == [(1, 3), (1, 3)]
+    else:
+        assert [(tr.epoch, tr.step_in_epoch) for tr in ranks] == [(2, 0), (2, 0)]
+    reason = "step 2 of epoch 2" if step else "no better for 2 epochs"
+    assert [tr.stop_reason for tr in ranks] == [reason, "stop requested on another rank"]
+    a, b = params_of(ranks[0]), params_of(ranks[1])
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_one_process_never_touches_the_data_parallel_parts(data):
+    from xpcnn.train import DataParallelUpdater, StandardUpdater
+
+    tr = make_trainer(data, epochs=1)
+    assert type(tr.updater) is StandardUpdater
+    two = run_ranks(2, lambda comm: make_trainer(data, epochs=1, comm=comm))
+    assert all(isinstance(t.updater, DataParallelUpdater) for t in two)
+
+
+def test_stop_flags_agree_across_ranks():
+    from xpcnn.train.stopping import StopRequest, agreed_request, stop_flags
+
+    term = StopRequest.from_signal(signal.SIGTERM)
+    req = StopRequest("early")
+    total = np.add(stop_flags(None), stop_flags(req))
+    assert agreed_request(total, None) == StopRequest("stop requested on another rank")
+    assert agreed_request(total, req) is req
+    total = np.add(total, stop_flags(StopRequest.from_signal(signal.SIGINT)))
+    assert agreed_request(total, req).signum == signal.SIGINT  # a signal wins over a request
+    total = np.add(total, stop_flags(term))
+    assert agreed_request(total, term) is term  # SIGTERM over SIGINT
+    assert agreed_request(stop_flags(None), None) is None
+
+
+def test_sets_smaller_than_the_evaluation_train_on_every_backend(backend, data):
+    """--eval-samples above the set sizes evaluates all of each set and never slices
+    past its end (array-api-strict refuses that: the standard leaves it unspecified)."""
+    from xpcnn.backend import Device
+
+    dev = Device(backend.name, backend.xp, backend.device)
+    small = (data[0][:120], data[1][:120], data[2][:40], data[3][:40])
+    net = SimpleConvNet(**SMALL, dtype="float32", device=dev, seed=0)
+    tr = Trainer(
+        net, *small, epochs=1, mini_batch_size=50, evaluate_sample_num_per_epoch=10000,
+        verbose=False, seed=1,
+    )  # fmt: skip
+    h = tr.train()
+    assert len(h["train_loss"]) == 3 and all(np.isfinite(h["train_loss"]))
+    assert h["test_acc"] == [tr.test_accuracy()]
+    assert h["train_acc"] == tr.accuracies((tr.x_train, tr.t_train))
