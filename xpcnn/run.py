@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ class RunResult:
     status: int
     out: Path
     test_accuracy: float | None = None
-    history: Mapping[str, Any] | None = None
+    history: Mapping[str, Any] | None = field(default=None, repr=False)
     stop_reason: str | None = None
 
 
