@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -278,12 +278,10 @@ def _load_data_once(cfg: dict[str, Any], config: RunConfig, comm: Communicator) 
 
 
 def _build_network(cfg: Mapping[str, Any], dataset: Dataset, device: Device) -> Sequential:
-    cls = MODELS[cfg["model"]]
-    input_dim = tuple(dataset.x_train.shape[1:])
-    # AlexNet's full configuration wants 227x227 images: small inputs get its reduced form.
-    factory = cls.small if hasattr(cls, "small") and min(input_dim[1:]) < 64 else cls
-    return factory(
-        input_dim=input_dim,
+    # Each named net knows the form that fits the images (AlexNet: its small one under 64x64).
+    cls = cast(type[Sequential], MODELS[cfg["model"]])  # MODELS is typed as factories
+    return cls.for_input(
+        tuple(dataset.x_train.shape[1:]),
         output_size=dataset.num_classes,
         dtype=cfg["dtype"],
         device=device,

@@ -117,11 +117,9 @@ def broadcast_state(
     perm = comm.bcast_object(None if b.perm is None else b.perm.tolist())
     b.perm = None if perm is None else np.asarray(perm, dtype=np.int64)
     if comm.rank > 0:
-        for layer in network.layers:
-            if hasattr(layer, "seed_state"):
-                seed = layer.seed_state.get("seed")
-                seed = seed if isinstance(seed, int) else None  # a Generator: fresh entropy
-                layer.seed_state = {"seed": rank_seed(seed, comm.rank, optimizer.iter)}
+        step = optimizer.iter
+        for layer in network.layers:  # a layer that draws nothing ignores it
+            layer.reseed(lambda seed: rank_seed(seed, comm.rank, step))
 
 
 def sharded_accuracies(

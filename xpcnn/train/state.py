@@ -114,7 +114,7 @@ def check_state(
             f"not {batches.batch_size}: resume with the same batch size"
         )
     _check_optimizer(source, arrays, opt, network, optimizer)
-    seeded = {str(i) for i, layer in enumerate(network.layers) if hasattr(layer, "seed_state")}
+    seeded = {str(i) for i, layer in enumerate(network.layers) if layer.rng_state() is not None}
     for k in _prefixed(arrays, "rng/"):
         if k.removeprefix("rng/").split("/", 1)[0] not in seeded:
             raise CheckpointError(
