@@ -8,7 +8,7 @@ JAX or array-api-strict arrays.
 
 from __future__ import annotations
 
-from .backend import Device, DeviceError, cpu_threads, resolve_device, to_numpy
+from .backend import Device, DeviceError, cpu_threads, flush_subnormals, resolve_device, to_numpy
 from .errors import XpcnnError
 from .models import NetBuilder, Sequential, SimpleConvNet, build_model
 from .train import Trainer, load_network, load_network_with_meta
@@ -26,6 +26,7 @@ __all__ = [
     "__version__",
     "build_model",
     "cpu_threads",
+    "flush_subnormals",
     "load_network",
     "load_network_with_meta",
     "resolve_device",

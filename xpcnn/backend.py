@@ -472,6 +472,46 @@ def thread_summary(device: Device, n: int | None) -> str:
     return "threads: " + "; ".join(parts)
 
 
+def kernel_summary() -> str:
+    """Which convolution the NumPy backend runs (the compiled kernels and their
+    instruction set, or NumPy's GEMMs and why), for ``xpcnn info``."""
+    from ._fast import compiled
+
+    return compiled.status()
+
+
+@contextlib.contextmanager
+def flush_subnormals(enabled: bool = True) -> Iterator[bool]:
+    """Flush subnormal floats to zero inside the ``with`` block (this thread or
+    asyncio task, and xpcnn's own threads while they work for it); yields whether
+    flushing is on.
+
+    Late in training, float32 gradients hold subnormal numbers (below about 1.2e-38),
+    which the CPU computes with far slower microcode: a trained DeepConvNet's step
+    took 1.9x a fresh one's (scripts/BENCHMARKS.md). With flush-to-zero and
+    denormals-are-zero set, such values count as 0, a change far below float32's
+    resolution for training. The thread's previous setting is restored on leaving
+    the block, so the rest of the program computes as before. The Trainer and
+    ``xpcnn train`` use this by default. A no-op (yields False) with
+    ``enabled=False``, or where the compiled extension is not built or the CPU has
+    no such control (``xpcnn info`` says which). NumPy arrays only: other libraries
+    keep their own settings.
+    """
+    from ._fast import _threads, compiled
+
+    control = compiled.fp_control
+    if not enabled or control is None:
+        yield False
+        return
+    token = _threads.FLUSH.set(True)
+    before = control(True)
+    try:
+        yield True
+    finally:
+        control(before)
+        _threads.FLUSH.reset(token)
+
+
 def gpu_available() -> bool:
     """True when CuPy imports and sees at least one GPU."""
     try:

@@ -3,7 +3,8 @@
 The ops in :mod:`xpcnn.ops` are written once against the array API standard;
 that generic code is the reference. A few ops also have a faster version for
 one backend: NumPy (:mod:`xpcnn._fast.numpy_ops`: strided views, ufuncs with
-``out=``, blocked GEMMs in a batch-innermost layout) and CuPy
+``out=``, a batch-innermost layout, and for float32 convolutions the compiled
+kernels of :mod:`xpcnn._fast.compiled`, else blocked GEMMs) and CuPy
 (:mod:`xpcnn._fast.cupy_ops`: CUDA kernels). An op asks :func:`lookup` once
 per call::
 
@@ -27,6 +28,7 @@ Imports point one way::
         -> xpcnn.ops           (generic code; asks the seam)
         -> xpcnn._fast         (this registry; imports its backend modules lazily)
         -> xpcnn._fast.numpy_ops, xpcnn._fast.cupy_ops
+        -> xpcnn._fast.compiled    (the C extension xpcnn._fast._conv, when built)
         -> xpcnn._window, xpcnn._fast._threads  (window arithmetic; threads: no xpcnn imports)
 
 The backend modules never import :mod:`xpcnn.ops`; they are imported on the
@@ -35,6 +37,10 @@ Only this package and :mod:`xpcnn.backend` may import numpy or cupy.
 
 Threads: :func:`xpcnn.cpu_threads` sets how many threads the NumPy fast paths
 share their work among (:mod:`xpcnn._fast._threads`, a ContextVar like the switch).
+
+Instruction sets: ``XPCNN_ISA=avx512|avx2|generic|none`` picks the compiled
+kernels' (``none``: NumPy's GEMMs); :func:`xpcnn._fast.compiled.using` does it
+for a block.
 
 Switch: ``XPCNN_FAST=0`` in the environment starts with fast paths off;
 ``with _fast.enabled(False): ...`` switches them off for a block (tests,

@@ -26,11 +26,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["map_ranges", "num_threads", "split", "using"]
+__all__ = ["FLUSH", "map_ranges", "num_threads", "split", "using"]
 
 T = TypeVar("T")
 
 _THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("xpcnn_threads", default=1)
+
+#: Whether subnormal floats are flushed to zero (:func:`xpcnn.flush_subnormals`): the
+#: caller's thread sets its own control bits; a worker sets them for each part it runs.
+FLUSH: contextvars.ContextVar[bool] = contextvars.ContextVar("xpcnn_flush", default=False)
+#: ``set(on) -> previous``: the calling thread's flush-to-zero control (installed by
+#: :mod:`.compiled` when the extension is built; None otherwise).
+fp_control: Callable[[bool], bool] | None = None
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -91,10 +98,17 @@ if hasattr(os, "register_at_fork"):
 
 def _on_one_thread(fn: Callable[[range], T], r: range) -> T:
     """``fn(r)`` in a copy of the caller's context (NumPy's ``errstate``, the
-    fast-path switch) with one thread, so a part that splits work again does it
-    itself instead of queueing behind the busy pool."""
+    fast-path switch, flushing) with one thread, so a part that splits work again
+    does it itself instead of queueing behind the busy pool."""
     _THREADS.set(1)
-    return fn(r)
+    if fp_control is None:
+        return fn(r)
+    # Set either way: a worker started inside a flushing block inherited its bits.
+    fp_control(FLUSH.get())
+    try:
+        return fn(r)
+    finally:
+        fp_control(False)
 
 
 def map_ranges(fn: Callable[[range], T], n: int, max_parts: int | None = None) -> list[T]:

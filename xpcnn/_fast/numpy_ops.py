@@ -29,8 +29,12 @@ The facts that drive the choices (one BLAS thread, float32, batch 100):
   pooling and ReLU by ranges of channels, run on several threads at once
   (:mod:`._threads`), each writing its own part of a preallocated output.
 
-This module imports no other xpcnn module but :mod:`xpcnn._window` and
-:mod:`xpcnn._fast._threads` (threads).
+Float32 convolutions run the compiled kernels of :mod:`.compiled` (same layout,
+no ``col`` at all) where the extension is built; the GEMM path below serves
+float64, and float32 without the extension or with ``XPCNN_ISA=none``.
+
+This module imports no other xpcnn module but :mod:`xpcnn._window`,
+:mod:`xpcnn._fast._threads` (threads) and :mod:`xpcnn._fast.compiled`.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._window import window_slices
-from . import _threads
+from . import _threads, compiled
 
 __all__ = [
     "ChwnConvCache",
@@ -184,9 +188,10 @@ def _correlate(
 
 def conv2d_forward(
     x: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, pad: int, OH: int, OW: int
-) -> tuple[np.ndarray, ChwnConvCache]:
-    """Convolution as GEMMs ``col_W (FN, C*FH*FW + 1) @ col`` over blocks of output
-    rows (:func:`_col_blocks`), the bias folded in as the last column of ``col_W``.
+) -> tuple[np.ndarray, ChwnConvCache | compiled.CompiledConvCache]:
+    """Convolution by the compiled kernels (:mod:`.compiled`) for float32 where they
+    are built; otherwise as GEMMs ``col_W (FN, C*FH*FW + 1) @ col`` over blocks of
+    output rows (:func:`_col_blocks`), the bias folded in as the last column of ``col_W``.
 
     The output (N, FN, OH, OW) is a view of the (FN, OH, OW, N) product: stored
     "CHWN", batch innermost, which pooling, ReLU and the next convolution read
@@ -197,6 +202,8 @@ def conv2d_forward(
     """
     FN, C, FH, FW = W.shape
     img = _chwn(x, pad, pad)
+    if compiled.available(x, W, b):
+        return compiled.conv2d_forward(x, W, b, stride, pad, OH, OW, img)
     col_W = np.concatenate([W.reshape(FN, C * FH * FW), b.reshape(FN, 1)], axis=1)
     out = _correlate(img, col_W, FH, FW, stride, OH, OW)
     cache = ChwnConvCache(tuple(x.shape), img, col_W, tuple(W.shape), stride, pad)

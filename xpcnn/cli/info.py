@@ -16,6 +16,7 @@ from ..backend import (
     backend_devices,
     blas_summary,
     gpu_names,
+    kernel_summary,
     resolve_device,
 )
 from ..distributed import mpi_summary
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")
+    print(f"convolution: {kernel_summary()}")
     print(f"MPI: {mpi_summary()}")
     print("backends (--backend: --device ...):")
     for name in BACKENDS:

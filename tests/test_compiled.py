@@ -1,0 +1,375 @@
+"""The compiled convolution kernels (``xpcnn._fast._conv``) against the generic path.
+
+Every instruction set this CPU runs is tested here (AVX-512, AVX2 and the portable
+one on an AVX-512 machine), each selected with ``compiled.using``. References are
+the generic array-API path in float64:
+
+* on small integers every product and partial sum is exact in float32, so the
+  compiled results must equal the reference exactly: a missing, doubled or
+  misplaced term cannot hide in rounding;
+* on random normals the error of each float32 sum of n terms is within the
+  classic bound ``n * eps * sum|terms|``.
+
+The extension is built by ``pip install .``; without it (no compiler) these tests
+are skipped and the NumPy path serves (``tests/test_fast_paths.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import xpcnn
+from xpcnn import _fast
+from xpcnn._fast import _threads, compiled
+from xpcnn.ops import conv2d_backward, conv2d_forward
+from xpcnn.testing import assert_close_scaled
+
+ISAS = compiled.isas()
+pytestmark = pytest.mark.skipif(not ISAS, reason="compiled kernels not built (no C compiler)")
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@pytest.fixture(params=ISAS or ["none"])
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each instruction set the CPU runs, with fast paths on."""
+    with _fast.enabled(True), compiled.using(request.param):
+        yield request.param
+
+
+def _cases() -> list[tuple[int, ...]]:
+    """(N, C, H, W, FN, FH, FW, stride, pad): DeepConvNet's and SimpleConvNet's
+    shapes, then seeded random ones: odd sizes, pad 0-3, stride 1-3, channel
+    counts that are not multiples of a vector (4, 8, 16 floats), batch 1 and 257."""
+    cases = [
+        (100, 16, 8, 8, 16, 3, 3, 1, 1),
+        (3, 1, 28, 28, 30, 5, 5, 1, 0),
+        (257, 3, 6, 5, 17, 3, 3, 1, 1),
+        (1, 5, 9, 7, 33, 3, 3, 2, 3),
+        (2, 19, 9, 10, 35, 3, 3, 3, 0),
+        (1, 1, 4, 4, 1, 1, 1, 1, 0),
+    ]
+    rng = np.random.default_rng(20)
+    while len(cases) < 24:
+        FH, FW = (int(v) for v in rng.integers(1, 6, 2))
+        stride, pad = int(rng.integers(1, 4)), int(rng.integers(0, 4))
+        H, W = (int(v) for v in rng.integers(1, 12, 2))
+        if H + 2 * pad < FH or W + 2 * pad < FW:
+            continue
+        N = int(rng.choice([1, 2, 7, 20, 257]))
+        C, FN = (int(v) for v in rng.integers(1, 40, 2))
+        cases.append((N, C, H, W, FN, FH, FW, stride, pad))
+    return cases
+
+
+CASES = _cases()
+
+
+def _data(rng: np.random.Generator, case: tuple[int, ...], integers: bool) -> list[np.ndarray]:
+    N, C, H, W, FN, FH, FW, stride, pad = case
+    OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
+    shapes = ((N, C, H, W), (FN, C, FH, FW), (FN,), (N, FN, OH, OW))
+    if integers:
+        return [rng.integers(-3, 4, s).astype(np.float32) for s in shapes]
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def _run(x, w, b, dout, stride, pad, need_dx=True) -> list[np.ndarray]:
+    out, cache = conv2d_forward(x, w, b, stride, pad)
+    return [out, *conv2d_backward(dout, cache, need_dx=need_dx)]
+
+
+def _reference(x, w, b, dout, stride, pad) -> list[np.ndarray]:
+    """The generic path in float64 (exact for these float32 values' products)."""
+    with _fast.enabled(False):
+        return _run(*(a.astype(np.float64) for a in (x, w, b, dout)), stride, pad)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
+def test_equal_to_generic_exactly_on_integers(isa, rng, case):
+    x, w, b, dout = _data(rng, case, integers=True)
+    stride, pad = case[7], case[8]
+    got = _run(x, w, b, dout, stride, pad)
+    assert type(conv2d_forward(x, w, b, stride, pad)[1]) is compiled.CompiledConvCache
+    for name, g, r in zip(
+        ("out", "dx", "dW", "db"), got, _reference(x, w, b, dout, stride, pad), strict=True
+    ):
+        assert g.dtype == np.float32 and g.shape == r.shape, name
+        np.testing.assert_array_equal(g, r, err_msg=f"{isa} {name}")
+
+
+@pytest.mark.parametrize("case", CASES[::3], ids=lambda c: "x".join(map(str, c)))
+def test_close_to_generic_within_the_float32_sum_bound(isa, rng, case):
+    """``|got - exact| <= n * eps32 * sum|terms|`` for every output element, n being
+    the number of terms of its sum (the absolute values' convolution gives the
+    right-hand side, computed the same generic way)."""
+    x, w, b, dout = _data(rng, case, integers=False)
+    N, C, _, _, FN, FH, FW, stride, pad = case
+    OH, OW = dout.shape[2:]
+    got = _run(x, w, b, dout, stride, pad)
+    exact = _reference(x, w, b, dout, stride, pad)
+    abs_sums = _reference(np.abs(x), np.abs(w), np.abs(b), np.abs(dout), stride, pad)
+    terms = (C * FH * FW + 1, FN * FH * FW, N * OH * OW, N * OH * OW)
+    for name, g, e, a, n in zip(
+        ("out", "dx", "dW", "db"), got, exact, abs_sums, terms, strict=True
+    ):
+        bound = n * EPS32 * a + np.finfo(np.float32).tiny
+        excess = np.abs(g - e) - bound
+        assert excess.max() <= 0, f"{isa} {name}: error above the bound by {excess.max()}"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("case", CASES[:6], ids=lambda c: "x".join(map(str, c)))
+def test_on_threads_equal_to_one_thread(isa, rng, monkeypatch, case, threads):
+    """Each thread computes its own output rows (forward, dx: the same bits as one
+    thread); the filter gradient adds the threads' parts (exact on integers)."""
+    seen: set[int] = set()
+    map_ranges = _threads.map_ranges
+
+    def recording(fn, n, max_parts=None):
+        import threading
+
+        def part(r):
+            seen.add(threading.get_ident())
+            return fn(r)
+
+        return map_ranges(part, n, max_parts)
+
+    monkeypatch.setattr(_threads, "map_ranges", recording)
+    x, w, b, dout = _data(rng, case, integers=True)
+    one = _run(x, w, b, dout, case[7], case[8])
+    with xpcnn.cpu_threads(threads):
+        many = _run(x, w, b, dout, case[7], case[8])
+    assert len(seen) > 1 or min(dout.shape[2], case[2]) == 1
+    for name, m, o in zip(("out", "dx", "dW", "db"), many, one, strict=True):
+        np.testing.assert_array_equal(m, o, err_msg=name)
+
+
+def test_first_layer_without_dx(isa, rng):
+    x, w, b, dout = _data(rng, CASES[1], integers=True)
+    got = _run(x, w, b, dout, 1, 0, need_dx=False)
+    ref = _reference(x, w, b, dout, 1, 0)
+    assert got[1] is None
+    for name, g, r in zip(("out", "dW", "db"), [got[0], *got[2:]], [ref[0], *ref[2:]], strict=True):
+        np.testing.assert_array_equal(g, r, err_msg=name)
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[4]], ids=["s1", "s2", "s3"])
+def test_nan_and_inf_propagate_as_on_the_generic_path(isa, rng, case):
+    """No fast-math: NaN and +-inf in the input and in dout reach the same outputs
+    as on the generic float32 path (inf - inf gives NaN on both)."""
+    x, w, b, dout = _data(rng, case, integers=False)
+    x.reshape(-1)[:: max(1, x.size // 5)] = np.nan
+    x.reshape(-1)[3 :: max(1, x.size // 4)] = np.inf
+    x.reshape(-1)[5 :: max(1, x.size // 4)] = -np.inf
+    dout.reshape(-1)[:: max(1, dout.size // 3)] = np.nan
+    dout.reshape(-1)[1 :: max(1, dout.size // 3)] = np.inf
+    stride, pad = case[7], case[8]
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = _run(x, w, b, dout, stride, pad)
+        with _fast.enabled(False):
+            generic = _run(x, w, b, dout, stride, pad)
+    for name, g, r in zip(("out", "dx", "dW", "db"), got, generic, strict=True):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(r), err_msg=f"{name}: NaN")
+        np.testing.assert_array_equal(np.isposinf(g), np.isposinf(r), err_msg=f"{name}: +inf")
+        np.testing.assert_array_equal(np.isneginf(g), np.isneginf(r), err_msg=f"{name}: -inf")
+        finite = np.isfinite(r)
+        assert_close_scaled(g[finite], r[finite], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+# -- what the extension refuses -----------------------------------------------------------
+
+
+def _args(N=2, C=3, H=6, W=6, FN=5, F=3, isa_name=None):
+    """Valid arguments of ``_conv.forward`` for a stride-1, pad-0 convolution."""
+    name = isa_name or ISAS[0]
+    OH, OW = H - F + 1, W - F + 1
+    img = np.zeros((C, H, W, N), np.float32)
+    mr = compiled._conv.tile(name)
+    wp = np.zeros((-(-FN // mr), C * F * F, mr), np.float32)
+    bias = np.zeros(FN, np.float32)
+    out = np.zeros((FN, OH, OW, N), np.float32)
+    geom = (C, H, W, N, FN, F, F, 1, OH, OW)
+    return [img, wp, bias, out, geom, 0, OH, False, name]
+
+
+def test_valid_arguments_run():
+    args = _args()
+    args[0][...] = 1.0
+    args[1][...] = 1.0
+    compiled._conv.forward(*args)
+    assert (args[3] == 27.0).all()  # 3 channels x 3x3 ones
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda a: a.__setitem__(0, a[0].astype(np.float64)), TypeError, "img must be float32"),
+        (lambda a: a.__setitem__(0, np.zeros(10, np.float32)), ValueError, "img holds"),
+        (lambda a: a.__setitem__(0, np.asfortranarray(a[0])), ValueError, "C-contiguous"),
+        (lambda a: a.__setitem__(0, a[0].transpose(3, 0, 1, 2)), ValueError, "C-contiguous"),
+        (lambda a: a.__setitem__(1, a[1][:1, :4]), ValueError, "packed filters holds"),
+        (lambda a: a.__setitem__(2, a[2][:2]), ValueError, "bias holds"),
+        (lambda a: a.__setitem__(3, np.zeros((5, 2), np.float32)), ValueError, "out holds"),
+        (lambda a: a[3].setflags(write=False), ValueError, "writable"),
+        (lambda a: a.__setitem__(3, bytearray(4096)), TypeError, "out must be float32"),
+        (lambda a: a.__setitem__(4, (3, 6, 6, 2, 5, 3, 3, 1, 5, 4)), ValueError, "does not fit"),
+        (lambda a: a.__setitem__(4, (3, 6, 6, 2, 5, 3, 3, 0, 4, 4)), ValueError, "positive"),
+        (lambda a: a.__setitem__(4, (3, 6, 6, 2)), TypeError, "geometry"),
+        (lambda a: a.__setitem__(6, 5), ValueError, "rows"),
+        (lambda a: a.__setitem__(5, -1), ValueError, "rows"),
+        (lambda a: a.__setitem__(8, "sse9"), ValueError, "no sse9 kernels"),
+    ],
+    ids=[
+        "float64",
+        "short",
+        "fortran",
+        "strided",
+        "short-filters",
+        "short-bias",
+        "short-out",
+        "read-only-out",
+        "bytes-out",
+        "output-too-big",
+        "stride-0",
+        "geometry-tuple",
+        "rows-past-end",
+        "negative-row",
+        "unknown-isa",
+    ],
+)
+def test_forward_refuses_bad_arguments(change, error, match):
+    args = _args()
+    change(args)
+    with pytest.raises(error, match=match):
+        compiled._conv.forward(*args)
+
+
+def test_weight_grad_refuses_bad_arguments():
+    img, _, _, out, geom, r0, r1, _, name = _args()
+    dW, db = np.zeros((5, 27), np.float32), np.zeros(5, np.float32)
+    compiled._conv.weight_grad(img, out, dW, db, geom, r0, r1, name)
+    with pytest.raises(ValueError, match="dW holds"):
+        compiled._conv.weight_grad(img, out, np.zeros((5, 20), np.float32), db, geom, r0, r1, name)
+    with pytest.raises(ValueError, match="dout holds"):
+        compiled._conv.weight_grad(img, out[:1].copy(), dW, db, geom, r0, r1, name)
+    with pytest.raises(TypeError, match="db must be float32"):
+        compiled._conv.weight_grad(img, out, dW, db.astype(np.float64), geom, r0, r1, name)
+
+
+def test_float64_and_mixed_dtypes_take_the_numpy_path(rng):
+    x, w, b, _ = _data(rng, CASES[0], integers=True)
+    for args in ((x.astype(np.float64), w, b), (x, w.astype(np.float64), b)):
+        _, cache = conv2d_forward(*args, 1, 1)
+        assert type(cache).__name__ == "ChwnConvCache"
+
+
+# -- selection: XPCNN_ISA, using(), xpcnn info ------------------------------------------------
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("name", [*ISAS, "none"])
+def test_xpcnn_isa_forces_a_path(name):
+    code = (
+        "import numpy as np; from xpcnn.ops import conv2d_forward; from xpcnn._fast import compiled\n"
+        "x = np.ones((2, 1, 5, 5), np.float32); w = np.ones((2, 1, 3, 3), np.float32)\n"
+        "out, cache = conv2d_forward(x, w, np.zeros(2, np.float32))\n"
+        "print(compiled.isa(), type(cache).__name__, float(out.sum()))"
+    )
+    proc = _python(code, XPCNN_ISA=name)
+    assert proc.returncode == 0, proc.stderr
+    cache = "CompiledConvCache" if name != "none" else "ChwnConvCache"
+    assert proc.stdout.split() == [name if name != "none" else "None", cache, "324.0"]
+
+
+def test_xpcnn_isa_unknown_is_refused_in_one_line():
+    code = (
+        "import numpy as np; from xpcnn.ops import conv2d_forward\n"
+        "conv2d_forward(np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 3, 3), np.float32),"
+        " np.zeros(1, np.float32))"
+    )
+    proc = _python(code, XPCNN_ISA="avx9000")
+    assert proc.returncode != 0
+    assert f"XPCNN_ISA=avx9000: this CPU runs {', '.join(ISAS)}; choose one of them or none" in (
+        proc.stderr
+    )
+
+
+def test_using_refuses_an_unknown_isa_and_restores():
+    before = compiled.isa()
+    with pytest.raises(ValueError, match="isa=avx9000"), compiled.using("avx9000"):
+        pass
+    with compiled.using(None):
+        assert compiled.isa() is None
+    assert compiled.isa() == before
+
+
+def test_xpcnn_info_names_the_convolution_path():
+    proc = subprocess.run(
+        [sys.executable, "-m", "xpcnn", "info"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "XPCNN_ISA": ISAS[-1]},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"convolution: compiled {ISAS[-1]} (this CPU runs: {', '.join(ISAS)})" in proc.stdout
+
+
+# -- flushing subnormals ----------------------------------------------------------------------
+
+
+def _flushes() -> bool:
+    """Whether this thread now treats a float32 subnormal as zero."""
+    tiny = np.array([1e-40], np.float32)
+    return float((tiny * np.float32(1.0))[0]) == 0.0
+
+
+@pytest.mark.skipif(compiled.fp_control is None, reason="no flush-to-zero control on this CPU")
+def test_flush_subnormals_on_every_thread_and_restored(isa):
+    assert not _flushes()
+    # A convolution of subnormals: zero with flushing, subnormal without. (Made
+    # outside the block: with flushing on, the conversion itself gives 0.)
+    x = np.full((2, 1, 4, 4), 1e-39, np.float32)
+    w = np.ones((1, 1, 3, 3), np.float32)
+    with xpcnn.flush_subnormals() as on, xpcnn.cpu_threads(3):
+        assert on
+        assert _flushes()
+        assert _threads.map_ranges(lambda r: _flushes(), 3) == [True, True, True]
+        flushed, _ = conv2d_forward(x, w, np.zeros(1, np.float32))
+    assert (flushed == 0).all()
+    assert not _flushes()
+    with xpcnn.cpu_threads(3):
+        assert _threads.map_ranges(lambda r: _flushes(), 3) == [False, False, False]
+    plain, _ = conv2d_forward(x, w, np.zeros(1, np.float32))
+    assert (plain > 0).all()
+    with xpcnn.flush_subnormals(False) as on:
+        assert not on and not _flushes()
+
+
+@pytest.mark.skipif(compiled.fp_control is None, reason="no flush-to-zero control on this CPU")
+def test_flush_subnormals_keeps_a_callers_own_setting():
+    previous = compiled.fp_control(True)
+    try:
+        with xpcnn.flush_subnormals():
+            assert _flushes()
+        assert _flushes()  # the caller had set it: still set
+    finally:
+        compiled.fp_control(previous)
+    assert not _flushes()

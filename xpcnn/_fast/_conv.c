@@ -1,0 +1,430 @@
+/* xpcnn._fast._conv: compiled float32 convolution kernels for the NumPy fast path.
+ *
+ * The Python side (xpcnn/_fast/compiled.py) validates arrays and shapes first; this
+ * module checks again that every buffer is a C-contiguous float32 buffer large enough
+ * for the geometry it is given, so a wrong call raises instead of reading out of
+ * bounds. Every kernel call releases the GIL. The kernels themselves are in
+ * _conv_kernels.h, compiled once per instruction set (AVX-512, AVX2, generic); each
+ * call names the one to run (isas() lists those this CPU runs, best first).
+ *
+ * Only the stable ABI (Py_LIMITED_API 3.11) is used: no NumPy headers at build time.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define XPCNN_X86 1
+#include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#define XPCNN_ARM64 1
+#endif
+
+#define ALWAYS_INLINE __attribute__((always_inline))
+/* A register tile's loops must unroll completely, or its accumulators live in memory. */
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL _Pragma("GCC unroll 32")
+#endif
+
+typedef struct {
+    ptrdiff_t C, Hp, Wp, N, FN, FH, FW, stride, OH, OW;
+} ConvGeom;
+
+/* ---- the instruction sets ------------------------------------------------------------- */
+
+#ifdef XPCNN_X86
+#define ISA avx512
+#define TARGET __attribute__((target("avx512f,avx2,fma")))
+#define VB 64
+#define FWD_MR 4
+#define FWD_NR 6
+#define DW_NR(FN) ((FN) <= 16 ? 1 : (FN) <= 32 ? 2 : 4)
+#define DW_MR1 24
+#define DW_MR2 12
+#define DW_MR4 6
+#define LOAD_PART(p, n) ((vf)_mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p)))
+#define STORE_PART(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1u), (__m512)(v))
+#include "_conv_kernels.h"
+#undef ISA
+#undef TARGET
+#undef VB
+#undef FWD_MR
+#undef FWD_NR
+#undef DW_NR
+#undef DW_MR1
+#undef DW_MR2
+#undef DW_MR4
+#undef LOAD_PART
+#undef STORE_PART
+
+static const int32_t avx2_lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+#define ISA avx2
+#define TARGET __attribute__((target("avx2,fma")))
+#define VB 32
+#define FWD_MR 4
+#define FWD_NR 3
+#define DW_NR(FN) ((FN) <= 8 ? 1 : 2)
+#define DW_MR1 12
+#define DW_MR2 6
+#define DW_MR4 3
+#define AVX2_MASK(n) _mm256_loadu_si256((const __m256i *)(avx2_lanes + 8 - (n)))
+#define LOAD_PART(p, n) ((vf)_mm256_maskload_ps((p), AVX2_MASK(n)))
+#define STORE_PART(p, v, n) _mm256_maskstore_ps((p), AVX2_MASK(n), (__m256)(v))
+#include "_conv_kernels.h"
+#undef ISA
+#undef TARGET
+#undef VB
+#undef FWD_MR
+#undef FWD_NR
+#undef DW_NR
+#undef DW_MR1
+#undef DW_MR2
+#undef DW_MR4
+#undef LOAD_PART
+#undef STORE_PART
+#endif /* XPCNN_X86 */
+
+/* Portable: 16-byte vectors (SSE2 on x86-64, NEON on arm64, whatever the compiler has
+ * elsewhere); partial vectors go through memory lane by lane. */
+#define ISA generic
+#define TARGET
+#define VB 16
+#define FWD_MR 4
+#define FWD_NR 3
+#define DW_NR(FN) ((FN) <= 4 ? 1 : 2)
+#define DW_MR1 12
+#define DW_MR2 6
+#define DW_MR4 3
+#define LOAD_PART(p, n) generic_load_part((p), (n))
+#define STORE_PART(p, v, n) generic_store_part((p), (v), (n))
+typedef float generic_vec __attribute__((vector_size(16)));
+static inline generic_vec generic_load_part(const float *p, int n)
+{
+    generic_vec v = {0};
+    memcpy(&v, p, (size_t)n * sizeof(float));
+    return v;
+}
+static inline void generic_store_part(float *p, generic_vec v, int n)
+{
+    memcpy(p, &v, (size_t)n * sizeof(float));
+}
+#include "_conv_kernels.h"
+
+/* ---- run-time choice ------------------------------------------------------------------ */
+
+typedef void (*fwd_fn)(const ConvGeom *, const float *, const float *, const float *, float *,
+                       ptrdiff_t, ptrdiff_t, int, const ptrdiff_t *);
+typedef int (*dw_fn)(const ConvGeom *, const float *, const float *, float *, float *, ptrdiff_t,
+                     ptrdiff_t, const ptrdiff_t *);
+
+typedef struct {
+    const char *name;
+    int fwd_mr;
+    fwd_fn fwd;
+    dw_fn dw;
+} Isa;
+
+static const Isa ISAS[] = {
+#ifdef XPCNN_X86
+    {"avx512", 4, conv_forward_avx512, conv_dw_avx512},
+    {"avx2", 4, conv_forward_avx2, conv_dw_avx2},
+#endif
+    {"generic", 4, conv_forward_generic, conv_dw_generic},
+};
+#define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
+
+static int cpu_has(const char *name)
+{
+#ifdef XPCNN_X86
+    __builtin_cpu_init();
+    if (strcmp(name, "avx512") == 0)
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
+    if (strcmp(name, "avx2") == 0)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    return strcmp(name, "generic") == 0;
+}
+
+/* The kernels named `name`, if this build has them and this CPU runs them; NULL with
+ * ValueError set otherwise. */
+static const Isa *find_isa(const char *name)
+{
+    for (int i = 0; i < N_ISAS; i++) {
+        if (strcmp(ISAS[i].name, name) != 0) continue;
+        if (!cpu_has(name)) {
+            PyErr_Format(PyExc_ValueError, "this CPU cannot run the %s kernels", name);
+            return NULL;
+        }
+        return &ISAS[i];
+    }
+    PyErr_Format(PyExc_ValueError, "no %s kernels in this build", name);
+    return NULL;
+}
+
+/* ---- argument checks ------------------------------------------------------------------ */
+
+/* a * b * ... without overflow; -1 on overflow or a negative factor. */
+static ptrdiff_t product(int n, const ptrdiff_t *f)
+{
+    ptrdiff_t p = 1;
+    for (int i = 0; i < n; i++) {
+        if (f[i] < 0 || (f[i] && p > PTRDIFF_MAX / f[i])) return -1;
+        p *= f[i];
+    }
+    return p;
+}
+
+/* A C-contiguous float32 buffer of at least `need` floats. */
+static int get_floats(PyObject *obj, Py_buffer *view, ptrdiff_t need, int writable,
+                      const char *what)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s must be a C-contiguous%s float32 array (compiled convolution)", what,
+                     writable ? ", writable" : "");
+        return -1;
+    }
+    const char *fmt = view->format ? view->format : "B";
+    if (fmt[0] == '<' || fmt[0] == '=' || fmt[0] == '@') fmt++;
+    if (view->itemsize != 4 || strcmp(fmt, "f") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s must be float32, got buffer format '%s'", what,
+                     view->format ? view->format : "B");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    if (need < 0 || view->len / 4 < need) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd floats, the geometry needs %zd", what,
+                     view->len / 4, need);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+/* Parses the geometry tuple and the row range, and checks that the windows fit. */
+static int get_geom(PyObject *geom, ConvGeom *g)
+{
+    if (!PyArg_ParseTuple(geom, "nnnnnnnnnn;geometry is (C, Hp, Wp, N, FN, FH, FW, stride, OH, OW)",
+                          &g->C, &g->Hp, &g->Wp, &g->N, &g->FN, &g->FH, &g->FW, &g->stride,
+                          &g->OH, &g->OW))
+        return -1;
+    if (g->C < 1 || g->Hp < 1 || g->Wp < 1 || g->N < 1 || g->FN < 1 || g->FH < 1 || g->FW < 1 ||
+        g->stride < 1 || g->OH < 1 || g->OW < 1) {
+        PyErr_SetString(PyExc_ValueError, "every convolution dimension must be positive");
+        return -1;
+    }
+    if ((g->OH - 1) * g->stride + g->FH > g->Hp || (g->OW - 1) * g->stride + g->FW > g->Wp) {
+        PyErr_SetString(PyExc_ValueError, "the output size does not fit the padded input");
+        return -1;
+    }
+    ptrdiff_t dims[] = {g->C, g->Hp, g->Wp, g->N, g->FN, g->FH, g->FW, g->OH, g->OW};
+    if (product(9, dims) < 0) {
+        PyErr_SetString(PyExc_OverflowError, "convolution too large");
+        return -1;
+    }
+    return 0;
+}
+
+static ptrdiff_t *filter_offsets(const ConvGeom *g)
+{
+    const ptrdiff_t K = g->C * g->FH * g->FW;
+    ptrdiff_t *koff = malloc((size_t)K * sizeof(ptrdiff_t));
+    if (!koff) return NULL;
+    for (ptrdiff_t c = 0; c < g->C; c++)
+        for (ptrdiff_t i = 0; i < g->FH; i++)
+            for (ptrdiff_t j = 0; j < g->FW; j++)
+                koff[(c * g->FH + i) * g->FW + j] = ((c * g->Hp + i) * g->Wp + j) * g->N;
+    return koff;
+}
+
+static int get_rows(ptrdiff_t r0, ptrdiff_t r1, const ConvGeom *g)
+{
+    if (r0 < 0 || r1 < r0 || r1 > g->OH) {
+        PyErr_Format(PyExc_ValueError, "rows [%zd, %zd) outside [0, %zd)", r0, r1, g->OH);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- module functions ----------------------------------------------------------------- */
+
+PyDoc_STRVAR(forward_doc,
+             "forward(img, wp, bias, out, geometry, r0, r1, relu, isa)\n\n"
+             "Output rows [r0, r1) of the convolution of img (C, Hp, Wp, N), padded, with the\n"
+             "packed filters wp (ceil(FN/MR), C*FH*FW, MR) plus bias (FN,), written to out\n"
+             "(FN, OH, OW, N); relu clamps the result at 0. geometry = (C, Hp, Wp, N, FN, FH,\n"
+             "FW, stride, OH, OW). All arrays C-contiguous float32.");
+
+static PyObject *py_forward(PyObject *self, PyObject *args)
+{
+    PyObject *o_img, *o_wp, *o_bias, *o_out, *o_geom;
+    ptrdiff_t r0, r1;
+    int relu;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "OOOOOnnps", &o_img, &o_wp, &o_bias, &o_out, &o_geom, &r0, &r1,
+                          &relu, &isa_name))
+        return NULL;
+    ConvGeom g;
+    const Isa *isa = find_isa(isa_name);
+    if (!isa || get_geom(o_geom, &g) < 0 || get_rows(r0, r1, &g) < 0) return NULL;
+    const ptrdiff_t K = g.C * g.FH * g.FW, blocks = (g.FN + isa->fwd_mr - 1) / isa->fwd_mr;
+    ptrdiff_t n_img[] = {g.C, g.Hp, g.Wp, g.N}, n_wp[] = {blocks, K, isa->fwd_mr},
+              n_out[] = {g.FN, g.OH, g.OW, g.N};
+    Py_buffer img, wp, bias, out;
+    if (get_floats(o_img, &img, product(4, n_img), 0, "img") < 0) return NULL;
+    if (get_floats(o_wp, &wp, product(3, n_wp), 0, "packed filters") < 0) goto fail1;
+    if (get_floats(o_bias, &bias, g.FN, 0, "bias") < 0) goto fail2;
+    if (get_floats(o_out, &out, product(4, n_out), 1, "out") < 0) goto fail3;
+    ptrdiff_t *koff = filter_offsets(&g);
+    if (!koff) {
+        PyErr_NoMemory();
+    } else {
+        Py_BEGIN_ALLOW_THREADS;
+        isa->fwd(&g, img.buf, wp.buf, bias.buf, out.buf, r0, r1, relu, koff);
+        Py_END_ALLOW_THREADS;
+        free(koff);
+    }
+    PyBuffer_Release(&out);
+fail3:
+    PyBuffer_Release(&bias);
+fail2:
+    PyBuffer_Release(&wp);
+fail1:
+    PyBuffer_Release(&img);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(weight_grad_doc,
+             "weight_grad(img, dout, dW, db, geometry, r0, r1, isa)\n\n"
+             "The filter and bias gradients of output rows [r0, r1): dW (FN, C*FH*FW) and db\n"
+             "(FN,) are overwritten with sum over those rows, columns and the batch of\n"
+             "dout (FN, OH, OW, N) times the windows of img (C, Hp, Wp, N).");
+
+static PyObject *py_weight_grad(PyObject *self, PyObject *args)
+{
+    PyObject *o_img, *o_dout, *o_dW, *o_db, *o_geom;
+    ptrdiff_t r0, r1;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "OOOOOnns", &o_img, &o_dout, &o_dW, &o_db, &o_geom, &r0, &r1,
+                          &isa_name))
+        return NULL;
+    ConvGeom g;
+    const Isa *isa = find_isa(isa_name);
+    if (!isa || get_geom(o_geom, &g) < 0 || get_rows(r0, r1, &g) < 0) return NULL;
+    ptrdiff_t n_img[] = {g.C, g.Hp, g.Wp, g.N}, n_dout[] = {g.FN, g.OH, g.OW, g.N},
+              n_dW[] = {g.FN, g.C, g.FH, g.FW};
+    Py_buffer img, dout, dW, db;
+    int status = 0;
+    if (get_floats(o_img, &img, product(4, n_img), 0, "img") < 0) return NULL;
+    if (get_floats(o_dout, &dout, product(4, n_dout), 0, "dout") < 0) goto fail1;
+    if (get_floats(o_dW, &dW, product(4, n_dW), 1, "dW") < 0) goto fail2;
+    if (get_floats(o_db, &db, g.FN, 1, "db") < 0) goto fail3;
+    ptrdiff_t *koff = filter_offsets(&g);
+    if (!koff) {
+        PyErr_NoMemory();
+    } else {
+        Py_BEGIN_ALLOW_THREADS;
+        status = isa->dw(&g, img.buf, dout.buf, dW.buf, db.buf, r0, r1, koff);
+        Py_END_ALLOW_THREADS;
+        free(koff);
+        if (status < 0) PyErr_NoMemory();
+    }
+    PyBuffer_Release(&db);
+fail3:
+    PyBuffer_Release(&dW);
+fail2:
+    PyBuffer_Release(&dout);
+fail1:
+    PyBuffer_Release(&img);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_isas(PyObject *self, PyObject *noargs)
+{
+    PyObject *names = PyList_New(0);
+    if (!names) return NULL;
+    for (int i = 0; i < N_ISAS; i++) {
+        if (!cpu_has(ISAS[i].name)) continue;
+        PyObject *s = PyUnicode_FromString(ISAS[i].name);
+        if (!s || PyList_Append(names, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(names);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    return names;
+}
+
+static PyObject *py_tile(PyObject *self, PyObject *arg)
+{
+    const char *name = PyUnicode_AsUTF8AndSize(arg, NULL);
+    const Isa *isa = name ? find_isa(name) : NULL;
+    return isa ? PyLong_FromLong(isa->fwd_mr) : NULL;
+}
+
+/* ---- flush-to-zero / denormals-are-zero ----------------------------------------------- */
+
+/* The calling thread's floating-point control bits that flush subnormals: MXCSR's FTZ
+ * (bit 15) and DAZ (bit 6) on x86-64, FPCR's FZ (bit 24) on arm64. */
+#ifdef XPCNN_X86
+#define FLUSH_BITS 0x8040u
+static unsigned int get_ctrl(void) { return _mm_getcsr(); }
+static void set_ctrl(unsigned int v) { _mm_setcsr(v); }
+#elif defined(XPCNN_ARM64)
+#define FLUSH_BITS (1u << 24)
+static unsigned int get_ctrl(void)
+{
+    uint64_t v;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(v));
+    return (unsigned int)v;
+}
+static void set_ctrl(unsigned int v)
+{
+    uint64_t w = v;
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(w));
+}
+#endif
+
+static PyObject *py_flush_denormals(PyObject *self, PyObject *arg)
+{
+#ifdef FLUSH_BITS
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    unsigned int old = get_ctrl();
+    set_ctrl(on ? (old | FLUSH_BITS) : (old & ~FLUSH_BITS));
+    return PyBool_FromLong((old & FLUSH_BITS) == FLUSH_BITS);
+#else
+    PyErr_SetString(PyExc_NotImplementedError, "flushing subnormals is not supported on this CPU");
+    return NULL;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"forward", py_forward, METH_VARARGS, forward_doc},
+    {"weight_grad", py_weight_grad, METH_VARARGS, weight_grad_doc},
+    {"isas", py_isas, METH_NOARGS, "The instruction sets this build has and this CPU runs, best first."},
+    {"tile", py_tile, METH_O, "MR of the named instruction set: output channels per packed filter block."},
+    {"flush_denormals", py_flush_denormals, METH_O,
+     "Set (True) or clear (False) flush-to-zero and denormals-are-zero on the calling thread; "
+     "returns whether both were set before."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_conv", "Compiled float32 convolution kernels (see _conv.c).", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__conv(void) { return PyModule_Create(&module); }

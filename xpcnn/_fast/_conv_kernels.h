@@ -1,0 +1,284 @@
+/* Direct convolution kernels for one instruction set, float32, "CHWN" layout.
+ *
+ * Included by _conv.c once per instruction set, with these macros defined:
+ *   ISA          the name suffix (avx512, avx2, generic)
+ *   TARGET       a function attribute selecting the instruction set, or nothing
+ *   VB           the vector width in bytes (64, 32, 16)
+ *   FWD_MR, FWD_NR   the forward kernel's register tile: output channels x vectors
+ *   DW_NR(FN)    vectors of output channels in the weight-gradient tile (1, 2 or 4)
+ *   DW_MR1, DW_MR2, DW_MR4   its rows of dW^T for each of those
+ *   LOAD_PART(p, n), STORE_PART(p, v, n)   the first n lanes (0 < n < V) of a vector
+ *
+ * Layout: an image is (C, Hp, Wp, N) in memory, batch innermost, already padded;
+ * an output (FN, OH, OW, N). For stride 1 one output row (OW*N floats) reads, under
+ * filter offset (i, j), one contiguous run of an input row: the kernels treat it as
+ * one "segment". For stride s > 1 each output column is its own segment of N floats.
+ * Vectors run along a segment, so no im2col is ever materialised.
+ *
+ * No fast-math: the sums are plain multiply-adds (contracted to FMA where the target
+ * has it), so NaN and infinities propagate as in any dot product.
+ */
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define NAME(x) CAT(x, ISA)
+#define V (VB / 4)
+
+typedef float NAME(vf) __attribute__((vector_size(VB)));
+typedef int32_t NAME(vi) __attribute__((vector_size(VB)));
+#define vf NAME(vf)
+#define vi NAME(vi)
+
+static inline ALWAYS_INLINE TARGET vf NAME(ld)(const float *p)
+{
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline ALWAYS_INLINE TARGET void NAME(st)(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+static inline ALWAYS_INLINE TARGET vf NAME(splat)(float s) { return (vf){0} + s; }
+
+/* ---- forward: out[f, q] = bias[f] + sum_k W[f, k] * src[koff[k] + q] -------------------- */
+
+/* One register tile: MR output channels (packed weights w[K][FWD_MR]) by nr vectors of a
+ * segment; the last vector has only `part` lanes when part > 0. `relu` clamps at 0
+ * (fmax-like: NaN becomes 0, as the ReLU ops do). */
+static inline ALWAYS_INLINE TARGET void NAME(fwd_tile)(
+    const int nr, const int masked, int part, int mr, const float *restrict w, ptrdiff_t K,
+    const ptrdiff_t *restrict koff, const float *restrict src, float *const *dst,
+    const float *restrict bias, int relu)
+{
+    vf acc[FWD_MR][FWD_NR];
+    UNROLL
+    for (int m = 0; m < FWD_MR; m++)
+        UNROLL
+        for (int v = 0; v < FWD_NR; v++)
+            if (v < nr) acc[m][v] = NAME(splat)(bias[m]);
+    for (ptrdiff_t k = 0; k < K; k++) {
+        const float *p = src + koff[k];
+        vf b[FWD_NR];
+        UNROLL
+        for (int v = 0; v < FWD_NR; v++)
+            if (v < nr) {
+                if (masked && v == nr - 1)
+                    b[v] = LOAD_PART(p + v * V, part);
+                else
+                    b[v] = NAME(ld)(p + v * V);
+            }
+        const float *wk = w + k * FWD_MR;
+        UNROLL
+        for (int m = 0; m < FWD_MR; m++) {
+            const float s = wk[m];
+            UNROLL
+            for (int v = 0; v < FWD_NR; v++)
+                if (v < nr) acc[m][v] += b[v] * s;
+        }
+    }
+    UNROLL
+    for (int m = 0; m < FWD_MR; m++) {
+        if (m >= mr) break;
+        UNROLL
+        for (int v = 0; v < FWD_NR; v++) {
+            if (v >= nr) break;
+            vf a = acc[m][v];
+            if (relu) { /* NaN > 0 and -0.0 > 0 are false: both give +0, as the ReLU ops */
+                const vf zero = {0};
+                a = (vf)((vi)a & (a > zero));
+            }
+            if (masked && v == nr - 1)
+                STORE_PART(dst[m] + v * V, a, part);
+            else
+                NAME(st)(dst[m] + v * V, a);
+        }
+    }
+}
+
+/* Tiles of `nr` vectors (the last with `part` lanes when masked) at position q of a
+ * segment, for every block of FWD_MR output channels in turn: the tile's input (K rows
+ * of nr vectors) is read from memory once and from cache by the other blocks. */
+static inline ALWAYS_INLINE TARGET void NAME(fwd_blocks)(
+    const int nr, const int masked, int part, const float *restrict wp, ptrdiff_t K, ptrdiff_t FN,
+    const ptrdiff_t *restrict koff, const float *src, float *out, ptrdiff_t plane,
+    const float *bias, int relu)
+{
+    for (ptrdiff_t f0 = 0; f0 < FN; f0 += FWD_MR) {
+        const int mr = (int)(FN - f0 < FWD_MR ? FN - f0 : FWD_MR);
+        float b[FWD_MR];
+        float *d[FWD_MR];
+        for (int m = 0; m < FWD_MR; m++) {
+            const ptrdiff_t f = f0 + (m < mr ? m : 0); /* rows past FN: computed, not stored */
+            b[m] = bias[f];
+            d[m] = out + f * plane;
+        }
+        NAME(fwd_tile)(nr, masked, part, mr, wp + (f0 / FWD_MR) * K * FWD_MR, K, koff, src, d,
+                       b, relu);
+    }
+}
+
+/* A segment of `len` floats: src is its input under filter offset (0, 0), out its output
+ * in channel 0 (channel f at out + f * plane). */
+static TARGET void NAME(fwd_segment)(const float *restrict wp, ptrdiff_t K, ptrdiff_t FN,
+                                     const ptrdiff_t *restrict koff, const float *src, float *out,
+                                     ptrdiff_t plane, ptrdiff_t len, const float *bias, int relu)
+{
+    const ptrdiff_t full = len / V, part = len % V;
+    ptrdiff_t q = 0, nv = 0;
+    for (; nv + FWD_NR <= full; nv += FWD_NR, q += FWD_NR * V)
+        NAME(fwd_blocks)(FWD_NR, 0, 0, wp, K, FN, koff, src + q, out + q, plane, bias, relu);
+    const int rest = (int)(full - nv);
+    switch (rest) { /* each case a tile specialised at compile time */
+#define FWD_REST(n)                                                                         \
+    case n:                                                                                 \
+        if (n < FWD_NR)                                                                     \
+            NAME(fwd_blocks)(n, 0, 0, wp, K, FN, koff, src + q, out + q, plane, bias, relu); \
+        break;
+        FWD_REST(1) FWD_REST(2) FWD_REST(3) FWD_REST(4) FWD_REST(5) FWD_REST(6) FWD_REST(7)
+#undef FWD_REST
+    default:
+        break;
+    }
+    q += (ptrdiff_t)rest * V;
+    if (part)
+        NAME(fwd_blocks)(1, 1, (int)part, wp, K, FN, koff, src + q, out + q, plane, bias, relu);
+}
+
+/* Output rows [r0, r1) of every output channel; see forward() in _conv.c. */
+static TARGET void NAME(conv_forward)(const ConvGeom *g, const float *img, const float *wp,
+                                      const float *bias, float *out, ptrdiff_t r0, ptrdiff_t r1,
+                                      int relu, const ptrdiff_t *koff)
+{
+    const ptrdiff_t N = g->N, K = g->C * g->FH * g->FW, FN = g->FN, s = g->stride;
+    const ptrdiff_t row_in = g->Wp * N, row_out = g->OW * N, plane = g->OH * row_out;
+    for (ptrdiff_t oh = r0; oh < r1; oh++) {
+        const float *src = img + oh * s * row_in;
+        float *dst = out + oh * row_out;
+        if (s == 1)
+            NAME(fwd_segment)(wp, K, FN, koff, src, dst, plane, row_out, bias, relu);
+        else
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++)
+                NAME(fwd_segment)(wp, K, FN, koff, src + ow * s * N, dst + ow * N, plane, N, bias,
+                                  relu);
+    }
+}
+
+/* ---- weight gradient: dWT[k, f] += sum_q src[koff[k] + q] * dout[f, q] ------------------
+ * A GEMM whose reduction runs along the segments: dout is packed, a chunk of positions at a
+ * time, transposed to P[q][f] (f padded to whole vectors with zeros), so that the register
+ * tile holds MR rows of dW^T by NR vectors of output channels, and each step broadcasts MR
+ * input values and loads NR vectors of P. The bias gradient is summed while packing. */
+
+static inline ALWAYS_INLINE TARGET void NAME(dw_tile)(
+    const int MR, const int NR, const int full, int mr, ptrdiff_t qc, const float *const *a,
+    const float *restrict P, ptrdiff_t FNP, float *restrict dwt)
+{
+    vf acc[24][4];
+    UNROLL
+    for (int m = 0; m < MR; m++) /* rows past mr: zero, never used */
+        UNROLL
+        for (int v = 0; v < NR; v++)
+            acc[m][v] = (full || m < mr) ? NAME(ld)(dwt + m * FNP + v * V) : (vf){0};
+    for (ptrdiff_t q = 0; q < qc; q++) {
+        vf b[4];
+        UNROLL
+        for (int v = 0; v < NR; v++) b[v] = NAME(ld)(P + q * FNP + v * V);
+        UNROLL
+        for (int m = 0; m < MR; m++) {
+            if (!full && m >= mr) break;
+            const float s = a[m][q];
+            UNROLL
+            for (int v = 0; v < NR; v++) acc[m][v] += b[v] * s;
+        }
+    }
+    UNROLL
+    for (int m = 0; m < MR; m++)
+        UNROLL
+        for (int v = 0; v < NR; v++)
+            if (full || m < mr) NAME(st)(dwt + m * FNP + v * V, acc[m][v]);
+}
+
+/* Every tile of one packed chunk: K rows of dW^T by FNP channels. */
+static inline ALWAYS_INLINE TARGET void NAME(dw_chunk)(
+    const int MR, const int NR, ptrdiff_t K, const ptrdiff_t *restrict koff, const float *src,
+    ptrdiff_t qc, const float *P, ptrdiff_t FNP, float *dwt)
+{
+    const float *a[24];
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += MR) {
+        const int mr = (int)(K - k0 < MR ? K - k0 : MR);
+        for (int m = 0; m < MR; m++) a[m] = src + koff[k0 + (m < mr ? m : 0)];
+        for (ptrdiff_t f0 = 0; f0 < FNP; f0 += NR * V) {
+            float *t = dwt + k0 * FNP + f0;
+            if (mr == MR)
+                NAME(dw_tile)(MR, NR, 1, MR, qc, a, P + f0, FNP, t);
+            else
+                NAME(dw_tile)(MR, NR, 0, mr, qc, a, P + f0, FNP, t);
+        }
+    }
+}
+
+/* Packs dout[f, q0 .. q0+qc) for every f into P[q][f] and adds each row's sum to db. */
+static inline ALWAYS_INLINE TARGET void NAME(dw_pack)(const float *dout_seg, ptrdiff_t plane,
+                                                      ptrdiff_t FN, ptrdiff_t FNP, ptrdiff_t qc,
+                                                      float *P, float *db)
+{
+    for (ptrdiff_t f = 0; f < FN; f++) {
+        const float *d = dout_seg + f * plane;
+        float s = 0.0f;
+        for (ptrdiff_t q = 0; q < qc; q++) {
+            P[q * FNP + f] = d[q];
+            s += d[q];
+        }
+        db[f] += s;
+    }
+}
+
+/* Weight and bias gradients of output rows [r0, r1): dW (FN, K) and db (FN,) are written
+ * (not accumulated). Returns 0, or -1 when scratch memory cannot be allocated. */
+static TARGET int NAME(conv_dw)(const ConvGeom *g, const float *img, const float *dout,
+                                float *dW, float *db, ptrdiff_t r0, ptrdiff_t r1,
+                                const ptrdiff_t *koff)
+{
+    const ptrdiff_t N = g->N, K = g->C * g->FH * g->FW, FN = g->FN;
+    const int NR = DW_NR(FN);
+    const ptrdiff_t FNP = (FN + NR * V - 1) / (NR * V) * (NR * V);
+    const ptrdiff_t qmax = 4096 / FNP > 0 ? 4096 / FNP : 1; /* P: about 16 KiB, in L1 */
+    /* Padding lanes of P stay zero: the dW^T columns past FN are never read. */
+    float *P = calloc((size_t)(qmax * FNP), sizeof(float));
+    float *dwt = calloc((size_t)(K * FNP), sizeof(float));
+    float *dbp = calloc((size_t)FNP, sizeof(float));
+    if (!P || !dwt || !dbp) {
+        free(P), free(dwt), free(dbp);
+        return -1;
+    }
+    const ptrdiff_t row_in = g->Wp * N, plane = g->OH * g->OW * N;
+    const ptrdiff_t seg_len = g->stride == 1 ? g->OW * N : N;
+    const ptrdiff_t segs = g->stride == 1 ? 1 : g->OW;
+    for (ptrdiff_t oh = r0; oh < r1; oh++) {
+        for (ptrdiff_t sg = 0; sg < segs; sg++) {
+            const float *src_seg = img + oh * g->stride * row_in + sg * g->stride * N;
+            const float *dout_seg = dout + oh * g->OW * N + sg * N;
+            for (ptrdiff_t q0 = 0; q0 < seg_len; q0 += qmax) {
+                const ptrdiff_t qc = seg_len - q0 < qmax ? seg_len - q0 : qmax;
+                NAME(dw_pack)(dout_seg + q0, plane, FN, FNP, qc, P, dbp);
+                const float *src = src_seg + q0;
+                switch (NR) {
+                case 1: NAME(dw_chunk)(DW_MR1, 1, K, koff, src, qc, P, FNP, dwt); break;
+                case 2: NAME(dw_chunk)(DW_MR2, 2, K, koff, src, qc, P, FNP, dwt); break;
+                default: NAME(dw_chunk)(DW_MR4, 4, K, koff, src, qc, P, FNP, dwt); break;
+                }
+            }
+        }
+    }
+    for (ptrdiff_t f = 0; f < FN; f++) {
+        for (ptrdiff_t k = 0; k < K; k++) dW[f * K + k] = dwt[k * FNP + f];
+        db[f] = dbp[f];
+    }
+    free(P), free(dwt), free(dbp);
+    return 0;
+}
+
+#undef vf
+#undef vi
+#undef V
+#undef NAME

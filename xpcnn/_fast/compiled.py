@@ -1,0 +1,265 @@
+"""Compiled float32 convolution kernels behind the NumPy fast path.
+
+:mod:`xpcnn._fast._conv` is a C extension built by ``pip install .`` (optional: with no
+compiler the build goes on without it and the NumPy fast path's GEMMs serve). It holds
+a direct convolution in the fast path's "CHWN" layout (batch innermost): the forward
+pass and the filter gradient, each for AVX-512, AVX2 and a portable instruction set,
+the best the CPU runs chosen at import. The input gradient is the forward kernel run
+on ``dout`` (placed, for stride > 1, every ``stride`` rows and columns) with the
+filters flipped and transposed, so one kernel serves both directions.
+
+Why a direct convolution: with the batch innermost, one output row under one filter
+offset reads one contiguous run of an input row, so a register tile of output
+channels by vectors of that run needs no im2col copy; the NumPy path's thin SGEMMs and
+its unfolding traffic are what kept it behind PyTorch (scripts/BENCHMARKS.md,
+"Compiled convolution").
+
+Every call checks dtypes, layout and shapes here, and the extension checks each
+buffer's size against the geometry again, so a bad call raises instead of reading
+out of bounds. The kernels release the GIL; a layer's output rows are shared out
+among :func:`xpcnn.cpu_threads` threads like the NumPy path's.
+
+Selection: ``XPCNN_ISA=avx512|avx2|generic`` forces an instruction set and
+``XPCNN_ISA=none`` turns the compiled kernels off (the NumPy path runs); :func:`using`
+does the same for a ``with`` block, in the current thread or task only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+from . import _threads
+
+__all__ = ["CompiledConvCache", "available", "conv2d_forward", "isa", "isas", "status", "using"]
+
+_conv: ModuleType | None
+try:
+    from . import _conv  # type: ignore[attr-defined, no-redef]
+
+    _IMPORT_ERROR = ""
+except ImportError as error:  # built without a compiler, or a foreign platform
+    _conv = None
+    _IMPORT_ERROR = str(error)
+
+#: The names XPCNN_ISA and :func:`using` accept besides the instruction sets.
+OFF = "none"
+
+
+def _fp_control() -> Callable[[bool], bool] | None:
+    """The extension's ``flush_denormals(on) -> previous`` where this CPU has the
+    control bits (x86-64 MXCSR FTZ/DAZ, arm64 FPCR FZ), else None."""
+    if _conv is None:
+        return None
+    try:
+        _conv.flush_denormals(_conv.flush_denormals(False))
+    except NotImplementedError:
+        return None
+    return _conv.flush_denormals
+
+
+#: ``set(on) -> previous`` for the calling thread, or None (see :func:`_fp_control`).
+fp_control = _threads.fp_control = _fp_control()
+
+
+def isas() -> list[str]:
+    """The instruction sets of the compiled kernels that this CPU runs, best first
+    (empty when the extension is not built)."""
+    return [] if _conv is None else list(_conv.isas())
+
+
+def _default() -> str | None:
+    """The instruction set XPCNN_ISA asks for (checked), else the best one."""
+    want = os.environ.get("XPCNN_ISA", "").strip().lower()
+    runs = isas()
+    if not want:
+        return runs[0] if runs else None
+    if want == OFF:
+        return None
+    return _checked(want, "XPCNN_ISA")
+
+
+def _checked(name: str, where: str) -> str:
+    runs = isas()
+    if name in runs:
+        return name
+    if _conv is None:
+        raise ValueError(
+            f"{where}={name}: the compiled kernels are not built ({_IMPORT_ERROR}); "
+            f"reinstall xpcnn with a C compiler, or use {OFF}"
+        )
+    raise ValueError(
+        f"{where}={name}: this CPU runs {', '.join(runs)}; choose one of them or {OFF}"
+    )
+
+
+_ISA: contextvars.ContextVar[str | None] = contextvars.ContextVar("xpcnn_isa")
+
+
+def isa() -> str | None:
+    """The instruction set convolutions use here (None: the NumPy path)."""
+    try:
+        return _ISA.get()
+    except LookupError:
+        chosen = _default()  # raises for a bad XPCNN_ISA, on first use, every time
+        _ISA.set(chosen)
+        return chosen
+
+
+@contextlib.contextmanager
+def using(name: str | None) -> Iterator[None]:
+    """Run the compiled kernels with instruction set ``name`` (``None`` or ``"none"``:
+    the NumPy path) inside the ``with`` block, for this thread or task only."""
+    chosen = None if name in (None, OFF) else _checked(str(name), "isa")
+    token = _ISA.set(chosen)
+    try:
+        yield
+    finally:
+        _ISA.reset(token)
+
+
+def status() -> str:
+    """One line for ``xpcnn info``: which convolution path runs and why."""
+    if _conv is None:
+        return f"NumPy GEMMs (compiled kernels not built: {_IMPORT_ERROR})"
+    try:
+        chosen = isa()
+    except ValueError as error:
+        return f"error: {error}"
+    if chosen is None:
+        return "NumPy GEMMs (compiled kernels switched off: XPCNN_ISA=none)"
+    return f"compiled {chosen} (this CPU runs: {', '.join(isas())})"
+
+
+def available(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the compiled kernels take this convolution: float32 throughout, a
+    non-empty batch, and an instruction set selected."""
+    return (
+        x.dtype == np.float32
+        and W.dtype == np.float32
+        and b.dtype == np.float32
+        and x.shape[0] > 0
+        and isa() is not None
+    )
+
+
+def _packed(W: np.ndarray, mr: int) -> np.ndarray:
+    """``W`` (FN, C, FH, FW) as (ceil(FN / mr), C*FH*FW, mr): each block of ``mr``
+    filters interleaved, the way the kernel broadcasts them; zero rows past FN."""
+    FN = W.shape[0]
+    blocks = -(-FN // mr)
+    rows = np.zeros((blocks * mr, W[0].size), dtype=np.float32)
+    rows[:FN] = W.reshape(FN, -1)
+    return np.ascontiguousarray(rows.reshape(blocks, mr, -1).transpose(0, 2, 1))
+
+
+def _correlate(
+    img: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, OH: int, OW: int, name: str
+) -> np.ndarray:
+    """The (FN, OH, OW, N) cross-correlation of ``img`` (C, Hp, Wp, N), C-contiguous
+    and already padded, with ``W`` (FN, C, FH, FW), plus ``b``; output rows shared out
+    among the fast paths' threads."""
+    FN, C, FH, FW = W.shape
+    _, Hp, Wp, N = img.shape
+    wp = _packed(W, _conv.tile(name))  # type: ignore[union-attr]
+    bias = np.ascontiguousarray(b, dtype=np.float32)
+    out = np.empty((FN, OH, OW, N), dtype=np.float32)
+    geom = (C, Hp, Wp, N, FN, FH, FW, stride, OH, OW)
+
+    def rows(r: range) -> None:
+        _conv.forward(img, wp, bias, out, geom, r.start, r.stop, False, name)  # type: ignore[union-attr]
+
+    _threads.map_ranges(rows, OH)
+    return out
+
+
+def conv2d_forward(
+    x: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    stride: int,
+    pad: int,
+    OH: int,
+    OW: int,
+    img: np.ndarray,
+) -> tuple[np.ndarray, CompiledConvCache]:
+    """The compiled forward pass: ``img`` is ``x`` zero-padded and stored (C, H + 2P,
+    W + 2P, N), C-contiguous (:func:`xpcnn._fast.numpy_ops._chwn`). The output (N, FN,
+    OH, OW) is a view of the (FN, OH, OW, N) result, as on the NumPy path."""
+    name = isa()
+    assert name is not None  # available() said so
+    W = np.ascontiguousarray(W)
+    out = _correlate(img, W, b, stride, OH, OW, name)
+    return out.transpose(3, 0, 1, 2), CompiledConvCache(tuple(x.shape), img, W, stride, pad, name)
+
+
+@dataclass(frozen=True)
+class CompiledConvCache:
+    """The compiled convolution's cache: ``img`` the zero-padded input stored (C, H +
+    2P, W + 2P, N), ``W`` the filters, and the instruction set of the forward pass
+    (the backward pass runs the same one)."""
+
+    x_shape: tuple[int, ...]
+    img: np.ndarray
+    W: np.ndarray
+    stride: int
+    pad: int
+    isa: str
+
+    def backward(
+        self, dout: np.ndarray, *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """``(dx or None, dW, db)`` for ``dout`` (N, FN, OH, OW) float32."""
+        FN, C, FH, FW = self.W.shape
+        N, _, OH, OW = dout.shape
+        d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0), dtype=np.float32)  # (FN, OH, OW, N)
+        _, Hp, Wp, _ = self.img.shape
+        geom = (C, Hp, Wp, N, FN, FH, FW, self.stride, OH, OW)
+
+        def rows(r: range) -> tuple[np.ndarray, np.ndarray]:
+            dW = np.empty((FN, C * FH * FW), dtype=np.float32)
+            db = np.empty(FN, dtype=np.float32)
+            if len(r):
+                _conv.weight_grad(self.img, d, dW, db, geom, r.start, r.stop, self.isa)  # type: ignore[union-attr]
+            else:
+                dW[...], db[...] = 0, 0
+            return dW, db
+
+        (dW, db), *more = _threads.map_ranges(rows, OH)
+        for dW_part, db_part in more:
+            dW += dW_part
+            db += db_part
+        dx = self._input_gradient(d) if need_dx else None
+        return dx, dW.reshape(self.W.shape), db
+
+    def _input_gradient(self, d: np.ndarray) -> np.ndarray:
+        """``dx`` (N, C, H, W): ``d`` (FN, OH, OW, N) placed in a zero (FN, H + FH - 1,
+        W + FW - 1, N) image at rows ``FH - 1 - pad + oh * stride`` (columns alike; those
+        that fall outside it reach only padding), cross-correlated with the filters
+        flipped and transposed to (C, FN, FH, FW)."""
+        FN, C, FH, FW = self.W.shape
+        N, _, H, W = self.x_shape
+        img = np.zeros((FN, H + FH - 1, W + FW - 1, N), dtype=np.float32)
+        rows, d_rows = _placed(FH - 1 - self.pad, self.stride, d.shape[1], H + FH - 1)
+        cols, d_cols = _placed(FW - 1 - self.pad, self.stride, d.shape[2], W + FW - 1)
+        img[:, rows, cols] = d[:, d_rows, d_cols]
+        W_T = self.W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
+        zeros = np.zeros(C, dtype=np.float32)
+        return _correlate(img, W_T, zeros, 1, H, W, self.isa).transpose(3, 0, 1, 2)
+
+
+def _placed(first: int, stride: int, n: int, size: int) -> tuple[slice, slice]:
+    """Where ``n`` gradient rows go in an image of ``size`` rows when row ``k`` goes to
+    ``first + k * stride``: ``(image slice, gradient slice)`` of the rows that land
+    inside it."""
+    lo = 0 if first >= 0 else (-first + stride - 1) // stride
+    hi = min(n, (size - 1 - first) // stride + 1) if size - 1 - first >= 0 else 0
+    if hi <= lo:
+        return slice(0, 0), slice(0, 0)
+    return slice(first + lo * stride, first + (hi - 1) * stride + 1, stride), slice(lo, hi)
