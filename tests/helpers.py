@@ -220,3 +220,23 @@ def run_mpi(
                 f"`{' '.join(cmd)}` hung: killed after {timeout} s\nstdout:\n{out}\nstderr:\n{err}"
             )
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def pool_inputs(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
+    """Pooling inputs of a kind: "distinct" values, many "ties", a "constant" image, or
+    "special" values (NaN, infinities, signed zeros among normals)."""
+    if kind == "distinct":
+        return rng.permutation(math.prod(shape)).reshape(shape) / 7.0 - 3.0
+    if kind == "ties":  # few values: many ties, which must go to the first maximum
+        return rng.integers(-2, 3, shape).astype(np.float64)
+    if kind == "constant":  # a blank image: every window is one big tie
+        return np.full(shape, 0.25)
+    x = rng.standard_normal(shape)  # "special": NaN, infinities, signed zeros
+    flat = x.reshape(-1)
+    idx = rng.permutation(flat.size)
+    flat[idx[0::7]] = np.nan
+    flat[idx[1::7]] = np.inf
+    flat[idx[2::7]] = -np.inf
+    flat[idx[3::7]] = -0.0
+    flat[idx[4::7]] = 0.0
+    return x

@@ -23,11 +23,19 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from helpers import pool_inputs
 
 import xpcnn
 from xpcnn import _fast
 from xpcnn._fast import _threads, compiled
-from xpcnn.ops import conv2d_backward, conv2d_forward
+from xpcnn.ops import (
+    conv2d_backward,
+    conv2d_forward,
+    max_pool2d_backward,
+    max_pool2d_forward,
+    relu_max_pool2d_backward,
+    relu_max_pool2d_forward,
+)
 from xpcnn.testing import assert_close_scaled
 
 ISAS = compiled.isas()
@@ -180,6 +188,104 @@ def test_nan_and_inf_propagate_as_on_the_generic_path(isa, rng, case):
         np.testing.assert_array_equal(np.isneginf(g), np.isneginf(r), err_msg=f"{name}: -inf")
         finite = np.isfinite(r)
         assert_close_scaled(g[finite], r[finite], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+# -- max pooling -----------------------------------------------------------------------------
+
+# (N, C, H, W, pool_h, pool_w, stride): disjoint windows, tiling or not, odd sizes
+POOL_CASES = [
+    (100, 16, 28, 28, 2, 2, 2),
+    (3, 5, 7, 9, 2, 2, 2),
+    (257, 2, 6, 6, 3, 3, 3),
+    (1, 3, 8, 7, 2, 3, 3),
+    (20, 4, 9, 10, 1, 2, 4),
+]
+
+
+def _chwn(a: np.ndarray) -> np.ndarray:
+    """``a`` (N, C, H, W) stored (C, H, W, N), as the fast convolution leaves it."""
+    return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["pool", "relu-pool"])
+@pytest.mark.parametrize("kind", ["distinct", "ties", "constant", "special"])
+@pytest.mark.parametrize("case", POOL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_max_pool_equal_to_generic_bit_for_bit(isa, rng, case, kind, fused):
+    """Maximum, ties to the first, NaN (wins, or loses when pooling before a ReLU),
+    infinities and signed zeros: the generic path's bits, forward and backward."""
+    N, C, H, W, ph, pw, s = case
+    x = _chwn(pool_inputs(rng, (N, C, H, W), kind).astype(np.float32))
+    OH, OW = (H - ph) // s + 1, (W - pw) // s + 1
+    dout = _chwn(pool_inputs(rng, (N, C, OH, OW), "special").astype(np.float32))
+    forward, backward = (
+        (relu_max_pool2d_forward, relu_max_pool2d_backward)
+        if fused
+        else (max_pool2d_forward, max_pool2d_backward)
+    )
+
+    def run() -> list[np.ndarray]:
+        out, cache = forward(x, ph, pw, s, 0)
+        return [out, backward(dout, cache)]
+
+    got = run()
+    with _fast.enabled(False):
+        generic = run()
+    inner = max_pool2d_forward(x, ph, pw, s, 0)[1]
+    assert type(inner) is compiled.CompiledPoolCache
+    for name, g, r in zip(("out", "dx"), got, generic, strict=True):
+        assert g.dtype == np.float32 and g.shape == r.shape, name
+        np.testing.assert_array_equal(g.view(np.uint32), r.view(np.uint32), err_msg=name)
+    assert got[1].transpose(1, 2, 3, 0).flags.c_contiguous  # the layout flows on
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_max_pool_on_threads_equal_to_one_thread(isa, rng, monkeypatch, threads):
+    monkeypatch.setattr(_threads, "PARALLEL_MIN", 0)
+    x = _chwn(pool_inputs(rng, (7, 5, 8, 8), "special").astype(np.float32))
+    dout = _chwn(pool_inputs(rng, (7, 5, 4, 4), "special").astype(np.float32))
+
+    def run() -> list[np.ndarray]:
+        out, cache = max_pool2d_forward(x, 2, 2, 2, 0)
+        return [out, cache.backward(dout)]
+
+    one = run()
+    with xpcnn.cpu_threads(threads):
+        many = run()
+    for m, o in zip(many, one, strict=True):
+        np.testing.assert_array_equal(m.view(np.uint32), o.view(np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("x", "args"),
+    [
+        (np.zeros((2, 3, 4, 4), np.float32), (2, 2, 2, 0)),  # NCHW storage
+        (_chwn(np.zeros((2, 3, 4, 4))), (2, 2, 2, 0)),  # float64
+        (_chwn(np.zeros((2, 3, 5, 5), np.float32)), (3, 3, 2, 0)),  # overlapping windows
+        (_chwn(np.zeros((2, 3, 5, 5), np.float32)), (2, 2, 2, 1)),  # padding
+    ],
+    ids=["nchw", "float64", "overlapping", "padded"],
+)
+def test_max_pool_outside_the_kernel_takes_the_numpy_path(isa, x, args):
+    assert type(max_pool2d_forward(x, *args)[1]).__name__ == "MaxPoolCache"
+
+
+def test_pool_kernels_refuse_bad_arguments():
+    name = ISAS[0]
+    x, out = np.zeros((3, 4, 4, 2), np.float32), np.zeros((3, 2, 2, 2), np.float32)
+    geom = (3, 4, 4, 2, 2, 2, 2, 2, 2)
+    compiled._conv.pool_forward(x, out, geom, False, 0, 3, name)
+    with pytest.raises(ValueError, match="disjoint"):
+        compiled._conv.pool_forward(x, out, (3, 4, 4, 2, 3, 3, 2, 2, 2), False, 0, 3, name)
+    with pytest.raises(ValueError, match="does not fit"):
+        compiled._conv.pool_forward(x, out, (3, 4, 4, 2, 2, 2, 2, 3, 2), False, 0, 3, name)
+    with pytest.raises(ValueError, match="channels"):
+        compiled._conv.pool_forward(x, out, geom, False, 0, 4, name)
+    with pytest.raises(ValueError, match="x holds"):
+        compiled._conv.pool_forward(x[:2].copy(), out, geom, False, 0, 3, name)
+    with pytest.raises(ValueError, match="dx holds"):
+        compiled._conv.pool_backward(x, out, out, out.copy(), geom, 0, 3, name)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        compiled._conv.pool_backward(x, out, out.transpose(1, 0, 2, 3), x.copy(), geom, 0, 3, name)
 
 
 # -- what the extension refuses -----------------------------------------------------------

@@ -11,14 +11,13 @@ the switch changes nothing (the ReLU + max pooling op, Adam) run on every backen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 from conftest import BACKENDS, Backend
-from helpers import assert_close_scaled
+from helpers import assert_close_scaled, pool_inputs
 
 from xpcnn import _fast
 from xpcnn.backend import Device, to_numpy
@@ -312,30 +311,12 @@ POOL_GRID = [
 ]
 
 
-def _pool_inputs(rng: np.random.Generator, shape: tuple[int, ...], kind: str) -> np.ndarray:
-    if kind == "distinct":
-        return rng.permutation(math.prod(shape)).reshape(shape) / 7.0 - 3.0
-    if kind == "ties":  # few values: many ties, which must go to the first maximum
-        return rng.integers(-2, 3, shape).astype(np.float64)
-    if kind == "constant":  # a blank image: every window is one big tie
-        return np.full(shape, 0.25)
-    x = rng.standard_normal(shape)  # "special": NaN, infinities, signed zeros
-    flat = x.reshape(-1)
-    idx = rng.permutation(flat.size)
-    flat[idx[0::7]] = np.nan
-    flat[idx[1::7]] = np.inf
-    flat[idx[2::7]] = -np.inf
-    flat[idx[3::7]] = -0.0
-    flat[idx[4::7]] = 0.0
-    return x
-
-
 @pytest.mark.parametrize("case", POOL_GRID, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("kind", ["distinct", "ties", "constant", "special"])
 def test_max_pool_forward_backward_equal_generic(fast_backend, dtype, rng, case, kind):
     N, C, H, W, PH, PW, stride, pad = case
     bk = fast_backend
-    x = bk.asarray(_pool_inputs(rng, (N, C, H, W), kind), dtype)
+    x = bk.asarray(pool_inputs(rng, (N, C, H, W), kind), dtype)
     OH, OW = (H + 2 * pad - PH) // stride + 1, (W + 2 * pad - PW) // stride + 1
     dout = bk.asarray(rng.standard_normal((N, C, OH, OW)), dtype)
 
@@ -349,7 +330,7 @@ def test_max_pool_forward_backward_equal_generic(fast_backend, dtype, rng, case,
 
 
 def test_numpy_pool_caches_cross_the_switch(rng):
-    x = _pool_inputs(rng, (2, 2, 6, 6), "special")
+    x = pool_inputs(rng, (2, 2, 6, 6), "special")
     dout = rng.standard_normal((2, 2, 3, 3))
     _, fast_cache = max_pool2d_forward(x, 2, 2, 2)
     assert type(fast_cache).__name__ == "MaxPoolCache"
@@ -364,8 +345,8 @@ def test_numpy_pool_caches_cross_the_switch(rng):
 
 def test_relu_forward_backward_equal_generic(fast_backend, dtype, rng):
     bk = fast_backend
-    x = bk.asarray(_pool_inputs(rng, (3, 4, 5, 6), "special"), dtype)
-    dout = bk.asarray(_pool_inputs(rng, (3, 4, 5, 6), "special"), dtype)
+    x = bk.asarray(pool_inputs(rng, (3, 4, 5, 6), "special"), dtype)
+    dout = bk.asarray(pool_inputs(rng, (3, 4, 5, 6), "special"), dtype)
 
     def run() -> list[np.ndarray]:
         out, relu = relu_forward(x)
@@ -380,7 +361,7 @@ def test_relu_forward_backward_equal_generic(fast_backend, dtype, rng):
 def test_bitwise_where_is_bit_identical(rng, np_dtype):
     from xpcnn._fast import numpy_ops
 
-    a = _pool_inputs(rng, (5, 7, 9), "special").astype(np_dtype)
+    a = pool_inputs(rng, (5, 7, 9), "special").astype(np_dtype)
     mask = rng.random((5, 7, 9)) < 0.5
     uint = np.dtype(f"u{a.itemsize}")  # compare bits: -0.0 and NaN payloads too
     expected = np.where(mask, a, np_dtype(0))
@@ -405,7 +386,7 @@ def test_relu_max_pool_equals_relu_then_pool(backend, dtype, rng, case, kind):
     pooling then ReLU (NumPy, CuPy) or not, with the switch on and off."""
     N, C, H, W, PH, PW, stride, pad = case
     bk = backend
-    x = bk.asarray(_pool_inputs(rng, (N, C, H, W), kind), dtype)
+    x = bk.asarray(pool_inputs(rng, (N, C, H, W), kind), dtype)
     OH, OW = (H + 2 * pad - PH) // stride + 1, (W + 2 * pad - PW) // stride + 1
     dout_host = rng.standard_normal((N, C, OH, OW))
     dout_host.reshape(-1)[::5] = np.nan  # NaN gradients are routed (or masked) alike
@@ -718,9 +699,9 @@ def threads_used(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[int]]:
     threads that ran a part, so a test can check that the work was shared."""
     import threading
 
-    from xpcnn._fast import _threads, numpy_ops
+    from xpcnn._fast import _threads
 
-    monkeypatch.setattr(numpy_ops, "_PARALLEL_MIN", 0)
+    monkeypatch.setattr(_threads, "PARALLEL_MIN", 0)
     seen: set[int] = set()
     map_ranges = _threads.map_ranges
 
@@ -751,9 +732,9 @@ def _one_thread(fn: Callable[[], Any]) -> Any:
 @pytest.mark.parametrize("kind", ["ties", "special"])
 def test_numpy_pool_and_relu_on_threads_equal_one_thread_bit_for_bit(threads_used, rng, case, kind):
     N, C, H, W, PH, PW, stride, pad = case
-    x = _pool_inputs(rng, (N, C, H, W), kind).astype(np.float32)
+    x = pool_inputs(rng, (N, C, H, W), kind).astype(np.float32)
     OH, OW = (H + 2 * pad - PH) // stride + 1, (W + 2 * pad - PW) // stride + 1
-    dout = _pool_inputs(rng, (N, C, OH, OW), "special").astype(np.float32)
+    dout = pool_inputs(rng, (N, C, OH, OW), "special").astype(np.float32)
 
     @np.errstate(invalid="ignore")  # overlapping windows add inf and -inf gradients
     def run() -> list[np.ndarray]:

@@ -1,4 +1,5 @@
-/* xpcnn._fast._conv: compiled float32 convolution kernels for the NumPy fast path.
+/* xpcnn._fast._conv: compiled float32 convolution and max-pooling kernels for the NumPy
+ * fast path.
  *
  * The Python side (xpcnn/_fast/compiled.py) validates arrays and shapes first; this
  * module checks again that every buffer is a C-contiguous float32 buffer large enough
@@ -36,6 +37,10 @@
 typedef struct {
     ptrdiff_t C, Hp, Wp, N, FN, FH, FW, stride, OH, OW;
 } ConvGeom;
+
+typedef struct {
+    ptrdiff_t C, H, W, N, ph, pw, stride, OH, OW;
+} PoolGeom;
 
 /* ---- the instruction sets ------------------------------------------------------------- */
 
@@ -123,20 +128,27 @@ typedef void (*fwd_fn)(const ConvGeom *, const float *, const float *, const flo
                        ptrdiff_t, ptrdiff_t, int, const ptrdiff_t *);
 typedef int (*dw_fn)(const ConvGeom *, const float *, const float *, float *, float *, ptrdiff_t,
                      ptrdiff_t, const ptrdiff_t *);
+typedef void (*pool_fwd_fn)(const PoolGeom *, const float *, float *, int, ptrdiff_t, ptrdiff_t);
+typedef void (*pool_bwd_fn)(const PoolGeom *, const float *, const float *, const float *, float *,
+                            ptrdiff_t, ptrdiff_t);
 
 typedef struct {
     const char *name;
     int fwd_mr;
     fwd_fn fwd;
     dw_fn dw;
+    pool_fwd_fn pool_fwd;
+    pool_bwd_fn pool_bwd;
 } Isa;
 
+#define ISA_ENTRY(name) \
+    {#name, 4, conv_forward_##name, conv_dw_##name, pool_forward_##name, pool_backward_##name}
 static const Isa ISAS[] = {
 #ifdef XPCNN_X86
-    {"avx512", 4, conv_forward_avx512, conv_dw_avx512},
-    {"avx2", 4, conv_forward_avx2, conv_dw_avx2},
+    ISA_ENTRY(avx512),
+    ISA_ENTRY(avx2),
 #endif
-    {"generic", 4, conv_forward_generic, conv_dw_generic},
+    ISA_ENTRY(generic),
 };
 #define N_ISAS ((int)(sizeof ISAS / sizeof ISAS[0]))
 
@@ -350,6 +362,105 @@ fail1:
     Py_RETURN_NONE;
 }
 
+/* Parses a pooling geometry: disjoint windows (stride >= window) inside the input. */
+static int get_pool_geom(PyObject *geom, PoolGeom *g)
+{
+    if (!PyArg_ParseTuple(geom, "nnnnnnnnn;geometry is (C, H, W, N, pool_h, pool_w, stride, OH, OW)",
+                          &g->C, &g->H, &g->W, &g->N, &g->ph, &g->pw, &g->stride, &g->OH, &g->OW))
+        return -1;
+    if (g->C < 1 || g->H < 1 || g->W < 1 || g->N < 1 || g->ph < 1 || g->pw < 1 || g->OH < 1 ||
+        g->OW < 1 || g->stride < g->ph || g->stride < g->pw) {
+        PyErr_SetString(PyExc_ValueError,
+                        "pooling dimensions must be positive and windows disjoint (stride >= window)");
+        return -1;
+    }
+    if ((g->OH - 1) * g->stride + g->ph > g->H || (g->OW - 1) * g->stride + g->pw > g->W) {
+        PyErr_SetString(PyExc_ValueError, "the output size does not fit the input");
+        return -1;
+    }
+    ptrdiff_t dims[] = {g->C, g->H, g->W, g->N, g->OH, g->OW};
+    if (product(6, dims) < 0) {
+        PyErr_SetString(PyExc_OverflowError, "pooling too large");
+        return -1;
+    }
+    return 0;
+}
+
+static int get_channels(ptrdiff_t c0, ptrdiff_t c1, ptrdiff_t C)
+{
+    if (c0 < 0 || c1 < c0 || c1 > C) {
+        PyErr_Format(PyExc_ValueError, "channels [%zd, %zd) outside [0, %zd)", c0, c1, C);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(pool_forward_doc,
+             "pool_forward(x, out, geometry, skip_nan, c0, c1, isa)\n\n"
+             "Max pooling of channels [c0, c1) of x (C, H, W, N) into out (C, OH, OW, N) over\n"
+             "disjoint windows; geometry = (C, H, W, N, pool_h, pool_w, stride, OH, OW).");
+
+static PyObject *py_pool_forward(PyObject *self, PyObject *args)
+{
+    PyObject *o_x, *o_out, *o_geom;
+    int skip_nan;
+    ptrdiff_t c0, c1;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "OOOpnns", &o_x, &o_out, &o_geom, &skip_nan, &c0, &c1, &isa_name))
+        return NULL;
+    PoolGeom g;
+    const Isa *isa = find_isa(isa_name);
+    if (!isa || get_pool_geom(o_geom, &g) < 0 || get_channels(c0, c1, g.C) < 0) return NULL;
+    ptrdiff_t n_x[] = {g.C, g.H, g.W, g.N}, n_out[] = {g.C, g.OH, g.OW, g.N};
+    Py_buffer x, out;
+    if (get_floats(o_x, &x, product(4, n_x), 0, "x") < 0) return NULL;
+    if (get_floats(o_out, &out, product(4, n_out), 1, "out") == 0) {
+        Py_BEGIN_ALLOW_THREADS;
+        isa->pool_fwd(&g, x.buf, out.buf, skip_nan, c0, c1);
+        Py_END_ALLOW_THREADS;
+        PyBuffer_Release(&out);
+    }
+    PyBuffer_Release(&x);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(pool_backward_doc,
+             "pool_backward(x, out, dout, dx, geometry, c0, c1, isa)\n\n"
+             "dx (C, H, W, N) of channels [c0, c1): each dout (C, OH, OW, N) routed to its\n"
+             "window's first element equal to out (NaN: the first NaN); 0 elsewhere.");
+
+static PyObject *py_pool_backward(PyObject *self, PyObject *args)
+{
+    PyObject *o_x, *o_out, *o_dout, *o_dx, *o_geom;
+    ptrdiff_t c0, c1;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "OOOOOnns", &o_x, &o_out, &o_dout, &o_dx, &o_geom, &c0, &c1,
+                          &isa_name))
+        return NULL;
+    PoolGeom g;
+    const Isa *isa = find_isa(isa_name);
+    if (!isa || get_pool_geom(o_geom, &g) < 0 || get_channels(c0, c1, g.C) < 0) return NULL;
+    ptrdiff_t n_x[] = {g.C, g.H, g.W, g.N}, n_out[] = {g.C, g.OH, g.OW, g.N};
+    Py_buffer x, out, dout, dx;
+    if (get_floats(o_x, &x, product(4, n_x), 0, "x") < 0) return NULL;
+    if (get_floats(o_out, &out, product(4, n_out), 0, "out") < 0) goto fail1;
+    if (get_floats(o_dout, &dout, product(4, n_out), 0, "dout") < 0) goto fail2;
+    if (get_floats(o_dx, &dx, product(4, n_x), 1, "dx") < 0) goto fail3;
+    Py_BEGIN_ALLOW_THREADS;
+    isa->pool_bwd(&g, x.buf, out.buf, dout.buf, dx.buf, c0, c1);
+    Py_END_ALLOW_THREADS;
+    PyBuffer_Release(&dx);
+fail3:
+    PyBuffer_Release(&dout);
+fail2:
+    PyBuffer_Release(&out);
+fail1:
+    PyBuffer_Release(&x);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_isas(PyObject *self, PyObject *noargs)
 {
     PyObject *names = PyList_New(0);
@@ -414,6 +525,8 @@ static PyObject *py_flush_denormals(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS, forward_doc},
     {"weight_grad", py_weight_grad, METH_VARARGS, weight_grad_doc},
+    {"pool_forward", py_pool_forward, METH_VARARGS, pool_forward_doc},
+    {"pool_backward", py_pool_backward, METH_VARARGS, pool_backward_doc},
     {"isas", py_isas, METH_NOARGS, "The instruction sets this build has and this CPU runs, best first."},
     {"tile", py_tile, METH_O, "MR of the named instruction set: output channels per packed filter block."},
     {"flush_denormals", py_flush_denormals, METH_O,
@@ -423,7 +536,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_conv", "Compiled float32 convolution kernels (see _conv.c).", -1,
+    PyModuleDef_HEAD_INIT, "_conv", "Compiled float32 convolution and max-pooling kernels (see _conv.c).", -1,
     methods, NULL, NULL, NULL, NULL,
 };
 

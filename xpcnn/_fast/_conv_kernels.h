@@ -217,19 +217,68 @@ static inline ALWAYS_INLINE TARGET void NAME(dw_chunk)(
     }
 }
 
-/* Packs dout[f, q0 .. q0+qc) for every f into P[q][f] and adds each row's sum to db. */
+/* Lanes of two vectors interleaved: ZIP_LO(a, b) = a0 b0 a1 b1 ..., ZIP_HI the upper halves.
+ * log2(V) rounds of zips pairing row i with row i + V/2 transpose a V x V block. */
+#if VB == 64
+#define ZIP_LO(a, b) __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23)
+#define ZIP_HI(a, b) \
+    __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31)
+#elif VB == 32
+#define ZIP_LO(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11)
+#define ZIP_HI(a, b) __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15)
+#else
+#define ZIP_LO(a, b) __builtin_shufflevector(a, b, 0, 4, 1, 5)
+#define ZIP_HI(a, b) __builtin_shufflevector(a, b, 2, 6, 3, 7)
+#endif
+
+/* r[0 .. V) transposed in place: lane j of r[i] becomes lane i of r[j]. */
+static inline ALWAYS_INLINE TARGET void NAME(transpose)(vf *r)
+{
+    UNROLL
+    for (int round = 1; round < V; round *= 2) {
+        vf t[V];
+        UNROLL
+        for (int i = 0; i < V / 2; i++) {
+            t[2 * i] = ZIP_LO(r[i], r[i + V / 2]);
+            t[2 * i + 1] = ZIP_HI(r[i], r[i + V / 2]);
+        }
+        UNROLL
+        for (int i = 0; i < V; i++) r[i] = t[i];
+    }
+}
+
+/* Packs dout[f, q0 .. q0+qc) for every f into P[q][f] (V x V blocks transposed in
+ * registers, the rest one by one) and adds each row's sum to db. */
 static inline ALWAYS_INLINE TARGET void NAME(dw_pack)(const float *dout_seg, ptrdiff_t plane,
                                                       ptrdiff_t FN, ptrdiff_t FNP, ptrdiff_t qc,
                                                       float *P, float *db)
 {
-    for (ptrdiff_t f = 0; f < FN; f++) {
-        const float *d = dout_seg + f * plane;
-        float s = 0.0f;
-        for (ptrdiff_t q = 0; q < qc; q++) {
-            P[q * FNP + f] = d[q];
-            s += d[q];
+    const ptrdiff_t qv = qc / V * V;
+    for (ptrdiff_t f0 = 0; f0 < FN; f0 += V) {
+        const int rows = (int)(FN - f0 < V ? FN - f0 : V);
+        vf sum = {0};
+        for (ptrdiff_t q0 = 0; q0 < qv; q0 += V) {
+            vf r[V];
+            UNROLL
+            for (int i = 0; i < V; i++)
+                r[i] = i < rows ? NAME(ld)(dout_seg + (f0 + i) * plane + q0) : (vf){0};
+            NAME(transpose)(r);
+            UNROLL
+            for (int i = 0; i < V; i++) {
+                NAME(st)(P + (q0 + i) * FNP + f0, r[i]);
+                sum += r[i];
+            }
         }
-        db[f] += s;
+        float s[V];
+        NAME(st)(s, sum);
+        for (int i = 0; i < rows; i++) {
+            const float *d = dout_seg + (f0 + i) * plane;
+            for (ptrdiff_t q = qv; q < qc; q++) {
+                P[q * FNP + f0 + i] = d[q];
+                s[i] += d[q];
+            }
+            db[f0 + i] += s[i];
+        }
     }
 }
 
@@ -278,6 +327,92 @@ static TARGET int NAME(conv_dw)(const ConvGeom *g, const float *img, const float
     return 0;
 }
 
+/* ---- max pooling over disjoint windows (stride >= window), no padding ---------------
+ * x (C, H, W, N) -> out (C, OH, OW, N), channels [c0, c1). The maximum keeps the first of
+ * equal values; a NaN beats every number and the first NaN is kept (the generic rule),
+ * or with skip_nan a NaN loses to any number (fmax: a window of NaN only gives NaN). */
+
+static inline ALWAYS_INLINE TARGET vf NAME(blend)(vi take, vf a, vf b)
+{
+    return (vf)(((vi)a & take) | ((vi)b & ~take));
+}
+
+static TARGET void NAME(pool_forward)(const PoolGeom *g, const float *x, float *out,
+                                      int skip_nan, ptrdiff_t c0, ptrdiff_t c1)
+{
+    const ptrdiff_t N = g->N, H = g->H, W = g->W, s = g->stride;
+    for (ptrdiff_t c = c0; c < c1; c++)
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++)
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                const float *base = x + ((c * H + oh * s) * W + ow * s) * N;
+                float *o = out + ((c * g->OH + oh) * g->OW + ow) * N;
+                ptrdiff_t n = 0;
+                for (; n + V <= N; n += V) {
+                    vf m = NAME(ld)(base + n);
+                    for (ptrdiff_t k = 1; k < g->ph * g->pw; k++) {
+                        const vf v = NAME(ld)(base + ((k / g->pw) * W + k % g->pw) * N + n);
+                        const vi nan_v = v != v, nan_m = m != m;
+                        const vi take = (v > m) | (skip_nan ? (nan_m & ~nan_v) : (nan_v & ~nan_m));
+                        m = NAME(blend)(take, v, m);
+                    }
+                    NAME(st)(o + n, m);
+                }
+                for (; n < N; n++) {
+                    float m = base[n];
+                    for (ptrdiff_t k = 1; k < g->ph * g->pw; k++) {
+                        const float v = base[((k / g->pw) * W + k % g->pw) * N + n];
+                        const int nan_v = v != v, nan_m = m != m;
+                        if (v > m || (skip_nan ? (nan_m && !nan_v) : (nan_v && !nan_m))) m = v;
+                    }
+                    o[n] = m;
+                }
+            }
+}
+
+/* dx (C, H, W, N) of channels [c0, c1): each dout goes to its window's first element equal
+ * to the output (NaN: the first NaN), the others get 0. Windows are disjoint, so each
+ * element receives at most one gradient; elements under no window are zeroed. */
+static TARGET void NAME(pool_backward)(const PoolGeom *g, const float *x, const float *out,
+                                       const float *dout, float *dx, ptrdiff_t c0, ptrdiff_t c1)
+{
+    const ptrdiff_t N = g->N, H = g->H, W = g->W, s = g->stride, K = g->ph * g->pw;
+    const int tiles = s == g->ph && s == g->pw && g->OH * s == H && g->OW * s == W;
+    if (!tiles) memset(dx + c0 * H * W * N, 0, (size_t)((c1 - c0) * H * W * N) * sizeof(float));
+    for (ptrdiff_t c = c0; c < c1; c++)
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++)
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                const ptrdiff_t at = ((c * H + oh * s) * W + ow * s) * N;
+                const ptrdiff_t o = ((c * g->OH + oh) * g->OW + ow) * N;
+                ptrdiff_t n = 0;
+                for (; n + V <= N; n += V) {
+                    const vf m = NAME(ld)(out + o + n), d = NAME(ld)(dout + o + n);
+                    const vi nan_m = m != m;
+                    vi taken = {0};
+                    for (ptrdiff_t k = 0; k < K; k++) {
+                        const ptrdiff_t e = at + ((k / g->pw) * W + k % g->pw) * N + n;
+                        const vf v = NAME(ld)(x + e);
+                        const vi hit = (v == m) | ((v != v) & nan_m);
+                        /* + 0: a routed -0.0 becomes +0.0, as when the generic path adds it
+                         * to its zero-filled dx */
+                        NAME(st)(dx + e, (vf)((vi)d & hit & ~taken) + 0.0f);
+                        taken |= hit;
+                    }
+                }
+                for (; n < N; n++) {
+                    const float m = out[o + n];
+                    int taken = 0;
+                    for (ptrdiff_t k = 0; k < K; k++) {
+                        const ptrdiff_t e = at + ((k / g->pw) * W + k % g->pw) * N + n;
+                        const int hit = x[e] == m || (x[e] != x[e] && m != m);
+                        dx[e] = (hit && !taken ? dout[o + n] : 0.0f) + 0.0f;
+                        taken |= hit;
+                    }
+                }
+            }
+}
+
+#undef ZIP_LO
+#undef ZIP_HI
 #undef vf
 #undef vi
 #undef V

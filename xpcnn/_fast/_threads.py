@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["FLUSH", "map_ranges", "num_threads", "split", "using"]
+__all__ = ["FLUSH", "PARALLEL_MIN", "by_size", "map_ranges", "num_threads", "split", "using"]
 
 T = TypeVar("T")
 
@@ -130,3 +130,20 @@ def map_ranges(fn: Callable[[range], T], n: int, max_parts: int | None = None) -
         if error is not None:
             raise error
     return [first, *(f.result() for f in futures)]
+
+
+#: Elements below which an elementwise op stays on the calling thread: handing a part
+#: to another thread costs tens of microseconds.
+PARALLEL_MIN = 1 << 16
+
+
+def by_size(fn: Callable[[range], object], n: int, size: int) -> None:
+    """``fn(r)`` for ranges ``r`` that cut ``range(n)`` (channels, say) into parts of at
+    least about :data:`PARALLEL_MIN` of an array's ``size`` elements, on the threads;
+    one call ``fn(range(n))`` for small arrays or one thread. ``fn`` writes its part
+    of preallocated outputs."""
+    parts = size // max(1, PARALLEL_MIN)
+    if parts < 2 or num_threads() == 1:
+        fn(range(n))
+        return
+    map_ranges(fn, n, parts)

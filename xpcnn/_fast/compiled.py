@@ -37,7 +37,18 @@ import numpy as np
 
 from . import _threads
 
-__all__ = ["CompiledConvCache", "available", "conv2d_forward", "isa", "isas", "status", "using"]
+__all__ = [
+    "CompiledConvCache",
+    "CompiledPoolCache",
+    "available",
+    "conv2d_forward",
+    "isa",
+    "isas",
+    "max_pool2d_forward",
+    "pool_available",
+    "status",
+    "using",
+]
 
 _conv: ModuleType | None
 try:
@@ -263,3 +274,65 @@ def _placed(first: int, stride: int, n: int, size: int) -> tuple[slice, slice]:
     if hi <= lo:
         return slice(0, 0), slice(0, 0)
     return slice(first + lo * stride, first + (hi - 1) * stride + 1, stride), slice(lo, hi)
+
+
+# -- max pooling --------------------------------------------------------------------------
+
+
+def pool_available(x: np.ndarray, pool_h: int, pool_w: int, stride: int, pad: int) -> bool:
+    """Whether the compiled max pooling takes this call: float32 ``x`` (N, C, H, W)
+    stored (C, H, W, N) (as the fast convolution leaves it), disjoint windows (stride
+    at least the window: each input element has at most one gradient, so the results
+    are the generic ones exactly), no padding, a non-empty batch."""
+    return (
+        x.dtype == np.float32
+        and pad == 0
+        and stride >= max(pool_h, pool_w)
+        and x.shape[0] > 0
+        and x.transpose(1, 2, 3, 0).flags.c_contiguous
+        and isa() is not None
+    )
+
+
+def max_pool2d_forward(
+    x: np.ndarray, pool_h: int, pool_w: int, stride: int, OH: int, OW: int, skip_nan: bool
+) -> tuple[np.ndarray, CompiledPoolCache]:
+    """Max pooling of ``x`` (N, C, H, W), checked by :func:`pool_available`: the
+    output (N, C, OH, OW) stored (C, OH, OW, N). ``skip_nan``: a NaN loses to any
+    number (the ReLU-then-pool fusion's rule) instead of winning."""
+    name = isa()
+    assert name is not None  # pool_available() said so
+    N, C, H, W = x.shape
+    img = x.transpose(1, 2, 3, 0)
+    out = np.empty((C, OH, OW, N), dtype=np.float32)
+    geom = (C, H, W, N, pool_h, pool_w, stride, OH, OW)
+
+    def channels(r: range) -> None:
+        _conv.pool_forward(img, out, geom, skip_nan, r.start, r.stop, name)  # type: ignore[union-attr]
+
+    _threads.by_size(channels, C, x.size)
+    return out.transpose(3, 0, 1, 2), CompiledPoolCache(img, out, geom, name)
+
+
+@dataclass(frozen=True)
+class CompiledPoolCache:
+    """The compiled max pooling's cache: its input and output, stored (C, H, W, N)
+    and (C, OH, OW, N), and the geometry."""
+
+    img: np.ndarray
+    out: np.ndarray
+    geom: tuple[int, ...]
+    isa: str
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        """``dx`` (N, C, H, W), stored (C, H, W, N), for ``dout`` (N, C, OH, OW):
+        each gradient to its window's first maximum (the generic ``arg``)."""
+        d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0), dtype=np.float32)
+        dx = np.empty_like(self.img)
+        C = self.img.shape[0]
+
+        def channels(r: range) -> None:
+            _conv.pool_backward(self.img, self.out, d, dx, self.geom, r.start, r.stop, self.isa)  # type: ignore[union-attr]
+
+        _threads.by_size(channels, C, dx.size)
+        return dx.transpose(3, 0, 1, 2)

@@ -81,23 +81,20 @@ def where(mask: np.ndarray, a: np.ndarray, out: np.ndarray | None = None) -> np.
     return target.view(a.dtype)
 
 
-# Elements below which an elementwise op stays on the calling thread: handing a part to
-# another thread costs tens of microseconds.
-_PARALLEL_MIN = 1 << 16
-
 Index = tuple[slice, slice] | EllipsisType
 
 
 def _by_channel(fn: Callable[[Index], object], x: np.ndarray) -> None:
     """``fn(index)`` for indexes ``[:, a:b]`` that cut axis 1 of ``x`` (the channels of
-    (N, C, H, W), the features of (N, D)) into ranges, on the fast paths' threads,
-    each part at least about ``_PARALLEL_MIN`` elements; one call ``fn(...)`` for
-    small arrays or one thread. ``fn`` writes its part of preallocated outputs."""
-    parts = x.size // max(1, _PARALLEL_MIN)
-    if x.ndim < 2 or parts < 2 or _threads.num_threads() == 1:
+    (N, C, H, W), the features of (N, D)) into ranges on the fast paths' threads
+    (:func:`._threads.by_size`); one call ``fn(...)`` for small arrays or one thread."""
+    if x.ndim < 2:
         fn(...)
         return
-    _threads.map_ranges(lambda r: fn((slice(None), slice(r.start, r.stop))), x.shape[1], parts)
+    C = x.shape[1]
+    _threads.by_size(
+        lambda r: fn(... if len(r) == C else (slice(None), slice(r.start, r.stop))), C, x.size
+    )
 
 
 # -- convolution ------------------------------------------------------------------------
@@ -321,8 +318,9 @@ def max_pool2d_forward(
     OW: int,
     *,
     skip_nan: bool = False,
-) -> tuple[np.ndarray, MaxPoolCache]:
-    """Max pooling as a chain of ``np.maximum`` over the window's strided views.
+) -> tuple[np.ndarray, MaxPoolCache | compiled.CompiledPoolCache]:
+    """Max pooling by the compiled kernel where :func:`.compiled.pool_available`
+    says so, else as a chain of ``np.maximum`` over the window's strided views.
 
     ``np.maximum`` propagates NaN, the generic policy. ``skip_nan=True`` takes
     ``np.fmax``, which skips NaN (a window of NaN only gives NaN): that serves
@@ -331,6 +329,8 @@ def max_pool2d_forward(
     the padded input and the output, and the backward pass finds each window's
     first maximum.
     """
+    if compiled.pool_available(x, pool_h, pool_w, stride, pad):
+        return compiled.max_pool2d_forward(x, pool_h, pool_w, stride, OH, OW, skip_nan)
     img = _padded(x, pad)
     views = [
         img[window_slices(k // pool_w, k % pool_w, stride, OH, OW)] for k in range(pool_h * pool_w)
