@@ -9,7 +9,9 @@ comes from :func:`xpcnn.testing.backends`.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,3 +70,28 @@ def mnist_dir() -> Path:
     if not (d / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("../shared/data/mnist is not present")
     return d
+
+
+@pytest.fixture
+def threads_used(monkeypatch: pytest.MonkeyPatch) -> Iterator[set[int]]:
+    """Fast paths on three threads, sharing out even small arrays; yields the set of
+    threads that ran a part, so a test can check that the work was shared."""
+    import threading
+
+    from xpcnn._fast import _threads, compiled
+
+    monkeypatch.setattr(_threads, "PARALLEL_MIN", 0)
+    monkeypatch.setattr(compiled, "PARALLEL_MACS", 0)
+    seen: set[int] = set()
+    map_ranges = _threads.map_ranges
+
+    def recording(fn: Callable[[range], Any], n: int, *args: Any, **kwargs: Any) -> list[Any]:
+        def part(r: range) -> Any:
+            seen.add(threading.get_ident())
+            return fn(r)
+
+        return map_ranges(part, n, *args, **kwargs)
+
+    monkeypatch.setattr(_threads, "map_ranges", recording)
+    with _threads.using(3):
+        yield seen

@@ -502,17 +502,18 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
 ):
     """On NumPy ``--threads N`` runs the fast paths on N threads with one BLAS thread
     each; the default is every CPU the process may use; a thread count set in the
-    environment (``OPENBLAS_NUM_THREADS``) leaves BLAS alone and xpcnn at one."""
+    environment (``OPENBLAS_NUM_THREADS``) leaves BLAS alone and xpcnn at its default
+    (every CPU, for the kernels that never call BLAS)."""
     import xpcnn.run
     from xpcnn._fast import _threads
     from xpcnn.distributed import cores_per_rank
 
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
-    expected = {None: cores_per_rank(), 1: 1, 3: 3, "env": 1}[threads]
+    expected = {None: cores_per_rank(), 1: 1, 3: 3, "env": _threads.cpus()}[threads]
     if threads == "env":
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
-    before = _blas_threads()
+    before, xpcnn_threads = _blas_threads(), _threads.num_threads()
     assert before, "NumPy's BLAS is not visible to threadpoolctl"
     during = []
     fit = xpcnn.run._fit
@@ -530,7 +531,7 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
     assert during == [(expected, blas)]
     first = err.splitlines()[0]
     assert first.startswith(f"threads: xpcnn {expected}; BLAS ") and first.endswith(f" {blas[-1]}")
-    assert _blas_threads() == before and _threads.num_threads() == 1  # restored after the run
+    assert _blas_threads() == before and _threads.num_threads() == xpcnn_threads  # restored
 
 
 def test_sigterm_saves_a_checkpoint_says_so_in_one_line_and_exits_143(tmp_path):

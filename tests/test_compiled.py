@@ -131,29 +131,15 @@ def test_close_to_generic_within_the_float32_sum_bound(isa, rng, case):
         assert excess.max() <= 0, f"{isa} {name}: error above the bound by {excess.max()}"
 
 
-@pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("case", CASES[:6], ids=lambda c: "x".join(map(str, c)))
-def test_on_threads_equal_to_one_thread(isa, rng, monkeypatch, case, threads):
+def test_on_threads_equal_to_one_thread(isa, rng, threads_used, case):
     """Each thread computes its own output rows (forward, dx: the same bits as one
     thread); the filter gradient adds the threads' parts (exact on integers)."""
-    seen: set[int] = set()
-    map_ranges = _threads.map_ranges
-
-    def recording(fn, n, max_parts=None):
-        import threading
-
-        def part(r):
-            seen.add(threading.get_ident())
-            return fn(r)
-
-        return map_ranges(part, n, max_parts)
-
-    monkeypatch.setattr(_threads, "map_ranges", recording)
     x, w, b, dout = _data(rng, case, integers=True)
-    one = _run(x, w, b, dout, case[7], case[8])
-    with xpcnn.cpu_threads(threads):
-        many = _run(x, w, b, dout, case[7], case[8])
-    assert len(seen) > 1 or min(dout.shape[2], case[2]) == 1
+    with xpcnn.cpu_threads(1):
+        one = _run(x, w, b, dout, case[7], case[8])
+    many = _run(x, w, b, dout, case[7], case[8])
+    assert len(threads_used) > 1 or dout.shape[2] == 1
     for name, m, o in zip(("out", "dx", "dW", "db"), many, one, strict=True):
         np.testing.assert_array_equal(m, o, err_msg=name)
 
@@ -238,9 +224,7 @@ def test_max_pool_equal_to_generic_bit_for_bit(isa, rng, case, kind, fused):
     assert got[1].transpose(1, 2, 3, 0).flags.c_contiguous  # the layout flows on
 
 
-@pytest.mark.parametrize("threads", [2, 3])
-def test_max_pool_on_threads_equal_to_one_thread(isa, rng, monkeypatch, threads):
-    monkeypatch.setattr(_threads, "PARALLEL_MIN", 0)
+def test_max_pool_on_threads_equal_to_one_thread(isa, rng, threads_used):
     x = _chwn(pool_inputs(rng, (7, 5, 8, 8), "special").astype(np.float32))
     dout = _chwn(pool_inputs(rng, (7, 5, 4, 4), "special").astype(np.float32))
 
@@ -248,9 +232,10 @@ def test_max_pool_on_threads_equal_to_one_thread(isa, rng, monkeypatch, threads)
         out, cache = max_pool2d_forward(x, 2, 2, 2, 0)
         return [out, cache.backward(dout)]
 
-    one = run()
-    with xpcnn.cpu_threads(threads):
-        many = run()
+    with xpcnn.cpu_threads(1):
+        one = run()
+    many = run()
+    assert len(threads_used) > 1
     for m, o in zip(many, one, strict=True):
         np.testing.assert_array_equal(m.view(np.uint32), o.view(np.uint32))
 
@@ -479,3 +464,12 @@ def test_flush_subnormals_keeps_a_callers_own_setting():
     finally:
         compiled.fp_control(previous)
     assert not _flushes()
+
+
+def test_default_threads_every_cpu_and_blas_work_on_one():
+    """Unset, kernels that never call BLAS share work among every CPU the process may
+    use (as PyTorch does); the NumPy GEMM path leaves the threads to BLAS."""
+    assert _threads.num_threads() == _threads.cpus() == len(os.sched_getaffinity(0))
+    assert _threads.num_threads(blas=True) == 1
+    with xpcnn.cpu_threads(3):
+        assert _threads.num_threads() == _threads.num_threads(blas=True) == 3

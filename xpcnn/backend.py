@@ -455,7 +455,8 @@ def _torch_threads(n: int, device: Device) -> Iterator[None]:
 
 def thread_summary(device: Device, n: int | None) -> str:
     """The threads in use, for a log line: ``"threads: xpcnn 2; BLAS openblas 1"``
-    (xpcnn's own on NumPy, ``n`` or 1; BLAS's as threadpoolctl sees them; PyTorch's)."""
+    (xpcnn's own on NumPy, ``n`` or its default; BLAS's as threadpoolctl sees them;
+    PyTorch's)."""
     from threadpoolctl import threadpool_info
 
     blas = [
@@ -463,13 +464,21 @@ def thread_summary(device: Device, n: int | None) -> str:
         for i in threadpool_info()
         if i["user_api"] == "blas"
     ]
-    parts = [f"xpcnn {n or 1}"] if device.backend == "numpy" else []
+    parts = [f"xpcnn {n or fast_path_threads()}"] if device.backend == "numpy" else []
     parts.append("BLAS " + (", ".join(blas) or "none loaded"))
     if device.backend == "torch":
         import torch
 
         parts.append(f"torch {torch.get_num_threads()}")
     return "threads: " + "; ".join(parts)
+
+
+def fast_path_threads() -> int:
+    """Threads the NumPy fast paths use here now: :func:`cpu_threads`' count inside
+    its block, else every CPU the process may use."""
+    from ._fast import _threads
+
+    return _threads.num_threads()
 
 
 def kernel_summary() -> str:

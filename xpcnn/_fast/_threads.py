@@ -6,8 +6,11 @@ blocks can run on several threads of one process, each with its own ``col``
 buffer and BLAS at one thread. OpenBLAS's own threads help these thin GEMMs
 little, and never the unfolding copies around them.
 
-The thread count is a :class:`contextvars.ContextVar` (like the fast-path switch):
-1 (no pool) unless a block of code asks for more with :func:`using`.
+The thread count is a :class:`contextvars.ContextVar` (like the fast-path switch),
+set for a block of code with :func:`using` (:func:`xpcnn.cpu_threads`). Unset, work
+that never calls BLAS (the compiled kernels, pooling, ReLU) uses every CPU the
+process may use, as PyTorch does, and work that calls BLAS (the NumPy GEMM
+convolution) runs on the calling thread and leaves BLAS its own threads.
 :func:`map_ranges` splits ``range(n)`` into contiguous parts, one per thread, the
 same way on every call: which thread computes what never depends on timing, so
 results are reproducible for a given thread count.
@@ -26,11 +29,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["FLUSH", "PARALLEL_MIN", "by_size", "map_ranges", "num_threads", "split", "using"]
+__all__ = [
+    "FLUSH",
+    "PARALLEL_MIN",
+    "by_size",
+    "cpus",
+    "map_ranges",
+    "num_threads",
+    "split",
+    "using",
+]
 
 T = TypeVar("T")
 
-_THREADS: contextvars.ContextVar[int] = contextvars.ContextVar("xpcnn_threads", default=1)
+_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("xpcnn_threads", default=None)
+_cpus: int | None = None
 
 #: Whether subnormal floats are flushed to zero (:func:`xpcnn.flush_subnormals`): the
 #: caller's thread sets its own control bits; a worker sets them for each part it runs.
@@ -43,9 +56,24 @@ _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 
 
-def num_threads() -> int:
-    """Threads the NumPy fast paths use in the current thread or task (default 1)."""
-    return _THREADS.get()
+def cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where
+    there is none), read once per process."""
+    global _cpus
+    if _cpus is None:
+        _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        _cpus = _cpus or os.cpu_count() or 1
+    return _cpus
+
+
+def num_threads(*, blas: bool = False) -> int:
+    """Threads the NumPy fast paths use in the current thread or task: the count
+    :func:`using` set, else every CPU (:func:`cpus`), or 1 for work that calls BLAS
+    (``blas=True``), whose own threads then serve."""
+    n = _THREADS.get()
+    if n is None:
+        return 1 if blas else cpus()
+    return n
 
 
 @contextlib.contextmanager
@@ -87,9 +115,9 @@ def _submit(fn: Callable[[range], T], ranges: list[range]) -> list[Future[T]]:
 
 def _forget_pool() -> None:
     """In a forked child the pool's threads do not exist (and the lock may have been
-    held by one of the parent's threads): start afresh there."""
-    global _lock, _pool, _pool_size
-    _lock, _pool, _pool_size = threading.Lock(), None, 0
+    held by one of the parent's threads): start afresh there (its CPUs too)."""
+    global _lock, _pool, _pool_size, _cpus
+    _lock, _pool, _pool_size, _cpus = threading.Lock(), None, 0, None
 
 
 if hasattr(os, "register_at_fork"):
@@ -111,13 +139,16 @@ def _on_one_thread(fn: Callable[[range], T], r: range) -> T:
         fp_control(False)
 
 
-def map_ranges(fn: Callable[[range], T], n: int, max_parts: int | None = None) -> list[T]:
+def map_ranges(
+    fn: Callable[[range], T], n: int, max_parts: int | None = None, *, blas: bool = False
+) -> list[T]:
     """``[fn(r) for r in split(n, parts)]``, ``parts`` being the thread count (at most
-    ``max_parts``), the ranges after the first on the pool's threads (each in a copy
-    of the caller's context) while the calling thread does the first. Every call
-    finishes before this returns (also when one raises: the first exception is
-    raised)."""
-    parts = num_threads() if max_parts is None else max(1, min(num_threads(), max_parts))
+    ``max_parts``; ``blas``: see :func:`num_threads`), the ranges after the first on
+    the pool's threads (each in a copy of the caller's context) while the calling
+    thread does the first. Every call finishes before this returns (also when one
+    raises: the first exception is raised)."""
+    threads = num_threads(blas=blas)
+    parts = threads if max_parts is None else max(1, min(threads, max_parts))
     ranges = split(n, parts)
     if len(ranges) == 1:
         return [fn(ranges[0])]

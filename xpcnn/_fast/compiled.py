@@ -170,6 +170,16 @@ def _packed(W: np.ndarray, mr: int) -> np.ndarray:
     return np.ascontiguousarray(rows.reshape(blocks, mr, -1).transpose(0, 2, 1))
 
 
+#: Multiply-adds below which a convolution stays on the calling thread (about 20 us):
+#: handing a part to another thread costs tens of microseconds.
+PARALLEL_MACS = 1 << 20
+
+
+def _parts(macs: int) -> int:
+    """At most how many threads a convolution of ``macs`` multiply-adds is split among."""
+    return max(1, macs // max(1, PARALLEL_MACS))
+
+
 def _correlate(
     img: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, OH: int, OW: int, name: str
 ) -> np.ndarray:
@@ -186,7 +196,7 @@ def _correlate(
     def rows(r: range) -> None:
         _conv.forward(img, wp, bias, out, geom, r.start, r.stop, False, name)  # type: ignore[union-attr]
 
-    _threads.map_ranges(rows, OH)
+    _threads.map_ranges(rows, OH, _parts(out.size * C * FH * FW))
     return out
 
 
@@ -242,7 +252,7 @@ class CompiledConvCache:
                 dW[...], db[...] = 0, 0
             return dW, db
 
-        (dW, db), *more = _threads.map_ranges(rows, OH)
+        (dW, db), *more = _threads.map_ranges(rows, OH, _parts(d.size * C * FH * FW))
         for dW_part, db_part in more:
             dW += dW_part
             db += db_part

@@ -179,7 +179,7 @@ def _correlate(
         for r0, r1, col in _col_blocks(img, FH, FW, stride, OH, OW, out_rows):
             np.matmul(col_W, col, out=out[:, r0:r1].reshape(FN, -1))
 
-    _threads.map_ranges(rows, OH)
+    _threads.map_ranges(rows, OH, blas=True)
     return out
 
 
@@ -241,7 +241,10 @@ class ChwnConvCache:
         # (C*FH*FW rows): take the smaller on one thread. The fold's blocks write
         # overlapping rows of dx in order, so on several threads take the transposed one.
         transposed = (
-            need_dx and s == 1 and p < min(FH, FW) and (FN <= C or _threads.num_threads() > 1)
+            need_dx
+            and s == 1
+            and p < min(FH, FW)
+            and (FN <= C or _threads.num_threads(blas=True) > 1)
         )
         dimg = np.zeros_like(img) if need_dx and not transposed else None
         W_T = self.col_W[:, :K].T  # (C*FH*FW, FN)
@@ -262,7 +265,7 @@ class ChwnConvCache:
             return dWb
 
         if dimg is None:
-            dWb, *more = _threads.map_ranges(rows, OH)
+            dWb, *more = _threads.map_ranges(rows, OH, blas=True)
             for part in more:
                 dWb += part
         else:
