@@ -144,6 +144,30 @@ def test_on_threads_equal_to_one_thread(isa, rng, threads_used, case):
         np.testing.assert_array_equal(m, o, err_msg=name)
 
 
+@pytest.mark.parametrize("case", CASES[:12], ids=lambda c: "x".join(map(str, c)))
+def test_fused_relu_equal_to_convolution_then_relu(isa, rng, case):
+    """With ``relu=True`` the kernel clamps its output (NaN to 0) and the backward pass
+    counts ``dout`` only where that output is > 0: the generic convolution followed
+    by the generic ReLU, exactly on integers (many outputs are exactly 0 there)."""
+    from xpcnn._fast.numpy_ops import _chwn
+    from xpcnn.ops import relu_backward, relu_forward
+
+    x, w, b, dout = _data(rng, case, integers=True)
+    stride, pad = case[7], case[8]
+    OH, OW = dout.shape[2:]
+    out, cache = compiled.conv2d_forward(
+        x, w, b, stride, pad, OH, OW, _chwn(x, pad, pad), relu=True
+    )
+    got = [out, *cache.backward(dout)]
+    with _fast.enabled(False):
+        pre, conv = conv2d_forward(*(a.astype(np.float64) for a in (x, w, b)), stride, pad)
+        y, mask = relu_forward(pre)
+        ref = [y, *conv2d_backward(relu_backward(dout.astype(np.float64), mask), conv)]
+    assert (ref[0] == 0).any() and (ref[0] > 0).any()
+    for name, g, r in zip(("out", "dx", "dW", "db"), got, ref, strict=True):
+        np.testing.assert_array_equal(g, r, err_msg=f"{isa} {name}")
+
+
 def test_first_layer_without_dx(isa, rng):
     x, w, b, dout = _data(rng, CASES[1], integers=True)
     got = _run(x, w, b, dout, 1, 0, need_dx=False)

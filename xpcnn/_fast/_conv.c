@@ -42,6 +42,10 @@ typedef struct {
     ptrdiff_t C, H, W, N, ph, pw, stride, OH, OW;
 } PoolGeom;
 
+typedef struct {
+    ptrdiff_t FN, OH, OW, N, Hd, Wd, first_row, first_col, stride;
+} PlaceGeom;
+
 /* ---- the instruction sets ------------------------------------------------------------- */
 
 #ifdef XPCNN_X86
@@ -126,8 +130,10 @@ static inline void generic_store_part(float *p, generic_vec v, int n)
 
 typedef void (*fwd_fn)(const ConvGeom *, const float *, const float *, const float *, float *,
                        ptrdiff_t, ptrdiff_t, int, const ptrdiff_t *);
-typedef int (*dw_fn)(const ConvGeom *, const float *, const float *, float *, float *, ptrdiff_t,
-                     ptrdiff_t, const ptrdiff_t *);
+typedef int (*dw_fn)(const ConvGeom *, const float *, const float *, const float *, float *,
+                     float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *);
+typedef void (*place_fn)(const PlaceGeom *, const float *, const float *, float *, ptrdiff_t,
+                         ptrdiff_t);
 typedef void (*pool_fwd_fn)(const PoolGeom *, const float *, float *, int, ptrdiff_t, ptrdiff_t);
 typedef void (*pool_bwd_fn)(const PoolGeom *, const float *, const float *, const float *, float *,
                             ptrdiff_t, ptrdiff_t);
@@ -139,10 +145,12 @@ typedef struct {
     dw_fn dw;
     pool_fwd_fn pool_fwd;
     pool_bwd_fn pool_bwd;
+    place_fn place;
 } Isa;
 
-#define ISA_ENTRY(name) \
-    {#name, 4, conv_forward_##name, conv_dw_##name, pool_forward_##name, pool_backward_##name}
+#define ISA_ENTRY(name)                                                                     \
+    {#name, 4, conv_forward_##name, conv_dw_##name, pool_forward_##name, pool_backward_##name, \
+     place_##name}
 static const Isa ISAS[] = {
 #ifdef XPCNN_X86
     ISA_ENTRY(avx512),
@@ -317,40 +325,45 @@ fail1:
 }
 
 PyDoc_STRVAR(weight_grad_doc,
-             "weight_grad(img, dout, dW, db, geometry, r0, r1, isa)\n\n"
+             "weight_grad(img, dout, dW, db, geometry, r0, r1, isa, mask=None)\n\n"
              "The filter and bias gradients of output rows [r0, r1): dW (FN, C*FH*FW) and db\n"
              "(FN,) are overwritten with sum over those rows, columns and the batch of\n"
-             "dout (FN, OH, OW, N) times the windows of img (C, Hp, Wp, N).");
+             "dout (FN, OH, OW, N) times the windows of img (C, Hp, Wp, N); with mask (a\n"
+             "ReLU's output, shaped as dout) dout counts only where mask > 0.");
 
 static PyObject *py_weight_grad(PyObject *self, PyObject *args)
 {
-    PyObject *o_img, *o_dout, *o_dW, *o_db, *o_geom;
+    PyObject *o_img, *o_dout, *o_dW, *o_db, *o_geom, *o_mask = Py_None;
     ptrdiff_t r0, r1;
     const char *isa_name;
-    if (!PyArg_ParseTuple(args, "OOOOOnns", &o_img, &o_dout, &o_dW, &o_db, &o_geom, &r0, &r1,
-                          &isa_name))
+    if (!PyArg_ParseTuple(args, "OOOOOnns|O", &o_img, &o_dout, &o_dW, &o_db, &o_geom, &r0, &r1,
+                          &isa_name, &o_mask))
         return NULL;
     ConvGeom g;
     const Isa *isa = find_isa(isa_name);
     if (!isa || get_geom(o_geom, &g) < 0 || get_rows(r0, r1, &g) < 0) return NULL;
     ptrdiff_t n_img[] = {g.C, g.Hp, g.Wp, g.N}, n_dout[] = {g.FN, g.OH, g.OW, g.N},
               n_dW[] = {g.FN, g.C, g.FH, g.FW};
-    Py_buffer img, dout, dW, db;
-    int status = 0;
+    Py_buffer img, dout, dW, db, mask = {0};
+    int status = 0, masked = o_mask != Py_None;
     if (get_floats(o_img, &img, product(4, n_img), 0, "img") < 0) return NULL;
     if (get_floats(o_dout, &dout, product(4, n_dout), 0, "dout") < 0) goto fail1;
     if (get_floats(o_dW, &dW, product(4, n_dW), 1, "dW") < 0) goto fail2;
     if (get_floats(o_db, &db, g.FN, 1, "db") < 0) goto fail3;
+    if (masked && get_floats(o_mask, &mask, product(4, n_dout), 0, "mask") < 0) goto fail4;
     ptrdiff_t *koff = filter_offsets(&g);
     if (!koff) {
         PyErr_NoMemory();
     } else {
         Py_BEGIN_ALLOW_THREADS;
-        status = isa->dw(&g, img.buf, dout.buf, dW.buf, db.buf, r0, r1, koff);
+        status = isa->dw(&g, img.buf, dout.buf, masked ? mask.buf : NULL, dW.buf, db.buf, r0, r1,
+                         koff);
         Py_END_ALLOW_THREADS;
         free(koff);
         if (status < 0) PyErr_NoMemory();
     }
+    if (masked) PyBuffer_Release(&mask);
+fail4:
     PyBuffer_Release(&db);
 fail3:
     PyBuffer_Release(&dW);
@@ -461,6 +474,51 @@ fail1:
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(place_doc,
+             "place(src, mask, dst, geometry, f0, f1, isa)\n\n"
+             "dst[f, first_row + oh*stride, first_col + ow*stride] = src[f, oh, ow] (times\n"
+             "mask > 0 unless mask is None) for channels [f0, f1), where inside dst (FN, Hd,\n"
+             "Wd, N); geometry = (FN, OH, OW, N, Hd, Wd, first_row, first_col, stride).");
+
+static PyObject *py_place(PyObject *self, PyObject *args)
+{
+    PyObject *o_src, *o_mask, *o_dst, *o_geom;
+    ptrdiff_t f0, f1;
+    const char *isa_name;
+    if (!PyArg_ParseTuple(args, "OOOOnns", &o_src, &o_mask, &o_dst, &o_geom, &f0, &f1, &isa_name))
+        return NULL;
+    PlaceGeom g;
+    const Isa *isa = find_isa(isa_name);
+    if (!isa) return NULL;
+    if (!PyArg_ParseTuple(o_geom,
+                          "nnnnnnnnn;geometry is (FN, OH, OW, N, Hd, Wd, first_row, first_col, stride)",
+                          &g.FN, &g.OH, &g.OW, &g.N, &g.Hd, &g.Wd, &g.first_row, &g.first_col,
+                          &g.stride))
+        return NULL;
+    ptrdiff_t n_src[] = {g.FN, g.OH, g.OW, g.N}, n_dst[] = {g.FN, g.Hd, g.Wd, g.N};
+    if (g.FN < 1 || g.OH < 1 || g.OW < 1 || g.N < 1 || g.Hd < 1 || g.Wd < 1 || g.stride < 1 ||
+        product(4, n_src) < 0 || product(4, n_dst) < 0) {
+        PyErr_SetString(PyExc_ValueError, "every placing dimension must be positive");
+        return NULL;
+    }
+    if (get_channels(f0, f1, g.FN) < 0) return NULL;
+    Py_buffer src, mask = {0}, dst;
+    const int masked = o_mask != Py_None;
+    if (get_floats(o_src, &src, product(4, n_src), 0, "src") < 0) return NULL;
+    if (masked && get_floats(o_mask, &mask, product(4, n_src), 0, "mask") < 0) goto fail1;
+    if (get_floats(o_dst, &dst, product(4, n_dst), 1, "dst") == 0) {
+        Py_BEGIN_ALLOW_THREADS;
+        isa->place(&g, src.buf, masked ? mask.buf : NULL, dst.buf, f0, f1);
+        Py_END_ALLOW_THREADS;
+        PyBuffer_Release(&dst);
+    }
+    if (masked) PyBuffer_Release(&mask);
+fail1:
+    PyBuffer_Release(&src);
+    if (PyErr_Occurred()) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_isas(PyObject *self, PyObject *noargs)
 {
     PyObject *names = PyList_New(0);
@@ -525,6 +583,7 @@ static PyObject *py_flush_denormals(PyObject *self, PyObject *arg)
 static PyMethodDef methods[] = {
     {"forward", py_forward, METH_VARARGS, forward_doc},
     {"weight_grad", py_weight_grad, METH_VARARGS, weight_grad_doc},
+    {"place", py_place, METH_VARARGS, place_doc},
     {"pool_forward", py_pool_forward, METH_VARARGS, pool_forward_doc},
     {"pool_backward", py_pool_backward, METH_VARARGS, pool_backward_doc},
     {"isas", py_isas, METH_NOARGS, "The instruction sets this build has and this CPU runs, best first."},

@@ -248,8 +248,10 @@ static inline ALWAYS_INLINE TARGET void NAME(transpose)(vf *r)
 }
 
 /* Packs dout[f, q0 .. q0+qc) for every f into P[q][f] (V x V blocks transposed in
- * registers, the rest one by one) and adds each row's sum to db. */
-static inline ALWAYS_INLINE TARGET void NAME(dw_pack)(const float *dout_seg, ptrdiff_t plane,
+ * registers, the rest one by one) and adds each row's sum to db. With mask_seg (a ReLU's
+ * output, laid out as dout) only the elements where it is > 0 count: the ReLU's backward. */
+static inline ALWAYS_INLINE TARGET void NAME(dw_pack)(const float *dout_seg,
+                                                      const float *mask_seg, ptrdiff_t plane,
                                                       ptrdiff_t FN, ptrdiff_t FNP, ptrdiff_t qc,
                                                       float *P, float *db)
 {
@@ -260,8 +262,11 @@ static inline ALWAYS_INLINE TARGET void NAME(dw_pack)(const float *dout_seg, ptr
         for (ptrdiff_t q0 = 0; q0 < qv; q0 += V) {
             vf r[V];
             UNROLL
-            for (int i = 0; i < V; i++)
-                r[i] = i < rows ? NAME(ld)(dout_seg + (f0 + i) * plane + q0) : (vf){0};
+            for (int i = 0; i < V; i++) {
+                const ptrdiff_t at = (f0 + i) * plane + q0;
+                r[i] = i < rows ? NAME(ld)(dout_seg + at) : (vf){0};
+                if (mask_seg && i < rows) r[i] = (vf)((vi)r[i] & (NAME(ld)(mask_seg + at) > 0.0f));
+            }
             NAME(transpose)(r);
             UNROLL
             for (int i = 0; i < V; i++) {
@@ -273,9 +278,11 @@ static inline ALWAYS_INLINE TARGET void NAME(dw_pack)(const float *dout_seg, ptr
         NAME(st)(s, sum);
         for (int i = 0; i < rows; i++) {
             const float *d = dout_seg + (f0 + i) * plane;
+            const float *mk = mask_seg ? mask_seg + (f0 + i) * plane : NULL;
             for (ptrdiff_t q = qv; q < qc; q++) {
-                P[q * FNP + f0 + i] = d[q];
-                s[i] += d[q];
+                const float v = (mk && !(mk[q] > 0.0f)) ? 0.0f : d[q];
+                P[q * FNP + f0 + i] = v;
+                s[i] += v;
             }
             db[f0 + i] += s[i];
         }
@@ -283,10 +290,11 @@ static inline ALWAYS_INLINE TARGET void NAME(dw_pack)(const float *dout_seg, ptr
 }
 
 /* Weight and bias gradients of output rows [r0, r1): dW (FN, K) and db (FN,) are written
- * (not accumulated). Returns 0, or -1 when scratch memory cannot be allocated. */
+ * (not accumulated); with mask, dout counts only where mask > 0 (see dw_pack). Returns 0,
+ * or -1 when scratch memory cannot be allocated. */
 static TARGET int NAME(conv_dw)(const ConvGeom *g, const float *img, const float *dout,
-                                float *dW, float *db, ptrdiff_t r0, ptrdiff_t r1,
-                                const ptrdiff_t *koff)
+                                const float *mask, float *dW, float *db, ptrdiff_t r0,
+                                ptrdiff_t r1, const ptrdiff_t *koff)
 {
     const ptrdiff_t N = g->N, K = g->C * g->FH * g->FW, FN = g->FN;
     const int NR = DW_NR(FN);
@@ -309,7 +317,8 @@ static TARGET int NAME(conv_dw)(const ConvGeom *g, const float *img, const float
             const float *dout_seg = dout + oh * g->OW * N + sg * N;
             for (ptrdiff_t q0 = 0; q0 < seg_len; q0 += qmax) {
                 const ptrdiff_t qc = seg_len - q0 < qmax ? seg_len - q0 : qmax;
-                NAME(dw_pack)(dout_seg + q0, plane, FN, FNP, qc, P, dbp);
+                NAME(dw_pack)(dout_seg + q0, mask ? mask + (dout_seg - dout) + q0 : NULL, plane,
+                              FN, FNP, qc, P, dbp);
                 const float *src = src_seg + q0;
                 switch (NR) {
                 case 1: NAME(dw_chunk)(DW_MR1, 1, K, koff, src, qc, P, FNP, dwt); break;
@@ -325,6 +334,36 @@ static TARGET int NAME(conv_dw)(const ConvGeom *g, const float *img, const float
     }
     free(P), free(dwt), free(dbp);
     return 0;
+}
+
+/* ---- placing a gradient for the input-gradient correlation --------------------------
+ * dst[f, first_row + oh*stride, first_col + ow*stride, :] = src[f, oh, ow, :] (where mask,
+ * if given, is > 0; else 0) for channels [f0, f1), the rows and columns that land inside
+ * dst; dst's other elements are left as they are (zero). */
+static TARGET void NAME(place)(const PlaceGeom *g, const float *src, const float *mask,
+                               float *dst, ptrdiff_t f0, ptrdiff_t f1)
+{
+    const ptrdiff_t N = g->N;
+    for (ptrdiff_t f = f0; f < f1; f++)
+        for (ptrdiff_t oh = 0; oh < g->OH; oh++) {
+            const ptrdiff_t r = g->first_row + oh * g->stride;
+            if (r < 0 || r >= g->Hd) continue;
+            for (ptrdiff_t ow = 0; ow < g->OW; ow++) {
+                const ptrdiff_t c = g->first_col + ow * g->stride;
+                if (c < 0 || c >= g->Wd) continue;
+                const ptrdiff_t from = ((f * g->OH + oh) * g->OW + ow) * N;
+                float *to = dst + ((f * g->Hd + r) * g->Wd + c) * N;
+                ptrdiff_t n = 0;
+                if (mask) {
+                    for (; n + V <= N; n += V)
+                        NAME(st)(to + n, (vf)((vi)NAME(ld)(src + from + n) &
+                                              (NAME(ld)(mask + from + n) > 0.0f)));
+                    for (; n < N; n++) to[n] = mask[from + n] > 0.0f ? src[from + n] : 0.0f;
+                } else {
+                    memcpy(to, src + from, (size_t)N * sizeof(float));
+                }
+            }
+        }
 }
 
 /* ---- max pooling over disjoint windows (stride >= window), no padding ---------------

@@ -31,7 +31,7 @@ import contextvars
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +50,8 @@ __all__ = [
     "using",
 ]
 
-_conv: ModuleType | None
+# The extension, or None; Any: it ships no type stubs.
+_conv: Any
 try:
     from . import _conv  # type: ignore[attr-defined, no-redef]
 
@@ -181,20 +182,28 @@ def _parts(macs: int) -> int:
 
 
 def _correlate(
-    img: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, OH: int, OW: int, name: str
+    img: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    stride: int,
+    OH: int,
+    OW: int,
+    name: str,
+    relu: bool = False,
 ) -> np.ndarray:
     """The (FN, OH, OW, N) cross-correlation of ``img`` (C, Hp, Wp, N), C-contiguous
-    and already padded, with ``W`` (FN, C, FH, FW), plus ``b``; output rows shared out
-    among the fast paths' threads."""
+    and already padded, with ``W`` (FN, C, FH, FW), plus ``b`` (``relu``: then clamped
+    at 0, NaN to 0, as :func:`xpcnn.ops.relu_forward`); output rows shared out among
+    the fast paths' threads."""
     FN, C, FH, FW = W.shape
     _, Hp, Wp, N = img.shape
-    wp = _packed(W, _conv.tile(name))  # type: ignore[union-attr]
+    wp = _packed(W, _conv.tile(name))
     bias = np.ascontiguousarray(b, dtype=np.float32)
     out = np.empty((FN, OH, OW, N), dtype=np.float32)
     geom = (C, Hp, Wp, N, FN, FH, FW, stride, OH, OW)
 
     def rows(r: range) -> None:
-        _conv.forward(img, wp, bias, out, geom, r.start, r.stop, False, name)  # type: ignore[union-attr]
+        _conv.forward(img, wp, bias, out, geom, r.start, r.stop, relu, name)
 
     _threads.map_ranges(rows, OH, _parts(out.size * C * FH * FW))
     return out
@@ -209,22 +218,26 @@ def conv2d_forward(
     OH: int,
     OW: int,
     img: np.ndarray,
+    relu: bool = False,
 ) -> tuple[np.ndarray, CompiledConvCache]:
     """The compiled forward pass: ``img`` is ``x`` zero-padded and stored (C, H + 2P,
     W + 2P, N), C-contiguous (:func:`xpcnn._fast.numpy_ops._chwn`). The output (N, FN,
-    OH, OW) is a view of the (FN, OH, OW, N) result, as on the NumPy path."""
+    OH, OW) is a view of the (FN, OH, OW, N) result, as on the NumPy path. ``relu``:
+    a ReLU follows in the same pass (and its mask in the backward pass's)."""
     name = isa()
     assert name is not None  # available() said so
     W = np.ascontiguousarray(W)
-    out = _correlate(img, W, b, stride, OH, OW, name)
-    return out.transpose(3, 0, 1, 2), CompiledConvCache(tuple(x.shape), img, W, stride, pad, name)
+    out = _correlate(img, W, b, stride, OH, OW, name, relu)
+    cache = CompiledConvCache(tuple(x.shape), img, W, stride, pad, name, out if relu else None)
+    return out.transpose(3, 0, 1, 2), cache
 
 
 @dataclass(frozen=True)
 class CompiledConvCache:
     """The compiled convolution's cache: ``img`` the zero-padded input stored (C, H +
-    2P, W + 2P, N), ``W`` the filters, and the instruction set of the forward pass
-    (the backward pass runs the same one)."""
+    2P, W + 2P, N), ``W`` the filters, the instruction set of the forward pass (the
+    backward pass runs the same one), and with a fused ReLU its output ``relu_out``
+    (FN, OH, OW, N): ``dout`` counts where it is > 0."""
 
     x_shape: tuple[int, ...]
     img: np.ndarray
@@ -232,11 +245,13 @@ class CompiledConvCache:
     stride: int
     pad: int
     isa: str
+    relu_out: np.ndarray | None = None
 
     def backward(
         self, dout: np.ndarray, *, need_dx: bool = True
     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-        """``(dx or None, dW, db)`` for ``dout`` (N, FN, OH, OW) float32."""
+        """``(dx or None, dW, db)`` for ``dout`` (N, FN, OH, OW) float32 (the gradient of
+        the ReLU's output where one is fused)."""
         FN, C, FH, FW = self.W.shape
         N, _, OH, OW = dout.shape
         d = np.ascontiguousarray(dout.transpose(1, 2, 3, 0), dtype=np.float32)  # (FN, OH, OW, N)
@@ -247,7 +262,9 @@ class CompiledConvCache:
             dW = np.empty((FN, C * FH * FW), dtype=np.float32)
             db = np.empty(FN, dtype=np.float32)
             if len(r):
-                _conv.weight_grad(self.img, d, dW, db, geom, r.start, r.stop, self.isa)  # type: ignore[union-attr]
+                _conv.weight_grad(
+                    self.img, d, dW, db, geom, r.start, r.stop, self.isa, self.relu_out
+                )
             else:
                 dW[...], db[...] = 0, 0
             return dW, db
@@ -262,28 +279,31 @@ class CompiledConvCache:
     def _input_gradient(self, d: np.ndarray) -> np.ndarray:
         """``dx`` (N, C, H, W): ``d`` (FN, OH, OW, N) placed in a zero (FN, H + FH - 1,
         W + FW - 1, N) image at rows ``FH - 1 - pad + oh * stride`` (columns alike; those
-        that fall outside it reach only padding), cross-correlated with the filters
-        flipped and transposed to (C, FN, FH, FW)."""
+        that fall outside it reach only padding; a fused ReLU's mask applied on the
+        way), cross-correlated with the filters flipped and transposed to (C, FN, FH, FW)."""
         FN, C, FH, FW = self.W.shape
         N, _, H, W = self.x_shape
+        OH, OW = d.shape[1], d.shape[2]
         img = np.zeros((FN, H + FH - 1, W + FW - 1, N), dtype=np.float32)
-        rows, d_rows = _placed(FH - 1 - self.pad, self.stride, d.shape[1], H + FH - 1)
-        cols, d_cols = _placed(FW - 1 - self.pad, self.stride, d.shape[2], W + FW - 1)
-        img[:, rows, cols] = d[:, d_rows, d_cols]
+        geom = (
+            FN,
+            OH,
+            OW,
+            N,
+            H + FH - 1,
+            W + FW - 1,
+            FH - 1 - self.pad,
+            FW - 1 - self.pad,
+            self.stride,
+        )
+
+        def channels(r: range) -> None:
+            _conv.place(d, self.relu_out, img, geom, r.start, r.stop, self.isa)
+
+        _threads.by_size(channels, FN, img.size)
         W_T = self.W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         zeros = np.zeros(C, dtype=np.float32)
         return _correlate(img, W_T, zeros, 1, H, W, self.isa).transpose(3, 0, 1, 2)
-
-
-def _placed(first: int, stride: int, n: int, size: int) -> tuple[slice, slice]:
-    """Where ``n`` gradient rows go in an image of ``size`` rows when row ``k`` goes to
-    ``first + k * stride``: ``(image slice, gradient slice)`` of the rows that land
-    inside it."""
-    lo = 0 if first >= 0 else (-first + stride - 1) // stride
-    hi = min(n, (size - 1 - first) // stride + 1) if size - 1 - first >= 0 else 0
-    if hi <= lo:
-        return slice(0, 0), slice(0, 0)
-    return slice(first + lo * stride, first + (hi - 1) * stride + 1, stride), slice(lo, hi)
 
 
 # -- max pooling --------------------------------------------------------------------------
@@ -318,7 +338,7 @@ def max_pool2d_forward(
     geom = (C, H, W, N, pool_h, pool_w, stride, OH, OW)
 
     def channels(r: range) -> None:
-        _conv.pool_forward(img, out, geom, skip_nan, r.start, r.stop, name)  # type: ignore[union-attr]
+        _conv.pool_forward(img, out, geom, skip_nan, r.start, r.stop, name)
 
     _threads.by_size(channels, C, x.size)
     return out.transpose(3, 0, 1, 2), CompiledPoolCache(img, out, geom, name)
@@ -342,7 +362,7 @@ class CompiledPoolCache:
         C = self.img.shape[0]
 
         def channels(r: range) -> None:
-            _conv.pool_backward(self.img, self.out, d, dx, self.geom, r.start, r.stop, self.isa)  # type: ignore[union-attr]
+            _conv.pool_backward(self.img, self.out, d, dx, self.geom, r.start, r.stop, self.isa)
 
         _threads.by_size(channels, C, dx.size)
         return dx.transpose(3, 0, 1, 2)
