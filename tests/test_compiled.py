@@ -28,14 +28,7 @@ from helpers import pool_inputs
 import xpcnn
 from xpcnn import _fast
 from xpcnn._fast import _threads, compiled
-from xpcnn.ops import (
-    conv2d_backward,
-    conv2d_forward,
-    max_pool2d_backward,
-    max_pool2d_forward,
-    relu_max_pool2d_backward,
-    relu_max_pool2d_forward,
-)
+from xpcnn.ops import conv2d_forward, max_pool2d_forward, relu_max_pool2d_forward
 from xpcnn.testing import assert_close_scaled
 
 ISAS = compiled.isas()
@@ -89,7 +82,7 @@ def _data(rng: np.random.Generator, case: tuple[int, ...], integers: bool) -> li
 
 def _run(x, w, b, dout, stride, pad, need_dx=True) -> list[np.ndarray]:
     out, cache = conv2d_forward(x, w, b, stride, pad)
-    return [out, *conv2d_backward(dout, cache, need_dx=need_dx)]
+    return [out, *cache.backward(dout, need_dx=need_dx)]
 
 
 def _reference(x, w, b, dout, stride, pad) -> list[np.ndarray]:
@@ -150,7 +143,7 @@ def test_fused_relu_equal_to_convolution_then_relu(isa, rng, case):
     counts ``dout`` only where that output is > 0: the generic convolution followed
     by the generic ReLU, exactly on integers (many outputs are exactly 0 there)."""
     from xpcnn._fast.numpy_ops import _chwn
-    from xpcnn.ops import relu_backward, relu_forward
+    from xpcnn.ops import relu_forward
 
     x, w, b, dout = _data(rng, case, integers=True)
     stride, pad = case[7], case[8]
@@ -161,8 +154,8 @@ def test_fused_relu_equal_to_convolution_then_relu(isa, rng, case):
     got = [out, *cache.backward(dout)]
     with _fast.enabled(False):
         pre, conv = conv2d_forward(*(a.astype(np.float64) for a in (x, w, b)), stride, pad)
-        y, mask = relu_forward(pre)
-        ref = [y, *conv2d_backward(relu_backward(dout.astype(np.float64), mask), conv)]
+        y, relu = relu_forward(pre)
+        ref = [y, *conv.backward(relu.backward(dout.astype(np.float64)))]
     assert (ref[0] == 0).any() and (ref[0] > 0).any()
     for name, g, r in zip(("out", "dx", "dW", "db"), got, ref, strict=True):
         np.testing.assert_array_equal(g, r, err_msg=f"{isa} {name}")
@@ -227,15 +220,11 @@ def test_max_pool_equal_to_generic_bit_for_bit(isa, rng, case, kind, fused):
     x = _chwn(pool_inputs(rng, (N, C, H, W), kind).astype(np.float32))
     OH, OW = (H - ph) // s + 1, (W - pw) // s + 1
     dout = _chwn(pool_inputs(rng, (N, C, OH, OW), "special").astype(np.float32))
-    forward, backward = (
-        (relu_max_pool2d_forward, relu_max_pool2d_backward)
-        if fused
-        else (max_pool2d_forward, max_pool2d_backward)
-    )
+    forward = relu_max_pool2d_forward if fused else max_pool2d_forward
 
     def run() -> list[np.ndarray]:
         out, cache = forward(x, ph, pw, s, 0)
-        return [out, backward(dout, cache)]
+        return [out, cache.backward(dout)]
 
     got = run()
     with _fast.enabled(False):
