@@ -63,8 +63,15 @@ TARGETS: list[tuple[Any, str, str]] = [
     # The NumPy fast convolution unfolds and folds inside its blocked GEMMs, so
     # its conv rows include its im2col / col2im; the generic path's are separate.
     (ops_pkg, "conv2d_forward", "conv fwd (self: GEMM + bias; fast: + im2col)"),
+    # Sequential runs each Convolution -> ReLU pair as this one op; its backward is the
+    # Convolution's (the ReLU's mask applied inside)
+    (ops_pkg, "conv2d_relu_forward", "conv + relu fwd"),
     (conv_mod, "im2col", "im2col"),
-    (layers.Convolution, "backward", "conv bwd (self: GEMMs + db; fast: + im2col, col2im)"),
+    (
+        layers.Convolution,
+        "backward",
+        "conv (+ relu) bwd (self: GEMMs + db; fast: + im2col, col2im)",
+    ),
     (conv_mod, "col2im", "col2im"),
     (ops_pkg, "relu_forward", "relu fwd"),
     (layers.Relu, "backward", "relu bwd"),

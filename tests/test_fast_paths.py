@@ -428,7 +428,7 @@ def test_simple_convnet_gradients_equal_generic(backend, dtype, rng):
     """Fast paths leave a training step's gradients unchanged (to rounding), on
     every backend; the network runs the same steps whatever the switch."""
     (generic, fast), (plan_off, plan_on) = _model_gradients(backend, "simple", dtype, rng)
-    assert plan_on == plan_off and plan_on.count("_ReluMaxPool") == 1
+    assert plan_on == plan_off and plan_on.count("_ConvRelu") == 1
     for key in generic:
         assert_close_scaled(fast[key], generic[key], err_msg=key, **tol(dtype))
 
@@ -438,7 +438,7 @@ def test_deep_convnet_gradients_equal_generic(fast_backend, rng):
     (generic, fast), (_, plan_on) = _model_gradients(
         fast_backend, "deep", "float64", rng, dropout_ratio=0.0
     )
-    assert plan_on.count("_ReluMaxPool") == 3
+    assert plan_on.count("_ConvRelu") == 6
     for key in generic:
         assert_close_scaled(fast[key], generic[key], err_msg=key, **tol("float64"))
 
@@ -469,9 +469,11 @@ def test_network_with_nan_input_gives_the_same_scores_on_both_paths(backend, rng
     assert_same(fast, to_numpy(y), "scores, layer by layer")
 
 
-def test_relu_pool_fusion_skips_avg_pooling_and_other_orders():
+def test_fusion_plan_pairs_conv_relu_then_relu_max_pool_only():
+    """Convolution + ReLU fuse first; a ReLU left over fuses with a max pooling after
+    it; average pooling and other orders run layer by layer."""
     from xpcnn.models import NetBuilder
-    from xpcnn.models.sequential import _fuse_relu_pool
+    from xpcnn.models.sequential import _fused
 
     net = (
         NetBuilder((1, 8, 8), seed=0)
@@ -481,10 +483,25 @@ def test_relu_pool_fusion_skips_avg_pooling_and_other_orders():
         .conv(2, 3, pad=1)
         .pool(2)
         .relu()
+        .conv(2, 1)
+        .batchnorm()
+        .relu()
+        .pool(1)
         .affine(3)
         .build()
     )
-    assert _fuse_relu_pool(net.layers) == net.layers  # nothing to fuse
+    names = [type(step).__name__ for step in _fused(net.layers)]
+    assert names == [
+        "_ConvRelu",
+        "Pooling",
+        "Convolution",
+        "Pooling",
+        "Relu",
+        "Convolution",
+        "BatchNormalization",
+        "_ReluMaxPool",
+        "Affine",
+    ]
 
 
 # -- Adam: one fused update where the seam has one, bit for bit --------------------------------

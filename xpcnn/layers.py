@@ -154,6 +154,12 @@ class Convolution(Layer):
         out, self._cache = ops.conv2d_forward(x, self.W, self.b, self.stride, self.pad)
         return out
 
+    def forward_relu(self, x: Any) -> Any:
+        """``forward`` followed by a ReLU, as one op (:func:`xpcnn.ops.conv2d_relu_forward`);
+        :meth:`backward` then takes the gradient of the ReLU's output."""
+        out, self._cache = ops.conv2d_relu_forward(x, self.W, self.b, self.stride, self.pad)
+        return out
+
     def backward(self, dout: Any) -> Any:
         dx, self.grads["W"], self.grads["b"] = self._saved().backward(dout, need_dx=self.need_dx)
         return dx

@@ -67,6 +67,7 @@ OPS = frozenset(
         "adam_update",
         "col2im",
         "conv2d_forward",
+        "conv2d_relu_forward",
         "im2col",
         "max_pool2d_forward",
         "relu_backward",

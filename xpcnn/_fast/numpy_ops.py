@@ -51,9 +51,11 @@ from . import _threads, compiled
 
 __all__ = [
     "ChwnConvCache",
+    "ConvReluCache",
     "MaxPoolCache",
     "adam_update",
     "conv2d_forward",
+    "conv2d_relu_forward",
     "max_pool2d_forward",
     "relu_backward",
     "relu_forward",
@@ -105,14 +107,19 @@ def _chwn(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
     C-contiguous.
 
     No copy when ``x`` is already stored that way (the output of the fast
-    convolution, pooling and ReLU) and there is no padding.
+    convolution, pooling and ReLU) and there is no padding. The copy is shared out
+    by channels among the fast paths' threads.
     """
     img = x.transpose(1, 2, 3, 0)
     if pad_h == pad_w == 0 and img.flags.c_contiguous:
         return img
     C, H, W, N = img.shape
     out = np.zeros((C, H + 2 * pad_h, W + 2 * pad_w, N), dtype=x.dtype)
-    out[:, pad_h : pad_h + H, pad_w : pad_w + W] = img
+
+    def channels(r: range) -> None:
+        out[r.start : r.stop, pad_h : pad_h + H, pad_w : pad_w + W] = img[r.start : r.stop]
+
+    _threads.by_size(channels, C, out.size)
     return out
 
 
@@ -205,6 +212,31 @@ def conv2d_forward(
     out = _correlate(img, col_W, FH, FW, stride, OH, OW)
     cache = ChwnConvCache(tuple(x.shape), img, col_W, tuple(W.shape), stride, pad)
     return out.transpose(3, 0, 1, 2), cache
+
+
+def conv2d_relu_forward(
+    x: np.ndarray, W: np.ndarray, b: np.ndarray, stride: int, pad: int, OH: int, OW: int
+) -> tuple[np.ndarray, compiled.CompiledConvCache | ConvReluCache]:
+    """Convolution then ReLU: in one pass by the compiled kernels (the ReLU in the
+    output write, its mask in the backward pass), else the two fast ops in turn."""
+    if compiled.available(x, W, b):
+        return compiled.conv2d_forward(x, W, b, stride, pad, OH, OW, _chwn(x, pad, pad), relu=True)
+    out, conv = conv2d_forward(x, W, b, stride, pad, OH, OW)
+    y, mask = relu_forward(out)
+    return y, ConvReluCache(conv, mask)
+
+
+@dataclass(frozen=True)
+class ConvReluCache:
+    """The fast convolution's cache and the ReLU's mask, for their backward in turn."""
+
+    conv: ChwnConvCache | compiled.CompiledConvCache
+    mask: np.ndarray
+
+    def backward(
+        self, dout: np.ndarray, *, need_dx: bool = True
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        return self.conv.backward(relu_backward(dout, self.mask), need_dx=need_dx)
 
 
 @dataclass(frozen=True)

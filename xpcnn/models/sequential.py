@@ -13,12 +13,31 @@ from typing import Any
 from .. import ops
 from .._numerical import numerical_gradient
 from ..backend import Device, resolve_device, to_numpy
-from ..layers import Layer, Pooling, Relu, SoftmaxWithLoss
+from ..layers import Convolution, Layer, Pooling, Relu, SoftmaxWithLoss
 from ..metrics import accuracy
 from ._inputs import network_input
 from ._params import ParamView, index_by_name
 
 __all__ = ["Sequential"]
+
+
+class _ConvRelu:
+    """A ``Convolution`` followed by a ``Relu``, run as one op
+    (:meth:`~xpcnn.layers.Convolution.forward_relu`): a fast path applies the ReLU in
+    the convolution's output write and its mask in the convolution's backward pass,
+    with the same results. The gradients land in the convolution's ``grads``."""
+
+    def __init__(self, conv: Convolution, relu: Relu) -> None:
+        self.conv, self.relu = conv, relu
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        return self.conv.forward_relu(x)
+
+    def backward(self, dout: Any) -> Any:
+        return self.conv.backward(dout)
+
+    def clear_cache(self) -> None:
+        self.conv.clear_cache()
 
 
 class _ReluMaxPool:
@@ -43,14 +62,19 @@ class _ReluMaxPool:
         self._cache = None
 
 
-def _fuse_relu_pool(layers: list[Layer]) -> list[Any]:
-    """``layers`` with each ``Relu, Pooling(mode="max")`` pair as one :class:`_ReluMaxPool`."""
+def _fused(layers: list[Layer]) -> list[Any]:
+    """The steps a forward pass runs: ``layers`` with each ``Convolution, Relu`` pair as
+    one :class:`_ConvRelu`, and each remaining ``Relu, Pooling(mode="max")`` pair as one
+    :class:`_ReluMaxPool`."""
     plan: list[Any] = []
     i = 0
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if type(layer) is Relu and type(nxt) is Pooling and nxt.mode == "max":
+        if type(layer) is Convolution and type(nxt) is Relu:
+            plan.append(_ConvRelu(layer, nxt))
+            i += 2
+        elif type(layer) is Relu and type(nxt) is Pooling and nxt.mode == "max":
             plan.append(_ReluMaxPool(layer, nxt))
             i += 2
         else:
@@ -143,7 +167,7 @@ class Sequential:
         """
         x = self._input(x)
         # ReLU -> max pooling runs as one op (_ReluMaxPool), whatever the fast-path switch.
-        self._plan = _fuse_relu_pool(self.layers)
+        self._plan = _fused(self.layers)
         with self.device.activate():  # CuPy allocates on the current GPU, not on device=
             for layer in self._plan:
                 x = layer.forward(x, train_flg)

@@ -27,7 +27,15 @@ sit above.
 """
 
 from .._window import conv_output_size
-from .conv import ConvCache, Im2colCache, col2im, conv2d_forward, im2col
+from .conv import (
+    ConvCache,
+    ConvReluCache,
+    Im2colCache,
+    col2im,
+    conv2d_forward,
+    conv2d_relu_forward,
+    im2col,
+)
 from .dense import (
     AffineCache,
     ReluCache,
@@ -59,6 +67,7 @@ __all__ = [
     "AvgPoolCache",
     "BatchNormCache",
     "ConvCache",
+    "ConvReluCache",
     "DropoutCache",
     "Im2colCache",
     "LRNCache",
@@ -72,6 +81,7 @@ __all__ = [
     "batchnorm_forward",
     "col2im",
     "conv2d_forward",
+    "conv2d_relu_forward",
     "conv_output_size",
     "cross_entropy_error",
     "dropout_forward",

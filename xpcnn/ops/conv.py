@@ -11,8 +11,17 @@ from array_api_compat import array_namespace, device
 from .. import _fast
 from .._checks import check_floating
 from .._window import check_window, crop_hw, pad_hw, window_slices
+from .dense import relu_forward
 
-__all__ = ["ConvCache", "Im2colCache", "col2im", "conv2d_forward", "im2col"]
+__all__ = [
+    "ConvCache",
+    "ConvReluCache",
+    "Im2colCache",
+    "col2im",
+    "conv2d_forward",
+    "conv2d_relu_forward",
+    "im2col",
+]
 
 
 def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: int = 0) -> Any:
@@ -152,6 +161,25 @@ class Im2colCache:
         return dx, dW, db
 
 
+def _check_conv(x: Any, W: Any, b: Any, stride: int, pad: int) -> tuple[int, int]:
+    """``(OH, OW)`` of a convolution, after one clear error for any bad argument."""
+    if len(W.shape) != 4:
+        raise ValueError(
+            f"convolution weights must be 4-D (FN, C, FH, FW), got shape {tuple(W.shape)}"
+        )
+    FN, C, FH, FW = W.shape
+    OH, OW = check_window(tuple(x.shape), FH, FW, stride, pad, what="convolution")
+    check_floating(x, "convolution")
+    if x.shape[1] != C:
+        raise ValueError(
+            f"channel mismatch: input has shape {tuple(x.shape)} with {x.shape[1]} channels but the "
+            f"filters W {tuple(W.shape)} expect C={C}"
+        )
+    if tuple(b.shape) != (FN,):
+        raise ValueError(f"convolution bias must have shape ({FN},), got {tuple(b.shape)}")
+    return OH, OW
+
+
 def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tuple[Any, ConvCache]:
     """Convolution (cross-correlation) by im2col + one matrix product.
 
@@ -167,26 +195,48 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
     cache : ConvCache (``cache.backward(dout)`` -> ``(dx, dW, db)``)
     """
     xp = array_namespace(x, W, b)
-    if len(W.shape) != 4:
-        raise ValueError(
-            f"convolution weights must be 4-D (FN, C, FH, FW), got shape {tuple(W.shape)}"
-        )
-    FN, C, FH, FW = W.shape
-    OH, OW = check_window(tuple(x.shape), FH, FW, stride, pad, what="convolution")
-    check_floating(x, "convolution")
-    N = x.shape[0]
-    if x.shape[1] != C:
-        raise ValueError(
-            f"channel mismatch: input has shape {tuple(x.shape)} with {x.shape[1]} channels but the "
-            f"filters W {tuple(W.shape)} expect C={C}"
-        )
-    if tuple(b.shape) != (FN,):
-        raise ValueError(f"convolution bias must have shape ({FN},), got {tuple(b.shape)}")
+    OH, OW = _check_conv(x, W, b, stride, pad)
     fast = _fast.lookup("conv2d_forward", x)
     if fast is not None:
         return fast(x, W, b, stride, pad, OH, OW)
+    N = x.shape[0]
+    FN, C, FH, FW = W.shape
     col = im2col(x, FH, FW, stride, pad)
     col_W = xp.matrix_transpose(xp.reshape(W, (FN, C * FH * FW)))  # (C*FH*FW, FN)
     out = col @ col_W + b
     out = xp.permute_dims(xp.reshape(out, (N, OH, OW, FN)), (0, 3, 1, 2))
     return out, Im2colCache(tuple(x.shape), col, col_W, tuple(W.shape), stride, pad)
+
+
+@dataclass(frozen=True)
+class ConvReluCache:
+    """Convolution then ReLU, op by op: the convolution's cache and the ReLU's."""
+
+    conv: ConvCache
+    relu: Any
+
+    def backward(self, dout: Any, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
+        return self.conv.backward(self.relu.backward(dout), need_dx=need_dx)
+
+
+def conv2d_relu_forward(
+    x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0
+) -> tuple[Any, ConvCache]:
+    """Convolution then ReLU as one op: ``relu_forward(conv2d_forward(x, W, b, stride,
+    pad)[0])``, with the same results (NaN to 0 included).
+
+    A fast path may apply the ReLU in the convolution's own output write, and its mask
+    in the convolution's backward pass, saving two passes over the activations
+    (the NumPy path's compiled kernels do); elsewhere the two ops run in turn.
+
+    x : array (N, C, H, W); W : (FN, C, FH, FW); b : (FN,) -> out : array (N, FN, OH,
+    OW), dtype of ``x``; cache: ``cache.backward(dout, need_dx=True)`` -> ``(dx, dW,
+    db)``, ``dout`` being the gradient of the ReLU's output.
+    """
+    OH, OW = _check_conv(x, W, b, stride, pad)
+    fast = _fast.lookup("conv2d_relu_forward", x)
+    if fast is not None:
+        return fast(x, W, b, stride, pad, OH, OW)
+    out, conv = conv2d_forward(x, W, b, stride, pad)
+    y, relu = relu_forward(out)
+    return y, ConvReluCache(conv, relu)
