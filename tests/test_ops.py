@@ -25,6 +25,7 @@ from xpcnn.ops import (
     avg_pool2d_forward,
     col2im,
     conv2d_forward,
+    conv2d_relu_forward,
     conv_output_size,
     cross_entropy_error,
     im2col,
@@ -877,6 +878,7 @@ def test_every_forward_returns_a_cache_that_owns_its_backward(backend, rng):
     t = backend.asarray(np.array([0, 2]), "int64")
     calls: dict[str, tuple[Callable[[], Any], list[Any]]] = {
         "conv2d_forward": (lambda: ops.conv2d_forward(x, W, b, pad=1), [x, W, b]),
+        "conv2d_relu_forward": (lambda: ops.conv2d_relu_forward(x, W, b, pad=1), [x, W, b]),
         "affine_forward": (lambda: ops.affine_forward(x, arr(48, 2), b), [x, arr(48, 2), b]),
         "batchnorm_forward": (lambda: ops.batchnorm_forward(x, g, g, g, g), [x, g, g]),
         "max_pool2d_forward": (lambda: ops.max_pool2d_forward(x, 2, 2), [x]),
@@ -911,6 +913,28 @@ def test_backward_does_not_modify_dout_or_cache(backend, rng, op):
     run_backward()
     for k, (a, old) in enumerate(zip(watched, before, strict=True)):
         np.testing.assert_array_equal(backend.to_numpy(a), old, err_msg=f"{op}: input {k} changed")
+
+
+@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 0)])
+def test_conv_relu_is_conv_then_relu(backend, dtype, rng, stride, pad):
+    """The fused op gives exactly the two ops' results in turn, forward and backward,
+    NaN included (the same sums on whatever path the backend takes)."""
+    x = rng.standard_normal((3, 2, 7, 6))
+    x[0, 0, 1, 1] = np.nan
+    x, W, b = (
+        backend.asarray(a, dtype)
+        for a in (x, rng.standard_normal((4, 2, 3, 3)), rng.standard_normal(4))
+    )
+    out, cache = conv2d_relu_forward(x, W, b, stride, pad)
+    dout = backend.asarray(rng.standard_normal(tuple(out.shape)), dtype)
+    pre, conv = conv2d_forward(x, W, b, stride, pad)
+    y, relu = relu_forward(pre)
+    fused = [out, *cache.backward(dout)]
+    apart = [y, *conv.backward(relu.backward(dout))]
+    assert np.isnan(backend.to_numpy(pre)).any() and not np.isnan(backend.to_numpy(out)).any()
+    for name, f, a in zip(("out", "dx", "dW", "db"), fused, apart, strict=True):
+        np.testing.assert_array_equal(backend.to_numpy(f), backend.to_numpy(a), err_msg=name)
+    assert cache.backward(dout, need_dx=False)[0] is None
 
 
 def test_relu_backward_does_not_write_into_dout_the_book_bug(backend, rng):
