@@ -638,3 +638,21 @@ def test_every_subcommand_is_one_module_in_the_registry():
     names = list(parser._subparsers._group_actions[0].choices)
     assert names == [m.__name__.rpartition(".")[2] for m in cli.COMMANDS]
     assert [m for m in cli.COMMANDS if getattr(m, "EVERY_RANK", False)] == [cli.train]
+
+
+@pytest.mark.parametrize("flag", [False, True])
+def test_no_flush_subnormals_option_reaches_the_trainer(flag, monkeypatch, capsys, tmp_path):
+    import xpcnn.run
+
+    seen = []
+    fit = xpcnn.run._fit
+
+    def spy(trainer, checkpoint):
+        seen.append(trainer.flush_subnormals)
+        return fit(trainer, checkpoint)
+
+    monkeypatch.setattr(xpcnn.run, "_fit", spy)
+    argv = ["train", "--epochs", "1", "--train-size", "100", "--eval-samples", "100"]
+    argv += ["--no-progress", "--out", str(tmp_path)]
+    status, _, _ = run(capsys, *argv, *(["--no-flush-subnormals"] if flag else []))
+    assert status == 0 and seen == [not flag]

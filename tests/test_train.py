@@ -587,3 +587,30 @@ def test_sets_smaller_than_the_evaluation_train_on_every_backend(backend, data):
     assert len(h["train_loss"]) == 3 and all(np.isfinite(h["train_loss"]))
     assert h["test_acc"] == [tr.test_accuracy()]
     assert h["train_acc"] == tr.accuracies((tr.x_train, tr.t_train))
+
+
+def _flushes() -> bool:
+    """Whether this thread now treats a float32 subnormal as zero."""
+    tiny = np.array([1e-40], np.float32)
+    return float((tiny * np.float32(1.0))[0]) == 0.0
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_flushes_subnormals_and_restores_the_callers_state(data, flush):
+    """Training runs with flush-to-zero (the default) or without, and leaves the
+    caller's floating-point state as it found it either way."""
+    from xpcnn._fast import compiled
+
+    if compiled.fp_control is None:
+        pytest.skip("no flush-to-zero control here (compiled kernels not built)")
+    seen = []
+
+    class Probe(Extension):
+        def on_step_end(self, trainer):
+            seen.append(_flushes())
+
+    tr = make_trainer(data, epochs=1, dtype="float32", extensions=[Probe()], flush_subnormals=flush)
+    assert not _flushes()
+    tr.train()
+    assert seen and set(seen) == {flush}
+    assert not _flushes()

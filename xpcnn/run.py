@@ -93,7 +93,8 @@ class RunConfig:
     differs from the resumed run's is refused). ``out`` defaults to ``runs/MODEL-DATASET``
     (with ``resume``, the checkpoint's folder); a folder that holds a run is refused
     unless it is the one resumed or ``overwrite`` is set. ``threads`` defaults to the
-    CPUs this process may use, shared among the ranks on a node.
+    CPUs this process may use, shared among the ranks on a node. ``flush_subnormals``:
+    see :class:`~xpcnn.train.Trainer`.
     """
 
     model: str | None = None
@@ -114,6 +115,7 @@ class RunConfig:
     overwrite: bool = False
     progress: bool = True
     threads: int | None = None
+    flush_subnormals: bool = True
 
     def given(self) -> dict[str, Any]:
         """The options of :data:`TRAIN_DEFAULTS` that were given (not None)."""
@@ -171,6 +173,7 @@ def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResu
             trainer = _make_trainer(
                 cfg, dataset, device, config.progress and lead, checkpoint, comm
             )
+            trainer.flush_subnormals = config.flush_subnormals  # not part of the run's identity
             if resumed is not None:
                 trainer.load_state(*resumed, source=config.resume)
             if lead:

@@ -54,6 +54,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument(
+        "--no-flush-subnormals",
+        action="store_true",
+        help="compute subnormal floats exactly (slower late in training); by default they "
+        "are flushed to zero while training",
+    )
+    t.add_argument(
         "--threads",
         type=positive_int,
         metavar="N",
@@ -76,5 +82,6 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
         threads=args.threads,
+        flush_subnormals=not args.no_flush_subnormals,
     )
     return run_training(config).status

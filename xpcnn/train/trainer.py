@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import host_rng, to_numpy
+from ..backend import flush_subnormals, host_rng, to_numpy
 from ..checkpoint import load_checkpoint
 from ..metrics import count_correct
 from ..models import Sequential
@@ -90,6 +90,10 @@ class Trainer:
         The process group of a data-parallel run; default one process.
     log_every : int
         Steps between host copies of the loss (also when divergence is detected).
+    flush_subnormals : bool
+        Compute with subnormal floats flushed to zero during :meth:`train`
+        (:func:`xpcnn.flush_subnormals`: late in training they make steps up to about
+        twice as slow); the caller's floating-point state is restored afterwards.
 
     The step is :attr:`updater`'s (a :class:`~xpcnn.train.updater.StandardUpdater`,
     wrapped by :class:`~xpcnn.train.parallel.DataParallelUpdater` when
@@ -122,6 +126,7 @@ class Trainer:
         extensions: Sequence[Extension] = (),
         comm: Communicator | None = None,
         log_every: int = 50,
+        flush_subnormals: bool = True,
     ) -> None:
         _check_arguments(x_train, t_train, x_test, t_test, epochs, mini_batch_size, log_every)
         self.network = network
@@ -129,6 +134,7 @@ class Trainer:
         self.x_train, self.t_train = dev.asarray(x_train), dev.asarray(t_train)
         self.x_test, self.t_test = dev.asarray(x_test), dev.asarray(t_test)
         self.epochs, self.batch_size, self.log_every = epochs, mini_batch_size, log_every
+        self.flush_subnormals = flush_subnormals
         if optimizer_param is None:
             optimizer_param = {} if isinstance(optimizer, Optimizer) else {"lr": 0.001}
         self.optimizer = make_optimizer(optimizer, **dict(optimizer_param))
@@ -197,7 +203,11 @@ class Trainer:
         TrainingDiverged when the loss stops being finite.
         """
         self._requested, self.stop_reason = None, None
-        with deferred_signals(self._on_signal), self.network.device.activate():
+        with (
+            deferred_signals(self._on_signal),
+            self.network.device.activate(),
+            flush_subnormals(self.flush_subnormals),
+        ):
             self.broadcast_state()
             self._call("on_train_begin")
             try:
