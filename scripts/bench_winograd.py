@@ -2,7 +2,7 @@
 
 Winograd was measured here and lost on every layer (scripts/BENCHMARKS.md,
 "Winograd F(2x2,3x3), measured"), so it is not in xpcnn; its implementation lives
-in this script (below), checked against ``numpy_ops`` in float64 before timing.
+in this script (below), checked against ``numpy_conv`` in float64 before timing.
 The same code with its tests (``tests/test_winograd.py``: naive loops and the
 generic ops within a derived rounding bound) is commit ceb05d7 on branch
 ``winograd`` (``xpcnn/_fast/winograd.py``).
@@ -16,11 +16,11 @@ For each of DeepConvNet's six 3x3 stride-1 convolutions (shapes from
 ``BOOK_CONV_PARAMS`` on 1x28x28 input, 2x2 pooling after every second one) it
 times, with one BLAS thread (threadpoolctl):
 
-``fwd``   forward with bias: ``numpy_ops.conv2d_forward`` (im2col blocks) against
+``fwd``   forward with bias: ``numpy_conv.gemm_conv2d_forward`` (im2col blocks) against
           ``conv3x3_forward`` (below)
-``dW``    backward without dx (dW and db): ``numpy_ops.conv2d_backward(...,
+``dW``    backward without dx (dW and db): ``cache.backward(...,
           need_dx=False)`` against ``conv3x3_backward(..., need_dx=False)``
-``dx``    the input gradient alone: numpy_ops' full backward minus its dW-only
+``dx``    the input gradient alone: numpy_conv' full backward minus its dW-only
           backward (its dx and dW share one loop) against Winograd's
           ``_input_gradient``
 
@@ -50,7 +50,7 @@ from collections.abc import Callable
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from xpcnn._fast import numpy_ops
+from xpcnn._fast import numpy_conv
 from xpcnn.models.deep_convnet import BOOK_CONV_PARAMS
 
 # -- Winograd F(2x2, 3x3) (Lavin & Gray, 2016), CHWN ------------------------------------
@@ -58,7 +58,7 @@ from xpcnn.models.deep_convnet import BOOK_CONV_PARAMS
 # A 3x3 stride-1 cross-correlation computes each 2x2 output tile from a 4x4 input tile
 # as Y = A^T [(G g G^T) * (B^T d B)] A: 16 products per tile instead of 36. Over a
 # batch the 16 elementwise products are 16 GEMMs U[k] (FN, C) @ V[k] (C, tiles*N).
-# Arrays are stored (C, H, W, N), batch innermost, as numpy_ops leaves activations;
+# Arrays are stored (C, H, W, N), batch innermost, as numpy_conv leaves activations;
 # the padded input keeps even and odd columns apart so that every transform pass
 # moves long contiguous runs; tiles go a few tile rows at a time (_BLOCK_BYTES).
 
@@ -312,14 +312,14 @@ def bench_layer(
     b = rng.standard_normal(FN).astype(dtype)
     dout = rng.standard_normal((FN, OH, OH, N)).astype(dtype)
     x_nchw, dout_nchw = x.transpose(3, 0, 1, 2), dout.transpose(3, 0, 1, 2)
-    _, cache = numpy_ops.conv2d_forward(x_nchw, W, b, 1, pad, OH, OH)
+    _, cache = numpy_conv.gemm_conv2d_forward(x_nchw, W, b, 1, pad, OH, OH)
     Hp = H  # winograd's input gradient needs the forward input's size
     jobs: dict[str, Callable[[], object]] = {
-        "fwd im2col": lambda: numpy_ops.conv2d_forward(x_nchw, W, b, 1, pad, OH, OH),
+        "fwd im2col": lambda: numpy_conv.gemm_conv2d_forward(x_nchw, W, b, 1, pad, OH, OH),
         "fwd wino": lambda: conv3x3_forward(x, W, b, pad),
-        "dW im2col": lambda: numpy_ops.conv2d_backward(dout_nchw, cache, False),
+        "dW im2col": lambda: cache.backward(dout_nchw, need_dx=False),
         "dW wino": lambda: conv3x3_backward(dout, x, W, pad, need_dx=False),
-        "bwd im2col": lambda: numpy_ops.conv2d_backward(dout_nchw, cache, True),
+        "bwd im2col": lambda: cache.backward(dout_nchw, need_dx=True),
         "dx wino": lambda: _input_gradient(dout, W, pad, Hp, Hp),
     }
     for job in jobs.values():  # warm-up
@@ -338,19 +338,19 @@ def bench_layer(
 
 
 def check(rng: np.random.Generator) -> None:
-    """Winograd equal to numpy_ops on every layer shape (float64, N=3), or stop."""
+    """Winograd equal to numpy_conv on every layer shape (float64, N=3), or stop."""
     for C, FN, H, pad in layer_shapes():
         OH = H + 2 * pad - 2
         x, dout = rng.standard_normal((C, H, H, 3)), rng.standard_normal((FN, OH, OH, 3))
         W, b = rng.standard_normal((FN, C, 3, 3)), rng.standard_normal(FN)
-        out, cache = numpy_ops.conv2d_forward(x.transpose(3, 0, 1, 2), W, b, 1, pad, OH, OH)
-        ref = (out, *numpy_ops.conv2d_backward(dout.transpose(3, 0, 1, 2), cache, True))
+        out, cache = numpy_conv.gemm_conv2d_forward(x.transpose(3, 0, 1, 2), W, b, 1, pad, OH, OH)
+        ref = (out, *cache.backward(dout.transpose(3, 0, 1, 2), need_dx=True))
         got = (conv3x3_forward(x, W, b, pad), *conv3x3_backward(dout, x, W, pad))
         for name, r, g in zip(("out", "dx", "dW", "db"), ref, got, strict=True):
             r = r.transpose(1, 2, 3, 0) if name in ("out", "dx") else r
             err = float(np.max(np.abs(g - r)) / np.max(np.abs(r)))
             if err > 1e-12:
-                raise SystemExit(f"winograd {name} differs from numpy_ops by {err:.2g} (C={C})")
+                raise SystemExit(f"winograd {name} differs from numpy_conv by {err:.2g} (C={C})")
 
 
 def main() -> None:

@@ -142,7 +142,7 @@ def test_fused_relu_equal_to_convolution_then_relu(isa, rng, case):
     """With ``relu=True`` the kernel clamps its output (NaN to 0) and the backward pass
     counts ``dout`` only where that output is > 0: the generic convolution followed
     by the generic ReLU, exactly on integers (many outputs are exactly 0 there)."""
-    from xpcnn._fast.numpy_ops import _chwn
+    from xpcnn._fast.numpy_conv import chwn as _chwn
     from xpcnn.ops import relu_forward
 
     x, w, b, dout = _data(rng, case, integers=True)

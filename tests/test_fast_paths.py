@@ -233,13 +233,13 @@ def test_numpy_conv_in_blocks_of_rows_equals_generic(monkeypatch, rng, block_byt
     all rows here); any block size gives the generic results. With stride 2,
     dx is folded like col2im and is equal exactly (its terms arrive in the
     generic order); with stride 1 it is a transposed convolution (other sums)."""
-    from xpcnn._fast import numpy_ops
+    from xpcnn._fast import numpy_conv
 
-    monkeypatch.setattr(numpy_ops, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(numpy_conv, "_BLOCK_BYTES", block_bytes)
     transposed_calls = []
-    transposed = numpy_ops._transposed_input_gradient
+    transposed = numpy_conv._transposed_input_gradient
     monkeypatch.setattr(
-        numpy_ops,
+        numpy_conv,
         "_transposed_input_gradient",
         lambda *a: transposed_calls.append(1) or transposed(*a),
     )

@@ -28,7 +28,8 @@ Imports point one way::
         -> xpcnn.ops           (generic code; asks the seam)
         -> xpcnn._fast         (this registry; imports its backend modules lazily)
         -> xpcnn._fast.numpy_ops, xpcnn._fast.cupy_ops
-        -> xpcnn._fast.compiled    (the C extension xpcnn._fast._conv, when built)
+        -> xpcnn._fast.compiled, xpcnn._fast.numpy_conv  (the C extension
+           xpcnn._fast._conv when built; the blocked-GEMM convolution)
         -> xpcnn._window, xpcnn._fast._threads  (window arithmetic; threads: no xpcnn imports)
 
 The backend modules never import :mod:`xpcnn.ops`; they are imported on the

@@ -221,7 +221,7 @@ def conv2d_forward(
     relu: bool = False,
 ) -> tuple[np.ndarray, CompiledConvCache]:
     """The compiled forward pass: ``img`` is ``x`` zero-padded and stored (C, H + 2P,
-    W + 2P, N), C-contiguous (:func:`xpcnn._fast.numpy_ops._chwn`). The output (N, FN,
+    W + 2P, N), C-contiguous (:func:`xpcnn._fast.numpy_conv.chwn`). The output (N, FN,
     OH, OW) is a view of the (FN, OH, OW, N) result, as on the NumPy path. ``relu``:
     a ReLU follows in the same pass (and its mask in the backward pass's)."""
     name = isa()
