@@ -5,6 +5,10 @@
 * :mod:`.batches` — :class:`BatchIterator`, epochs of shuffled index batches;
 * :mod:`.extensions` — evaluation, divergence check, progress bar, epoch line,
   checkpoints (rank-0-only side effects are marked ``rank0_only``);
+* :mod:`.split` — the seeded validation split (``Trainer(val_split=...)``);
+* :mod:`.monitor` — :class:`EarlyStopping` on a validation metric;
+* :mod:`.schedules` — learning-rate schedules (step, cosine, on a plateau);
+* :mod:`.logs` — ``history.csv`` and TensorBoard event files, one row per epoch;
 * :mod:`.state` — a run's state in a checkpoint (save, check, restore) and
   :func:`load_network`;
 * :mod:`.stopping` — early stops: requests, SIGINT and SIGTERM after a whole step;
@@ -28,7 +32,11 @@ from .extensions import (
     ProgressBar,
     TrainerView,
 )
+from .logs import CSVLog, TensorBoardLog, epoch_rows
+from .monitor import EarlyStopping, Monitor
 from .parallel import DataParallelUpdater, rank_seed
+from .schedules import SCHEDULES, CosineLR, LRSchedule, ReduceLROnPlateau, StepLR
+from .split import validation_split
 from .state import load_network, load_network_with_meta
 from .stopping import StopRequest
 from .trainer import HISTORY_FIELDS, Trainer, TrainingDiverged, TrainingInterrupted
@@ -36,28 +44,39 @@ from .updater import StandardUpdater, Updater
 
 __all__ = [
     "HISTORY_FIELDS",
+    "SCHEDULES",
     "Batch",
     "BatchIterator",
+    "CSVLog",
     "Checkpoint",
     "Communicator",
+    "CosineLR",
     "DataParallelUpdater",
     "DivergenceCheck",
+    "EarlyStopping",
     "EpochEndCallback",
     "EpochLog",
     "Evaluate",
     "Extension",
+    "LRSchedule",
+    "Monitor",
     "ProgressBar",
+    "ReduceLROnPlateau",
     "SingleProcess",
     "StandardUpdater",
+    "StepLR",
     "StopRequest",
+    "TensorBoardLog",
     "Trainer",
     "TrainerView",
     "TrainingDiverged",
     "TrainingInterrupted",
     "Updater",
     "as_input",
+    "epoch_rows",
     "load_network",
     "load_network_with_meta",
     "predict_labels",
     "rank_seed",
+    "validation_split",
 ]

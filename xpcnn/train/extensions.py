@@ -9,6 +9,11 @@ every step, ``on_losses`` whenever the per-step losses reach the host (every
 call ``trainer.request_stop(reason)`` to end training early and normally (after
 the current step; at an epoch's end, before the next epoch).
 
+An extension that keeps state across epochs (early stopping's best value, a
+schedule's learning rate) returns it from :meth:`Extension.state_dict` as
+JSON-able data: checkpoints save it under the extension's :attr:`~Extension.name`
+and a resumed trainer gives it back through :meth:`Extension.load_state_dict`.
+
 An extension whose effects must happen once per job (printing, a progress bar,
 writing files) sets ``rank0_only = True``: in a data-parallel run only rank 0
 calls it. Extensions that every rank must run (evaluation, which is a
@@ -57,6 +62,8 @@ class TrainerView(Protocol):
     optimizer: Optimizer
     x_train: Any
     t_train: Any
+    x_val: Any  # None without a validation split
+    t_val: Any
     x_test: Any
     t_test: Any
 
@@ -71,18 +78,40 @@ class TrainerView(Protocol):
     @property
     def train_acc_list(self) -> list[float]: ...
     @property
+    def val_loss_list(self) -> list[float]: ...
+    @property
+    def val_acc_list(self) -> list[float]: ...
+    @property
     def test_acc_list(self) -> list[float]: ...
+    @property
+    def lr_list(self) -> list[float]: ...
     @property
     def images_per_sec(self) -> list[float]: ...
     def accuracies(self, *sets: tuple[Any, Any]) -> list[float]: ...
+    def evaluate(self, *sets: tuple[Any, Any], loss: bool = False) -> list[tuple[float, float]]: ...
+    def history(self) -> dict[str, Any]: ...
     def request_stop(self, reason: str = ...) -> None: ...
     def save_checkpoint(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path: ...
 
 
 class Extension:
-    """Base class: every hook does nothing."""
+    """Base class: every hook does nothing, and there is no state to save."""
 
     rank0_only: bool = False
+    #: The key of its state in checkpoints (default: the class name).
+    name: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self.name or type(self).__name__
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """JSON-able state for checkpoints, or None (nothing to save)."""
+        return None
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s ``state``; raise (ValueError, TypeError or
+        KeyError) before changing anything when it does not fit."""
 
     def on_train_begin(self, trainer: TrainerView) -> None: ...
     def on_epoch_begin(self, trainer: TrainerView) -> None: ...
@@ -141,19 +170,29 @@ class ProgressBar(Extension):
 
 
 class Evaluate(Extension):
-    """Accuracy on the first ``samples`` training and test examples (all of them if
-    None, or of a smaller set) after each epoch, appended to ``train_acc_list`` /
-    ``test_acc_list``. A collective in a data-parallel run: each rank counts its shard."""
+    """Metrics after each epoch, on the first ``samples`` examples of each set (all
+    of them if None, or of a smaller set): accuracy on the training set; loss and
+    accuracy on the validation set when the trainer has one; accuracy on the test
+    set when ``test`` is True. Appended to ``train_acc_list``, ``val_loss_list``,
+    ``val_acc_list`` and ``test_acc_list``. A collective in a data-parallel run:
+    each rank counts its shard."""
 
-    def __init__(self, samples: int | None = None) -> None:
-        self.samples = samples
+    def __init__(self, samples: int | None = None, test: bool = True) -> None:
+        self.samples, self.test = samples, test
 
     def on_epoch_end(self, trainer: TrainerView) -> None:
-        train_acc, test_acc = trainer.accuracies(
-            self._head(trainer.x_train, trainer.t_train), self._head(trainer.x_test, trainer.t_test)
-        )
-        trainer.train_acc_list.append(train_acc)
-        trainer.test_acc_list.append(test_acc)
+        val = trainer.x_val is not None
+        sets = [self._head(trainer.x_train, trainer.t_train)]
+        sets += [self._head(trainer.x_val, trainer.t_val)] if val else []
+        sets += [self._head(trainer.x_test, trainer.t_test)] if self.test else []
+        metrics = iter(trainer.evaluate(*sets, loss=val))
+        trainer.train_acc_list.append(next(metrics)[0])
+        if val:
+            acc, loss = next(metrics)
+            trainer.val_loss_list.append(loss)
+            trainer.val_acc_list.append(acc)
+        if self.test:
+            trainer.test_acc_list.append(next(metrics)[0])
 
     def _head(self, x: Any, t: Any) -> tuple[Any, Any]:
         # Never slice past the end: the array API leaves it unspecified (strict refuses it).
@@ -162,20 +201,32 @@ class Evaluate(Extension):
 
 
 class EpochLog(Extension):
-    """One line per epoch on stdout, flushed at once (so ``> log`` sees it live)."""
+    """One line per epoch on stdout, flushed at once (so ``> log`` sees it live): the
+    mean training loss, each accuracy and validation loss measured that epoch, the
+    learning rate when ``lr`` is True, and the speed."""
 
     rank0_only = True
+
+    def __init__(self, lr: bool = False) -> None:
+        self.lr = lr
 
     def on_epoch_end(self, trainer: TrainerView) -> None:
         steps = trainer.steps_per_epoch
         losses = trainer.train_loss_list[-steps:]
-        loss = sum(losses) / max(len(losses), 1)
-        tqdm.write(
-            f"epoch {trainer.epoch:>3}/{trainer.epochs}  loss {loss:.4f}  "
-            f"train acc {trainer.train_acc_list[-1]:.4f}  test acc {trainer.test_acc_list[-1]:.4f}  "
-            f"{trainer.images_per_sec[-1]:,.0f} img/s",
-            file=sys.stdout,
-        )
+        parts = [f"epoch {trainer.epoch:>3}/{trainer.epochs}"]
+        parts.append(f"loss {sum(losses) / max(len(losses), 1):.4f}")
+        for label, values in (
+            ("train acc", trainer.train_acc_list),
+            ("val loss", trainer.val_loss_list),
+            ("val acc", trainer.val_acc_list),
+            ("test acc", trainer.test_acc_list),
+        ):
+            if len(values) == trainer.epoch:  # measured every epoch, so this one too
+                parts.append(f"{label} {values[-1]:.4f}")
+        if self.lr:
+            parts.append(f"lr {trainer.lr_list[-1]:.3g}")
+        parts.append(f"{trainer.images_per_sec[-1]:,.0f} img/s")
+        tqdm.write("  ".join(parts), file=sys.stdout)
         sys.stdout.flush()
 
 

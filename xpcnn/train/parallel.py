@@ -3,7 +3,7 @@
 Modelled on ChainerMN: :class:`DataParallelUpdater` wraps an updater as ChainerMN's
 multi-node optimizer wraps an optimizer, summing the ranks' gradients between
 gradient and update; :func:`broadcast_state` starts every rank from rank 0's
-state; :func:`sharded_accuracies` lets each rank evaluate its slice. Only the
+state; `sharded_evaluation` lets each rank evaluate its slice. Only the
 :class:`~xpcnn.train.comm.Communicator` protocol is used here, so this module
 needs no MPI (``xpcnn.distributed`` supplies the communicator and imports this
 module, never the reverse). A :class:`~xpcnn.train.Trainer` with one process
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_numpy
-from ..metrics import count_correct
+from ..metrics import count_correct_and_loss
 from ..models import Sequential
 from ..optim import Optimizer
 from .batches import Batch, BatchIterator, share
@@ -29,8 +29,9 @@ __all__ = [
     "DataParallelUpdater",
     "agree_on_stop",
     "broadcast_state",
+    "mean_metrics",
     "rank_seed",
-    "sharded_accuracies",
+    "sharded_evaluation",
 ]
 
 
@@ -122,24 +123,32 @@ def broadcast_state(
             layer.reseed(lambda seed: rank_seed(seed, comm.rank, step))
 
 
-def sharded_accuracies(
-    network: Sequential, sets: Sequence[tuple[Any, Any]], comm: Communicator
-) -> list[float]:
-    """Accuracy on each ``(x, t)`` set: each rank counts its contiguous shard and the
-    (correct, count) pairs are summed in one allreduce. Every rank first takes rank
-    0's buffers (BatchNorm's running statistics, which training keeps per rank), so
-    the network evaluated is the one rank 0 saves."""
+def sharded_evaluation(
+    network: Sequential, sets: Sequence[tuple[Any, Any]], comm: Communicator, *, loss: bool = False
+) -> list[tuple[float, float]]:
+    """``(accuracy, mean loss)`` on each ``(x, t)`` set (NaN for an empty set; the loss
+    NaN unless ``loss``): each rank counts its contiguous shard and the (correct, summed
+    loss, count) triples are summed in one allreduce. Every rank first takes rank 0's
+    buffers (BatchNorm's running statistics, which training keeps per rank), so the
+    network evaluated is the one rank 0 saves."""
     for k in list(network.buffers):
         network.buffers[k] = comm.bcast(network.buffers[k])
-    counts = []
+    sums: list[float] = []
     for x, t in sets:
         rows = share(np.arange(x.shape[0]), comm.rank, comm.size)
         lo, hi = (int(rows[0]), int(rows[-1]) + 1) if rows.size else (0, 0)
-        counts += [count_correct(network, x[lo:hi, ...], t[lo:hi, ...]), hi - lo]
-    total = comm.allreduce(np.asarray(counts, dtype=np.int64))
-    return [
-        int(c) / int(n) if n else float("nan") for c, n in zip(total[::2], total[1::2], strict=True)
-    ]
+        correct, summed = count_correct_and_loss(network, x[lo:hi, ...], t[lo:hi, ...], loss=loss)
+        sums += [correct, summed, hi - lo]  # float64: counts stay exact below 2**53
+    total = np.asarray(comm.allreduce(np.asarray(sums, dtype=np.float64))).reshape(-1, 3)
+    return [mean_metrics(c, s, n, loss) for c, s, n in total.tolist()]
+
+
+def mean_metrics(correct: float, summed: float, n: float, loss: bool) -> tuple[float, float]:
+    """``(accuracy, mean loss)`` from sums over ``n`` examples (NaN where undefined)."""
+    nan = float("nan")
+    if not n:
+        return nan, nan
+    return correct / n, summed / n if loss else nan
 
 
 def rank_seed(seed: int | None, rank: int, step: int = 0) -> int | None:

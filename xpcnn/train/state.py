@@ -6,13 +6,15 @@ holds the network's parameters and buffers (``params/``, ``buffers/``), the
 optimizer state (``optim/``), the dropout generators (``rng/``), the shuffle of an
 epoch stopped mid-way (``trainer/perm``), and in its metadata the model's
 configuration, the optimizer, the progress (epoch, step, the shuffle generator)
-and the history. Everything is checked against the trainer before anything changes.
+and the history, and the state of the extensions that keep one (``extensions``:
+early stopping, learning-rate schedules). Everything is checked against the trainer
+before anything changes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,17 @@ from ..checkpoint import CheckpointError, check_compatible, load_checkpoint, sav
 from ..models import Sequential, build_model
 from ..optim import Optimizer
 from .batches import BatchIterator
+from .extensions import Extension
 
-__all__ = ["check_state", "load_network", "load_network_with_meta", "load_state", "save_state"]
+__all__ = [
+    "check_state",
+    "extension_states",
+    "load_extension_states",
+    "load_network",
+    "load_network_with_meta",
+    "load_state",
+    "save_state",
+]
 
 
 def save_state(
@@ -154,6 +165,49 @@ def _check_optimizer(
                 f"checkpoint {source}: optimizer state {k} {tuple(a.shape)} does not fit {name} "
                 "on this network; resume with the checkpoint's model and optimizer"
             )
+
+
+def extension_states(extensions: Sequence[Extension]) -> dict[str, Any]:
+    """Each stateful extension's :meth:`~Extension.state_dict`, by its state key."""
+    states: dict[str, Any] = {}
+    for ext in extensions:
+        state = ext.state_dict()
+        if state is None:
+            continue
+        if ext.state_key in states:
+            raise ValueError(
+                f"two extensions keep state under the name {ext.state_key!r}: "
+                "give one another name (its `name` attribute)"
+            )
+        states[ext.state_key] = state
+    return states
+
+
+def load_extension_states(
+    source: Any, states: Mapping[str, Any] | None, extensions: Sequence[Extension]
+) -> None:
+    """Give each extension its state of a checkpoint (those without one keep theirs);
+    all or none: a :class:`~xpcnn.checkpoint.CheckpointError` leaves every extension
+    as it was."""
+    if states is None:
+        return
+    if not isinstance(states, Mapping):
+        raise CheckpointError(f"checkpoint {source}: damaged extension states")
+    before = [(ext, ext.state_dict()) for ext in extensions]
+    key = ""
+    try:
+        for ext in extensions:
+            key = ext.state_key
+            if key in states:
+                ext.load_state_dict(states[key])
+    except (KeyError, TypeError, ValueError) as exc:
+        for ext, state in before:
+            if state is not None:
+                ext.load_state_dict(state)
+        raise CheckpointError(
+            f"checkpoint {source}: the state of extension {key} does not fit ({exc}); "
+            "resume with the checkpoint's extensions and options"
+        ) from None
 
 
 def _prefixed(arrays: Mapping[str, Any], prefixes: str | tuple[str, ...]) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from ..backend import flush_subnormals, host_rng, to_numpy
-from ..checkpoint import load_checkpoint
-from ..metrics import count_correct
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..metrics import count_correct_and_loss
 from ..models import Sequential
 from ..optim import Optimizer, make_optimizer
 from .batches import BatchIterator
@@ -38,16 +38,40 @@ from .extensions import (
     TrainerView,
     TrainingDiverged,
 )
-from .parallel import DataParallelUpdater, agree_on_stop, broadcast_state, sharded_accuracies
-from .state import load_state, save_state
+from .parallel import (
+    DataParallelUpdater,
+    agree_on_stop,
+    broadcast_state,
+    mean_metrics,
+    sharded_evaluation,
+)
+from .split import split_digest, validation_split
+from .state import (
+    check_state,
+    extension_states,
+    load_extension_states,
+    load_state,
+    save_state,
+)
 from .stopping import StopRequest, TrainingInterrupted, deferred_signals
 from .updater import StandardUpdater, Updater
 
 __all__ = ["HISTORY_FIELDS", "Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
 #: The per-run history, in :meth:`Trainer.history`, checkpoints and history.json:
-#: the loss of every step, then one value per epoch (and ``"stop_reason"``).
-HISTORY_FIELDS = ("train_loss", "train_acc", "test_acc", "epoch_seconds", "images_per_sec")
+#: the loss of every step, then one value per epoch (and ``"stop_reason"``): the
+#: validation metrics with a validation set, the test accuracy when it is measured
+#: every epoch, the learning rate of the epoch.
+HISTORY_FIELDS = (
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_acc",
+    "lr",
+    "epoch_seconds",
+    "images_per_sec",
+)
 
 
 def _history_property(field: str) -> property:
@@ -77,6 +101,14 @@ class Trainer:
     evaluate_sample_num_per_epoch : int or None
         Evaluate accuracy per epoch on the first this-many examples of each
         set (the book's shortcut; all of a smaller set); None evaluates all of them.
+    val_split : float in (0, 1) or None
+        Hold out this fraction of the training set (rounded to the nearest image),
+        drawn from ``seed``'s own stream (:func:`~xpcnn.train.split.validation_split`):
+        ``x_val``, ``t_val``, with per-epoch ``val_loss`` and ``val_acc``; ``x_train``
+        and ``t_train`` keep the rest.
+    test_each_epoch : bool or None
+        Measure test accuracy after every epoch; None: only without a validation
+        set (with one, the test set waits for the end: :meth:`test_accuracy`).
     verbose : bool
         One line per epoch and a progress bar (on terminals only). For the lines
         alone, pass ``verbose=False, extensions=[EpochLog()]``.
@@ -104,7 +136,10 @@ class Trainer:
 
     train_loss_list = _history_property("train_loss")
     train_acc_list = _history_property("train_acc")
+    val_loss_list = _history_property("val_loss")
+    val_acc_list = _history_property("val_acc")
     test_acc_list = _history_property("test_acc")
+    lr_list = _history_property("lr")
     epoch_seconds = _history_property("epoch_seconds")
     images_per_sec = _history_property("images_per_sec")
 
@@ -122,6 +157,8 @@ class Trainer:
         evaluate_sample_num_per_epoch: int | None = None,
         verbose: bool = True,
         *,
+        val_split: float | None = None,
+        test_each_epoch: bool | None = None,
         seed: Any = None,
         extensions: Sequence[Extension] = (),
         comm: Communicator | None = None,
@@ -131,7 +168,11 @@ class Trainer:
         _check_arguments(x_train, t_train, x_test, t_test, epochs, mini_batch_size, log_every)
         self.network = network
         dev = network.device
-        self.x_train, self.t_train = dev.asarray(x_train), dev.asarray(t_train)
+        # None: derived from the initial weights, so a seeded network shuffles reproducibly.
+        seed = network.shuffle_seed() if seed is None else seed
+        self.rng = host_rng(seed)
+        self.val_split = val_split
+        self._hold_out(dev.asarray(x_train), dev.asarray(t_train), seed)
         self.x_test, self.t_test = dev.asarray(x_test), dev.asarray(t_test)
         self.epochs, self.batch_size, self.log_every = epochs, mini_batch_size, log_every
         self.flush_subnormals = flush_subnormals
@@ -140,8 +181,6 @@ class Trainer:
         self.optimizer = make_optimizer(optimizer, **dict(optimizer_param))
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
         self.comm: Communicator = comm if comm is not None else SingleProcess()
-        # None: derived from the initial weights, so a seeded network shuffles reproducibly.
-        self.rng = host_rng(network.shuffle_seed() if seed is None else seed)
         self.batches = BatchIterator(
             self.x_train.shape[0],
             mini_batch_size,
@@ -155,7 +194,10 @@ class Trainer:
         self.extensions: list[Extension] = [
             DivergenceCheck(),
             *([ProgressBar()] if verbose else []),
-            Evaluate(evaluate_sample_num_per_epoch),
+            Evaluate(
+                evaluate_sample_num_per_epoch,
+                test=self.x_val is None if test_each_epoch is None else test_each_epoch,
+            ),
             *([EpochLog()] if verbose else []),
             *extensions,
         ]
@@ -163,6 +205,26 @@ class Trainer:
         self._pending: list[Any] = []  # device losses not yet copied to the host
         self._requested: StopRequest | None = None  # by a signal or request_stop, on this rank
         self.stop_reason: str | None = None
+
+    def _hold_out(self, x: Any, t: Any, seed: Any) -> None:
+        """Set ``x_train``, ``t_train`` and the held-out ``x_val``, ``t_val`` (None
+        without a split)."""
+        self.x_val = self.t_val = None
+        self._split_meta: dict[str, Any] | None = None
+        if self.val_split is None:
+            self.x_train, self.t_train = x, t
+            return
+        keep, held = validation_split(x.shape[0], self.val_split, seed)
+        dev = self.network.device
+        i, j = dev.asarray(keep), dev.asarray(held)
+        xp = dev.xp
+        self.x_train, self.t_train = xp.take(x, i, axis=0), xp.take(t, i, axis=0)
+        self.x_val, self.t_val = xp.take(x, j, axis=0), xp.take(t, j, axis=0)
+        self._split_meta = {
+            "fraction": self.val_split,
+            "size": len(held),
+            "digest": split_digest(held),
+        }
 
     # -- progress, kept by the batch iterator ---------------------------------------
     @property
@@ -240,6 +302,7 @@ class Trainer:
         self.batches.end_epoch()
         self.epoch_seconds.append(seconds)
         self.images_per_sec.append(images / seconds)
+        self.lr_list.append(self.optimizer.lr)  # before a schedule sets the next epoch's
         self._call("on_epoch_end")
         self._stop(
             agree_on_stop(self.comm, self._requested) if self.comm.size > 1 else self._requested
@@ -282,16 +345,21 @@ class Trainer:
         self._call("on_losses", losses)
 
     # -- evaluation ---------------------------------------------------------------------
-    def accuracies(self, *sets: tuple[Any, Any]) -> list[float]:
-        """Accuracy on each ``(x, t)`` set (NaN for an empty one); in a data-parallel
-        run, sharded over the ranks (:func:`~xpcnn.train.parallel.sharded_accuracies`)."""
+    def evaluate(self, *sets: tuple[Any, Any], loss: bool = False) -> list[tuple[float, float]]:
+        """``(accuracy, mean loss)`` on each ``(x, t)`` set (NaN for an empty set; the
+        loss, a mean cross-entropy in inference mode, NaN unless ``loss``); in a
+        data-parallel run, sharded over the ranks
+        (:func:`~xpcnn.train.parallel.sharded_evaluation`)."""
         if self.comm.size > 1:
-            return sharded_accuracies(self.network, sets, self.comm)
-        n = [x.shape[0] for x, _ in sets]
+            return sharded_evaluation(self.network, sets, self.comm, loss=loss)
         return [
-            count_correct(self.network, x, t) / k if k else float("nan")
-            for (x, t), k in zip(sets, n, strict=True)
+            mean_metrics(*count_correct_and_loss(self.network, x, t, loss=loss), x.shape[0], loss)
+            for x, t in sets
         ]
+
+    def accuracies(self, *sets: tuple[Any, Any]) -> list[float]:
+        """Accuracy on each ``(x, t)`` set (NaN for an empty one): :meth:`evaluate`."""
+        return [acc for acc, _ in self.evaluate(*sets)]
 
     def test_accuracy(self) -> float:
         """Accuracy on the whole test set."""
@@ -317,13 +385,19 @@ class Trainer:
     ) -> Path:
         """Write parameters, optimizer state, progress, RNG state and history to an
         ``.npz`` (atomic), with ``extra`` metadata (:func:`~xpcnn.train.state.save_state`)."""
-        meta = {"trainer": {"epochs": self.epochs}, "history": self.history(), **dict(extra or {})}
+        meta = {
+            "trainer": {"epochs": self.epochs, "validation": self._split_meta},
+            "history": self.history(),
+            "extensions": extension_states(self.extensions),
+            **dict(extra or {}),
+        }
         return save_state(path, self.network, self.optimizer, self.batches, meta)
 
     def load_checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Restore a checkpoint written by :meth:`save_checkpoint` into this trainer
-        (same architecture, optimizer, batch size and training-set size); returns
-        the metadata. Everything is checked before anything changes."""
+        (same architecture, optimizer, batch size, training set and validation split;
+        extensions in place, which get their state back); returns the metadata.
+        Everything is checked before anything changes."""
         arrays, meta = load_checkpoint(path)
         self.load_state(arrays, meta, source=path)
         return meta
@@ -333,9 +407,23 @@ class Trainer:
     ) -> None:
         """:meth:`load_checkpoint` of a checkpoint already read (``xpcnn.checkpoint.
         load_checkpoint``), so that a caller that needs its metadata reads it once."""
+        check_state(source, arrays, meta, self.network, self.optimizer, self.batches)
+        held = meta["trainer"].get("validation")
+        if held != self._split_meta:
+            raise CheckpointError(
+                f"checkpoint {source} held out {_describe_split(held)} for validation, this "
+                f"trainer {_describe_split(self._split_meta)}: resume with the same val_split and seed"
+            )
+        load_extension_states(source, meta.get("extensions"), self.extensions)  # or nothing
         load_state(source, arrays, meta, self.network, self.optimizer, self.batches)
         h = meta.get("history", {})
         self._history = {f: list(h.get(f, [])) for f in HISTORY_FIELDS}
+
+
+def _describe_split(meta: Mapping[str, Any] | None) -> str:
+    if not meta:
+        return "nothing"
+    return f"{meta.get('size')} images ({meta.get('fraction')} of the set, {meta.get('digest')})"
 
 
 def _check_arguments(x_train: Any, t_train: Any, x_test: Any, t_test: Any, *counts: int) -> None:
