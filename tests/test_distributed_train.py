@@ -71,7 +71,12 @@ def test_two_ranks_compute_what_one_process_does(runs):
 
 def test_only_rank_0_prints_and_writes(runs):
     out = runs["root"] / "mpi"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz", "curves.png", "history.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.npz",
+        "curves.png",
+        "history.csv",
+        "history.json",
+    ]
     stdout, stderr = runs["mpi"].stdout, runs["mpi"].stderr
     assert stdout.count("epoch   1/1") == 1 and stdout.count("test accuracy") == 1, stdout
     assert stderr.count("training simple on mnist-sample") == 1, stderr

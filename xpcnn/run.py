@@ -5,7 +5,9 @@ it resolves the configuration (defaults, then the resumed run's, then the option
 given), checks the output folder, picks the device and the threads, loads the data
 (once per job), builds the network, the optimizer and the :class:`~xpcnn.train.Trainer`,
 resumes, trains, and writes ``checkpoint.npz``, ``history.json`` and ``curves.png``
-with a final report. It prints what the command prints (progress on stderr,
+with a final report; with the options of :mod:`xpcnn.run_extensions`, also a
+validation split, early stopping (``best.npz``), a learning-rate schedule and
+TensorBoard logs; ``history.csv`` always. It prints what the command prints (progress on stderr,
 epoch lines and the result on stdout).
 
 Under ``mpiexec -n N`` (N > 1) it runs data-parallel (:mod:`xpcnn.distributed`):
@@ -22,9 +24,8 @@ import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +33,7 @@ from typing import Any, cast
 import numpy as np
 
 from ._atomic import atomic_write
+from ._folders import check_writable, removed_if_empty
 from .backend import Device, resolve_device, thread_limits, thread_summary
 from .checkpoint import load_checkpoint
 from .data import Dataset, load_dataset
@@ -42,19 +44,35 @@ from .distributed import (
     get_communicator,
     rank_device,
 )
-from .errors import RunError
+from .errors import ConfigError, RunError
 from .models import MODELS, Sequential
+from .run_extensions import (
+    EXTENSION_DEFAULTS,
+    RESUMED_EXTENSION_OPTIONS,
+    describe_extensions,
+    make_extensions,
+    resolve_extension_options,
+    restore_best,
+)
 from .train import (
     Checkpoint,
     Communicator,
     EpochLog,
+    Extension,
     ProgressBar,
     Trainer,
     TrainingDiverged,
     TrainingInterrupted,
 )
 
-__all__ = ["RESUMED_FROM_CHECKPOINT", "TRAIN_DEFAULTS", "RunConfig", "RunResult", "run_training"]
+__all__ = [
+    "RESUMED_FROM_CHECKPOINT",
+    "TRAIN_DEFAULTS",
+    "RunConfig",
+    "RunResult",
+    "check_writable",
+    "run_training",
+]
 
 #: The defaults of a run's options, apart from :class:`RunConfig` so that a resumed
 #: run can tell an option given from one left at its default (None there).
@@ -69,6 +87,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "eval_samples": 10000,
     "train_size": None,
+    **EXTENSION_DEFAULTS,
 }
 #: What a resumed run takes from its checkpoint unless given again.
 RESUMED_FROM_CHECKPOINT = (
@@ -81,6 +100,7 @@ RESUMED_FROM_CHECKPOINT = (
     "dtype",
     "seed",
     "eval_samples",
+    *RESUMED_EXTENSION_OPTIONS,
 )
 
 
@@ -94,7 +114,8 @@ class RunConfig:
     (with ``resume``, the checkpoint's folder); a folder that holds a run is refused
     unless it is the one resumed or ``overwrite`` is set. ``threads`` defaults to the
     CPUs this process may use, shared among the ranks on a node. ``flush_subnormals``:
-    see :class:`~xpcnn.train.Trainer`.
+    see :class:`~xpcnn.train.Trainer`. ``val_split`` ... ``tensorboard``: see
+    :mod:`xpcnn.run_extensions` and ``xpcnn train --help``.
     """
 
     model: str | None = None
@@ -116,6 +137,19 @@ class RunConfig:
     progress: bool = True
     threads: int | None = None
     flush_subnormals: bool = True
+    # Validation, early stopping, schedules, logs (xpcnn.run_extensions); None: not given.
+    val_split: float | None = None
+    test_each_epoch: bool | None = None
+    early_stopping: int | None = None
+    monitor: str | None = None
+    min_delta: float | None = None
+    lr_schedule: str | None = None
+    lr_step_size: int | None = None
+    lr_gamma: float | None = None
+    lr_min: float | None = None
+    lr_patience: int | None = None
+    lr_decay_epochs: int | None = None
+    tensorboard: bool | None = None
 
     def given(self) -> dict[str, Any]:
         """The options of :data:`TRAIN_DEFAULTS` that were given (not None)."""
@@ -126,14 +160,16 @@ class RunConfig:
 class RunResult:
     """How a run ended: ``status`` 0 (trained), 130 / 143 (SIGINT / SIGTERM: a
     checkpoint was saved, resume with it); the output folder; and, when it trained to
-    the end, the test accuracy on the whole test set, the history and why it stopped
-    early (None: it ran every epoch)."""
+    the end, the test accuracy on the whole test set (of the best epoch's weights with
+    early stopping: ``best_epoch``), the history and why it stopped early (None: it
+    ran every epoch)."""
 
     status: int
     out: Path
     test_accuracy: float | None = None
     history: Mapping[str, Any] | None = field(default=None, repr=False)
     stop_reason: str | None = None
+    best_epoch: int | None = None
 
 
 def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResult:
@@ -148,12 +184,13 @@ def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResu
     lead = comm.rank == 0  # prints and writes files
     resumed = load_checkpoint(config.resume) if config.resume is not None else None
     cfg, trained = _resolve(config, resumed[1] if resumed else None)
+    resolve_extension_options(cfg, config.given())
     out = config.out or (
         config.resume.parent
         if config.resume is not None
         else Path("runs") / f"{cfg['model']}-{cfg['dataset']}"
     )
-    with _removed_if_empty(out) if lead else contextlib.nullcontext():
+    with removed_if_empty(out) if lead else contextlib.nullcontext():
         # Rank 0 decides (it alone writes to out); every rank then ends the same way.
         problem = None
         if lead:
@@ -170,21 +207,27 @@ def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResu
             dataset = _load_data_once(cfg, config, comm)
             run = {**cfg, "device": device.name, "world_size": comm.size}
             checkpoint = Checkpoint(out / "checkpoint.npz", extra={"run": run})
-            trainer = _make_trainer(
-                cfg, dataset, device, config.progress and lead, checkpoint, comm
-            )
+            extras = make_extensions(cfg, out, checkpoint.extra or {})
+            try:  # e.g. a split that leaves no image on one side: the same on every rank
+                trainer = _make_trainer(
+                    cfg, dataset, device, config.progress and lead, [*extras, checkpoint], comm
+                )
+            except ConfigError as exc:
+                raise RunError(str(exc), collective=True) from None
             trainer.flush_subnormals = config.flush_subnormals  # not part of the run's identity
             if resumed is not None:
                 trainer.load_state(*resumed, source=config.resume)
             if lead:
                 _announce(config, cfg, trainer, dataset, threads)
+                if summary := describe_extensions(cfg, out):
+                    _say(summary, file=sys.stderr)
             start = time.perf_counter()
             # Overflow is reported once, as divergence (or a warning), not by NumPy.
             with np.errstate(all="ignore"):
                 status = _fit(trainer, checkpoint)
                 if status is not None:
                     return RunResult(status, out, history=trainer.history())
-                return _finish(trainer, checkpoint, out, time.perf_counter() - start)
+                return _finish(trainer, checkpoint, out, time.perf_counter() - start, extras)
 
 
 # -- the configuration and the output folder -------------------------------------------------
@@ -231,36 +274,6 @@ def _check_run_folder(config: RunConfig, epochs: int, trained: int, out: Path) -
     check_writable(out)
 
 
-def check_writable(folder: Path) -> Path:
-    """``folder``, created if missing; a :class:`RunError` (to choose another
-    ``--out``) when it cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".xpcnn-write-test-"):
-            pass
-    except OSError as exc:
-        raise RunError(
-            f"cannot write to output folder {folder}: {exc.strerror or exc}; choose another --out"
-        ) from None
-    return folder
-
-
-@contextlib.contextmanager
-def _removed_if_empty(folder: Path) -> Iterator[None]:
-    """Remove ``folder`` (and the parents created with it) on the way out if the
-    block left them empty: a run that fails before its first checkpoint leaves
-    no empty output folder behind."""
-    new = [p for p in (folder, *folder.parents) if not p.exists()]
-    try:
-        yield
-    finally:
-        for p in new:  # deepest first; a folder that holds anything stays
-            try:
-                p.rmdir()
-            except OSError:
-                break
-
-
 # -- the pieces -------------------------------------------------------------------------------
 
 
@@ -297,7 +310,7 @@ def _make_trainer(
     dataset: Dataset,
     device: Device,
     progress: bool,
-    checkpoint: Checkpoint,
+    extensions: Sequence[Extension],
     comm: Communicator,
 ) -> Trainer:
     n = cfg["train_size"]  # NumPy slices stop at the end: `--train-size` above N is all of it
@@ -313,8 +326,14 @@ def _make_trainer(
         optimizer_param={"lr": cfg["lr"]},
         evaluate_sample_num_per_epoch=cfg["eval_samples"],
         verbose=False,  # the lines always, the bar only when asked: both built here
+        val_split=cfg["val_split"],
+        test_each_epoch=cfg["test_each_epoch"] or None,  # None: when there is no split
         seed=cfg["seed"],
-        extensions=[*([ProgressBar()] if progress else []), EpochLog(), checkpoint],
+        extensions=[
+            *([ProgressBar()] if progress else []),
+            EpochLog(lr=cfg["lr_schedule"] is not None),
+            *extensions,
+        ],
         comm=comm,
     )
 
@@ -352,41 +371,54 @@ def _fit(trainer: Trainer, checkpoint: Checkpoint) -> int | None:
     return None
 
 
-def _finish(trainer: Trainer, checkpoint: Checkpoint, out: Path, seconds: float) -> RunResult:
-    """Final test accuracy, checkpoint, history.json and curves (rank 0 writes); a
-    warning line when the run learnt nothing."""
+def _finish(
+    trainer: Trainer,
+    checkpoint: Checkpoint,
+    out: Path,
+    seconds: float,
+    extensions: Sequence[Extension] = (),
+) -> RunResult:
+    """The last checkpoint, then the final test accuracy (of the best epoch's weights
+    with early stopping), history.json and curves (rank 0 writes); a warning line when
+    the run learnt nothing."""
+    lead = trainer.comm.rank == 0
+    if lead:
+        checkpoint.on_epoch_end(trainer)  # the last epoch's, before the best is put back
+    best = restore_best(trainer, extensions)
     n_test, per_epoch = trainer.x_test.shape[0], trainer.evaluate_sample_num_per_epoch
     whole = per_epoch is None or per_epoch >= n_test
-    if trainer.test_acc_list and whole and trainer.step_in_epoch == 0:
+    last = best in (None, trainer.epoch) and trainer.step_in_epoch == 0
+    if trainer.test_acc_list and whole and last:
         test_acc = trainer.test_acc_list[-1]  # the last epoch already evaluated every image
     else:
         test_acc = trainer.test_accuracy()
     history = trainer.history()
-    result = RunResult(0, out, test_acc, history, trainer.stop_reason)
-    if trainer.comm.rank != 0:
+    result = RunResult(0, out, test_acc, history, trainer.stop_reason, best)
+    if not lead:
         return result
     from .viz import plot_history  # matplotlib: loaded only when plotting
 
-    checkpoint.on_epoch_end(trainer)
     config = dict(checkpoint.extra or {}).get("run", {})
+    extra = {"best_epoch": best} if best else {}
     _write_json(
         out / "history.json",
-        {"config": config, "final_test_accuracy": test_acc, "seconds": seconds, **history},
+        {"config": config, "final_test_accuracy": test_acc, **extra, "seconds": seconds, **history},
     )
-    if history["test_acc"]:
+    if history["train_acc"]:  # an epoch was evaluated
         plot_history(history, out / "curves.png")
+    of_best = f", best epoch {best}" if best else ""
     stopped = "" if trainer.stop_reason is None else f"; stopped early: {trainer.stop_reason}"
+    wrote = [checkpoint.path, *([out / "best.npz"] if best else [])]
+    wrote += [out / "history.json", out / "history.csv"]
     _say(
-        f"test accuracy {test_acc:.4f} ({n_test} images){stopped}; "
-        f"wrote {checkpoint.path}, {out / 'history.json'}"
+        f"test accuracy {test_acc:.4f} ({n_test} images{of_best}){stopped}; "
+        f"wrote {', '.join(map(str, wrote))}"
     )
     num_classes = int(trainer.network.output_shapes()[-1][0])
     poor = poor_result(test_acc, num_classes, history["train_loss"], trainer.steps_per_epoch)
     if poor is not None:
-        _say(
-            f"xpcnn train: warning: {poor}; try a lower --lr (now {trainer.optimizer.lr:g})",
-            file=sys.stderr,
-        )
+        lr = config.get("lr", trainer.optimizer.lr)  # the base rate, not a schedule's last
+        _say(f"xpcnn train: warning: {poor}; try a lower --lr (now {lr:g})", file=sys.stderr)
     return result
 
 
@@ -438,8 +470,9 @@ def _announce(
             file=sys.stderr,
         )
     ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
+    val = "" if trainer.x_val is None else f"{trainer.x_val.shape[0]} validation / "
     _say(
-        f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / "
+        f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / {val}"
         f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "
         f"{_plural(cfg['epochs'], 'epoch')}, batch {cfg['batch_size']}, "
         f"{cfg['optimizer']} lr {cfg['lr']:g}",

@@ -19,8 +19,10 @@ __all__ = [
     "add_data_options",
     "add_device_options",
     "device",
+    "fraction",
     "int_list",
     "network_and_data",
+    "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -54,6 +56,26 @@ def positive_float(text: str) -> float:
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return v
+
+
+def _number(text: str, what: str, ok: Callable[[float], bool]) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+    return v
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    return _number(text, "a number strictly between 0 and 1", lambda v: 0 < v < 1)
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    return _number(text, "a number >= 0", lambda v: 0 <= v < float("inf"))
 
 
 def int_list(text: str) -> list[int]:

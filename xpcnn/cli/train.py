@@ -10,9 +10,13 @@ from typing import Any
 from ..models import MODELS
 from ..optim import OPTIMIZERS
 from ..run import TRAIN_DEFAULTS, RunConfig, run_training
+from ..train import SCHEDULES
+from ..train.monitor import MONITORS
 from ._options import (
     add_data_options,
     add_device_options,
+    fraction,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -22,7 +26,7 @@ from ._options import (
 EVERY_RANK = True
 
 
-def _option(p: argparse.ArgumentParser, flag: str, help: str, **kw: Any) -> None:
+def _option(p: Any, flag: str, help: str, **kw: Any) -> None:
     """An option whose default (shown in the help) is in TRAIN_DEFAULTS; left None
     when not given, so that a resumed run can tell."""
     default = TRAIN_DEFAULTS[flag[2:].replace("-", "_")]
@@ -67,7 +71,72 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "their work among N threads (BLAS one each); elsewhere BLAS's and PyTorch's threads "
         "(default: the CPUs this process may use, shared among the ranks on a node)",
     )
+    _add_extension_options(t)
     return t
+
+
+def _add_extension_options(t: argparse.ArgumentParser) -> None:
+    """Validation, early stopping, learning-rate schedules, logs (xpcnn.run_extensions)."""
+    g = t.add_argument_group("validation, early stopping, learning-rate schedules, logs")
+    g.add_argument(
+        "--val-split",
+        type=fraction,
+        metavar="F",
+        help="hold out this fraction of the training set (drawn with --seed) for a validation "
+        "loss and accuracy after each epoch; the test set is then measured at the end only",
+    )
+    g.add_argument(
+        "--test-each-epoch",
+        action="store_true",
+        default=None,
+        help="with --val-split, measure test accuracy after each epoch too (to watch, not to choose)",
+    )
+    g.add_argument(
+        "--early-stopping",
+        type=positive_int,
+        metavar="PATIENCE",
+        help="stop after PATIENCE epochs in a row without improvement of --monitor; the best "
+        "epoch is kept in best.npz and its test accuracy reported (needs --val-split)",
+    )
+    _option(g, "--monitor", "metric of --early-stopping, --lr-schedule plateau", choices=MONITORS)
+    _option(
+        g,
+        "--min-delta",
+        "smallest change of --monitor that is an improvement",
+        type=non_negative_float,
+        metavar="D",
+    )
+    g.add_argument(
+        "--lr-schedule",
+        choices=sorted(SCHEDULES),
+        help="step: --lr times --lr-gamma every --lr-step-size epochs; cosine: from --lr down "
+        "to --lr-min over --lr-decay-epochs; plateau: times --lr-gamma after --lr-patience "
+        "epochs without improvement of --monitor (needs --val-split) (default: constant --lr)",
+    )
+    _option(g, "--lr-step-size", "step: epochs between decays", type=positive_int, metavar="N")
+    _option(g, "--lr-gamma", "step, plateau: factor of each decay", type=fraction, metavar="G")
+    _option(
+        g,
+        "--lr-min",
+        "cosine: final rate; plateau: lowest rate",
+        type=non_negative_float,
+        metavar="LR",
+    )
+    _option(
+        g, "--lr-patience", "plateau: epochs without improvement", type=positive_int, metavar="N"
+    )
+    g.add_argument(
+        "--lr-decay-epochs",
+        type=positive_int,
+        metavar="N",
+        help="cosine: epochs from --lr down to --lr-min (default: --epochs of the first run)",
+    )
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        default=None,
+        help="also write TensorBoard event files to OUT/tensorboard (needs tensorboardX)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
