@@ -117,6 +117,27 @@ def test_validation_loss_and_accuracy_match_a_numpy_reference(data):
     assert count_correct_and_loss(tr.network, x, onehot, batch_size=7)[1] == pytest.approx(summed)
 
 
+def test_split_and_validation_metrics_on_every_backend(backend, data):
+    """The split taken on the device, the loss summed there and copied once: the same
+    split and, to float32 rounding, the same metrics as NumPy (strict's device1
+    refuses implicit host copies)."""
+    from helpers import backend_device
+
+    def run(device):
+        net = SimpleConvNet(**SMALL, dtype="float32", device=device, seed=0)
+        tr = Trainer(
+            net, *data, epochs=1, mini_batch_size=64, verbose=False, seed=1, val_split=0.25,
+            extensions=[StepLR(1, 0.5)],
+        )  # fmt: skip
+        return tr, tr.train()
+
+    tr, h = run(backend_device(backend))
+    ref, h_ref = run("cpu")
+    assert np.array_equal(backend.to_numpy(tr.t_val), np.asarray(ref.t_val))
+    assert h["val_loss"] == pytest.approx(h_ref["val_loss"], rel=1e-4)
+    assert abs(h["val_acc"][0] - h_ref["val_acc"][0]) <= 2 / 75 and h["lr"] == [0.001]
+
+
 # -- early stopping -------------------------------------------------------------------
 
 
