@@ -45,6 +45,7 @@ from .parallel import (
     mean_metrics,
     sharded_evaluation,
 )
+from .schedules import LRSchedule
 from .split import split_digest, validation_split
 from .state import (
     check_state,
@@ -110,10 +111,12 @@ class Trainer:
         Measure test accuracy after every epoch; None: only without a validation
         set (with one, the test set waits for the end: :meth:`test_accuracy`).
     verbose : bool
-        One line per epoch and a progress bar (on terminals only). For the lines
-        alone, pass ``verbose=False, extensions=[EpochLog()]``.
+        One line per epoch (with the learning rate when a schedule is among the
+        extensions) and a progress bar (on terminals only). For the lines alone,
+        pass ``verbose=False, extensions=[EpochLog()]``.
     seed : int, Generator or None
-        Host RNG for the shuffles (saved in checkpoints); None derives it from the
+        Host RNG for the shuffles (saved in checkpoints) and the validation split
+        (its own stream of an int seed); None derives it from the
         network's weights (:meth:`~xpcnn.models.Sequential.shuffle_seed`).
     extensions : sequence of :class:`~xpcnn.train.extensions.Extension`
         Run after the built-in ones (divergence check, progress bar, evaluation,
@@ -198,7 +201,7 @@ class Trainer:
                 evaluate_sample_num_per_epoch,
                 test=self.x_val is None if test_each_epoch is None else test_each_epoch,
             ),
-            *([EpochLog()] if verbose else []),
+            *([EpochLog(lr=any(isinstance(e, LRSchedule) for e in extensions))] if verbose else []),
             *extensions,
         ]
         self._history: dict[str, list[float]] = {f: [] for f in HISTORY_FIELDS}
