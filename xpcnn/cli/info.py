@@ -17,24 +17,12 @@ from ..backend import (
     blas_summary,
     gpu_names,
     kernel_summary,
+    library_packages,
     resolve_device,
 )
 from ..distributed import mpi_summary
 
-_PACKAGES = (
-    "numpy",
-    "array-api-compat",
-    "array-api-extra",
-    "matplotlib",
-    "tqdm",
-    "threadpoolctl",
-    "cupy-cuda12x",
-    "cupy-cuda13x",
-    "cupy",
-    "torch",
-    "jax",
-    "array-api-strict",
-)
+_PACKAGES = ("numpy", "array-api-compat", "array-api-extra", "matplotlib", "tqdm", "threadpoolctl")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
         f"xpcnn {__version__}  (Python {platform.python_version()}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs)"
     )
-    for pkg in _PACKAGES:
+    for pkg in dict.fromkeys([*_PACKAGES, *library_packages()]):
         with contextlib.suppress(metadata.PackageNotFoundError):
             print(f"  {pkg:<17} {metadata.version(pkg)}")
     print(f"numpy BLAS: {blas_summary()}")

@@ -35,16 +35,14 @@ Example::
 from __future__ import annotations
 
 import functools
-import importlib.util
 import math
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace, device
 
 from .._numerical import numerical_gradient
-from ..backend import Device, DeviceError, gpu_available, resolve_device, to_numpy
+from ..backend import Device, DeviceError, devices_to_test, enable_float64, to_numpy
 
 __all__ = [
     "assert_close_scaled",
@@ -59,17 +57,7 @@ __all__ = [
 
 @functools.cache
 def _backends() -> tuple[Device, ...]:
-    found = [replace(resolve_device("cpu", "numpy"), name="numpy")]
-    if importlib.util.find_spec("array_api_strict"):
-        found.append(replace(resolve_device("cpu", "array-api-strict"), name="strict"))
-        found.append(replace(resolve_device("device1", "array-api-strict"), name="strict-device1"))
-    if importlib.util.find_spec("torch"):
-        found.append(replace(resolve_device("cpu", "torch"), name="torch"))
-    if importlib.util.find_spec("jax"):
-        found.append(replace(resolve_device("cpu", "jax"), name="jax"))
-    if gpu_available():
-        found.append(replace(resolve_device("cuda:0", "cupy"), name="cupy"))
-    return tuple(found)
+    return tuple(devices_to_test())
 
 
 def backends() -> list[Device]:
@@ -100,10 +88,7 @@ def enable_jax_x64() -> None:
     Call it before creating JAX arrays; float32 then has to be asked for
     explicitly, as xpcnn always does.
     """
-    if importlib.util.find_spec("jax"):
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
+    enable_float64()
 
 
 # -- numerical gradients -------------------------------------------------------------
