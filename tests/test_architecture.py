@@ -3,12 +3,14 @@
 1. Compute modules (``xpcnn/ops/*.py``, ``xpcnn/layers.py``, ``xpcnn/models/*.py``,
    ``xpcnn/optim.py``) import neither numpy nor cupy, not even inside functions:
    their namespace comes from the arrays they are given.
-2. In the whole ``xpcnn/`` package only ``xpcnn/backend/`` and the fast-path seam
-   ``xpcnn/_fast/`` (backend-specific kernels, imported lazily) import cupy.
+2. In the whole ``xpcnn/`` package only ``xpcnn/backend/`` (one adapter per array
+   library) and the fast-path seam ``xpcnn/_fast/`` (backend-specific kernels, imported
+   lazily) import cupy, torch, jax or array_api_strict, or branch on a library's name.
 3. No import cycle inside ``xpcnn`` (module-level, function-level and
    ``importlib.import_module`` imports all count): imports point one way.
-4. ``xpcnn.train`` never imports ``xpcnn.distributed``, directly or through another
-   module (MPI sits above training and imports it).
+4. Imports run down the layers (``LAYERS``): ``ops`` never imports ``layers``, ``models``
+   never ``train``; ``xpcnn.train`` never imports ``xpcnn.distributed``, directly or
+   through another module (MPI sits above training and imports it).
 5. No module over 500 lines and no function body over 60 lines, apart from the
    known exceptions listed with who shortens them (strict: a fixed one must be removed).
 """
@@ -16,6 +18,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -96,9 +99,50 @@ def test_compute_module_imports_neither_numpy_nor_cupy(path):
     )
 
 
+# Array libraries besides NumPy (the host format, which host-side modules may use).
+LIBRARIES = ("cupy", "torch", "jax", "array_api_strict")
+# What a branch on a library compares with: the --backend names, their aliases, modules.
+LIBRARY_NAMES = {"numpy", "cupy", "torch", "jax", "jax.numpy", "array-api-strict", "strict"}
+LIBRARY_NAMES |= {"array_api_strict"}
+# array-api-compat's library tests; is_numpy_array stays allowed: NumPy arrays are host data.
+LIBRARY_TEST = re.compile(r"^is_(?!numpy_array$)\w+_(array|namespace)$")
+LIBRARY_TEST_NAMES = {"find_spec", "import_module"}  # find_spec("torch") is a branch too
+
 # Known violations, each a reported bug: strict, so fixing one turns the run red until the
 # entry is removed.
-KNOWN_CUPY_IMPORTS: dict[str, str] = {}
+KNOWN_LIBRARY_NAMES: dict[str, str] = {}
+
+
+def library_branches(source: str) -> list[tuple[int, str]]:
+    """Where a source branches on an array library, as ``(line, what)``: a comparison or
+    ``case`` with a library's name (``backend == "torch"``, ``name in ("numpy", "cupy")``),
+    array-api-compat's ``is_torch_array`` / ``is_jax_namespace`` / ..., or
+    ``find_spec("jax")``. A name in a string or a table is not a branch."""
+    found: list[tuple[int, str]] = []
+
+    def names_in(node: ast.AST) -> list[str]:
+        return [
+            n.value
+            for n in ast.walk(node)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in LIBRARY_NAMES
+        ]
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            found += [(node.lineno, f"compares with {n!r}") for n in names_in(node)]
+        elif isinstance(node, ast.MatchValue):
+            found += [(node.lineno, f"matches {n!r}") for n in names_in(node)]
+        elif isinstance(node, ast.Name | ast.Attribute | ast.alias):
+            name = {ast.Name: "id", ast.Attribute: "attr", ast.alias: "name"}[type(node)]
+            word = getattr(node, name)
+            if LIBRARY_TEST.match(word):
+                found.append((getattr(node, "lineno", 0), f"uses {word}"))
+        if isinstance(node, ast.Call) and names_in(node):
+            func = node.func
+            called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+            if called in LIBRARY_TEST_NAMES:
+                found.append((node.lineno, f"calls {called}({names_in(node)[0]!r})"))
+    return found
 
 
 def _package_files_except_backend() -> list[object]:
@@ -108,8 +152,8 @@ def _package_files_except_backend() -> list[object]:
         if rel.startswith(("xpcnn/backend/", "xpcnn/_fast/")):
             continue
         marks = []
-        if rel in KNOWN_CUPY_IMPORTS:
-            marks = [pytest.mark.xfail(strict=True, reason=KNOWN_CUPY_IMPORTS[rel])]
+        if rel in KNOWN_LIBRARY_NAMES:
+            marks = [pytest.mark.xfail(strict=True, reason=KNOWN_LIBRARY_NAMES[rel])]
         params.append(pytest.param(path, id=rel, marks=marks))
     return params
 
@@ -119,12 +163,38 @@ def test_backend_package_exists():
 
 
 @pytest.mark.parametrize("path", _package_files_except_backend())
-def test_only_backend_module_imports_cupy(path):
-    bad = _violations(path, ("cupy",))
+def test_only_backend_names_an_array_library(path):
+    """Rule 11 of the design: one adapter per library in xpcnn/backend/, no if-chain over
+    library names elsewhere; only the adapters (and the fast paths) import the libraries."""
+    bad = _violations(path, LIBRARIES)
+    rel = path.relative_to(PACKAGE.parent)
+    source = path.read_text(encoding="utf-8")
+    bad += [f"{rel}:{line} {what}" for line, what in library_branches(source)]
     assert not bad, (
-        "only xpcnn/backend/ (and the fast-path seam xpcnn/_fast/) may import cupy "
-        "(add a helper there):\n" + "\n".join(bad)
+        "only xpcnn/backend/ (and the fast-path seam xpcnn/_fast/) may import an array "
+        "library or branch on one: add a method to the adapters (xpcnn/backend/_base.py) "
+        "and call it through the array's or the Device's adapter:\n" + "\n".join(bad)
     )
+
+
+BRANCH_CASES = [
+    pytest.param('if device.backend == "torch":\n    pass', True, id="equals-name"),
+    pytest.param('ok = name in ("numpy", "cupy")', True, id="in-tuple"),
+    pytest.param('match b:\n    case "jax":\n        pass', True, id="match-case"),
+    pytest.param("from array_api_compat import is_torch_array", True, id="import-is-torch"),
+    pytest.param("ok = array_api_compat.is_jax_namespace(xp)", True, id="is-jax-namespace"),
+    pytest.param('ok = importlib.util.find_spec("array_api_strict")', True, id="find-spec"),
+    pytest.param('if b == "array-api-strict":\n    pass', True, id="strict-name"),
+    pytest.param("ok = is_numpy_array(x)", False, id="host-data-ok"),
+    pytest.param('help = "--backend torch or jax"', False, id="string-ok"),
+    pytest.param('install = {"torch": "pip install torch"}', False, id="table-ok"),
+    pytest.param('if b == "tensorflow":\n    pass', False, id="other-name-ok"),
+]
+
+
+@pytest.mark.parametrize(("source", "branches"), BRANCH_CASES)
+def test_library_branch_detector(source, branches):
+    assert bool(library_branches(source)) is branches, library_branches(source)
 
 
 # The detector itself: a rule that cannot fail proves nothing.
@@ -329,6 +399,69 @@ def test_train_never_imports_distributed():
         if name == "xpcnn.train" or name.startswith("xpcnn.train.")
     }
     assert not any(bad.values()), {k: v for k, v in bad.items() if v}
+
+
+# The layers of the package, bottom first (the table of ARCHITECTURE.md and the README):
+# a module imports only modules of lower layers, or of its own top-level module or package.
+# A new top-level module or package gets its place here.
+LAYERS: list[set[str]] = [
+    {"errors", "_atomic", "_window", "_checks", "_numerical", "inputs"},
+    {"_fast"},
+    {"backend"},
+    {"ops", "optim", "metrics", "checkpoint", "data", "images"},
+    {"layers"},
+    {"models"},
+    {"train"},
+    {"distributed", "export", "viz", "testing"},
+    {"run"},
+    {""},  # the package's own __init__: the public names
+    {"cli"},
+    {"__main__"},
+]
+
+
+def _layer_of(module: str) -> tuple[str, int | None]:
+    top = module.split(".")[1] if "." in module else ""
+    return top, next((i for i, layer in enumerate(LAYERS) if top in layer), None)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Each import ``a -> b`` between top-level parts of xpcnn where ``b``'s layer is not
+    below ``a``'s, and each part without a layer."""
+    bad = []
+    for name, targets in sorted(graph.items()):
+        top, rank = _layer_of(name)
+        if rank is None:
+            bad.append(f"{name}: xpcnn.{top} has no place in LAYERS")
+            continue
+        for t in sorted(targets):
+            t_top, t_rank = _layer_of(t)
+            if t_top != top and t_rank is not None and t_rank >= rank:
+                bad.append(f"{name} imports {t}, which is not below it")
+    return bad
+
+
+def test_imports_run_down_the_layers():
+    """Beyond no cycle: nothing imports a module above its own layer (ops never imports
+    layers or models, models never train, train never distributed, and so on)."""
+    graph = import_graph(_package_sources())
+    bad = layer_violations(graph)
+    assert not bad, "\n".join(bad)
+
+
+def test_layer_detector():
+    graph = {
+        "xpcnn.ops.conv": {"xpcnn._fast", "xpcnn.ops.im2col"},
+        "xpcnn.ops.im2col": set(),
+        "xpcnn._fast": set(),
+        "xpcnn.train.trainer": {"xpcnn.distributed"},
+        "xpcnn.distributed": set(),
+        "xpcnn.newthing": set(),
+    }
+    assert layer_violations(graph) == [
+        "xpcnn.newthing: xpcnn.newthing has no place in LAYERS",
+        "xpcnn.train.trainer imports xpcnn.distributed, which is not below it",
+    ]
 
 
 MAX_MODULE_LINES = 500
