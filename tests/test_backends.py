@@ -13,7 +13,22 @@ import pytest
 from array_api_compat import array_namespace
 
 from xpcnn import SimpleConvNet
-from xpcnn.backend import BACKENDS, Device, DeviceError, backend_devices, resolve_device
+from xpcnn.backend import (
+    ADAPTERS,
+    BACKENDS,
+    Adapter,
+    Device,
+    DeviceError,
+    adapter,
+    adapter_of,
+    backend_devices,
+    devices_to_test,
+    fast_path_threads,
+    resolve_device,
+    thread_limits,
+    thread_summary,
+    to_numpy,
+)
 from xpcnn.cli import main
 from xpcnn.layers import Layer
 from xpcnn.testing import backends, check_layer
@@ -130,6 +145,81 @@ def test_importing_the_testing_kit_does_not_import_pytest():
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
+# -- the adapters: one per library, the same methods ---------------------------------------
+
+
+def test_one_adapter_per_library_selected_by_name_or_by_array(xp_backend):
+    assert [a.name for a in ADAPTERS] == list(BACKENDS)
+    assert all(isinstance(a, Adapter) for a in ADAPTERS)
+    lib = xp_backend.adapter
+    assert lib is adapter(xp_backend.backend) and lib in ADAPTERS
+    assert adapter_of(xp_backend.asarray(np.zeros(2), "float32")) is lib
+    assert adapter("Strict") is adapter("array_api_strict") is adapter("array-api-strict")
+    assert adapter("jax.numpy") is adapter("JAX")
+    with pytest.raises(DeviceError, match="unknown backend 'tensorflow'"):
+        adapter("tensorflow")
+
+
+def test_testing_kit_asks_backend_for_its_devices():
+    assert [(b.name, b.backend) for b in backends()] == [
+        (b.name, b.backend) for b in devices_to_test()
+    ]
+
+
+def test_immutable_says_whether_arrays_take_item_assignment(xp_backend):
+    x = xp_backend.asarray(np.zeros(3), "float32")
+    try:
+        x[0] = 1.0
+    except (TypeError, ValueError):  # JAX: "JAX arrays are immutable"
+        writable = False
+    else:
+        writable = True
+    assert xp_backend.adapter.immutable is not writable
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_to_numpy_copy_is_a_snapshot(xp_backend, copy):
+    host = np.arange(6.0).reshape(2, 3)
+    x = xp_backend.asarray(host, "float64")
+    got = to_numpy(x, copy=copy)
+    assert type(got) is np.ndarray and got.dtype == np.float64
+    np.testing.assert_array_equal(got, host)
+    if copy:
+        got[0, 0] = 99.0
+        np.testing.assert_array_equal(to_numpy(x), host)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("name", [b for b in BACKENDS if b != "cupy"])
+def test_thread_limits_sets_the_libraries_threads_and_restores_them(name):
+    """NumPy: xpcnn's own threads, BLAS at one; torch: BLAS's and its intra-op threads;
+    the others: BLAS's. Everything as before after the block."""
+    if name != "numpy" and not HAVE[name]:
+        pytest.skip(f"{name} is not installed")
+    dev = resolve_device("cpu", name)
+    before = (fast_path_threads(), _blas_threads())
+    torch = sys.modules.get("torch") if name == "torch" else None
+    torch_before = torch.get_num_threads() if torch else None
+    with thread_limits(2, dev):
+        summary = thread_summary(dev, 2)
+        assert _blas_threads() == [1 if name == "numpy" else 2] * len(before[1])
+        if name == "numpy":
+            assert fast_path_threads() == 2 and summary.startswith("threads: xpcnn 2; BLAS ")
+        else:
+            assert summary.startswith("threads: BLAS ") and "xpcnn" not in summary
+        if torch:
+            assert torch.get_num_threads() == 2 and summary.endswith("; torch 2")
+    assert (fast_path_threads(), _blas_threads()) == before
+    assert (torch.get_num_threads() if torch else None) == torch_before
+    with thread_limits(None, dev):
+        assert (fast_path_threads(), _blas_threads()) == before
+
+
 # -- resolve_device(device, backend) ------------------------------------------------------
 
 
@@ -226,6 +316,22 @@ def test_a_missing_library_says_how_to_install_it(monkeypatch, backend):
     if backend == "cupy":
         assert "cupy-cuda12x" in msg and 'pip install ".[cuda12]" from a clone' in msg
         assert "xpcnn[cuda12]" not in msg  # not a published package
+
+
+def test_cuda_without_cupy_names_the_other_gpu_libraries(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as if not installed
+    with pytest.raises(DeviceError) as exc:
+        resolve_device("cuda:1")  # no --backend: CuPy, the GPU library
+    msg = str(exc.value)
+    assert msg.startswith("--device cuda:1 needs CuPy, which is not installed: pip install")
+    assert msg.endswith("; or --backend torch / jax with a CUDA build of those")
+
+
+def test_a_device_of_another_backend_is_refused():
+    with pytest.raises(DeviceError, match=r"^device cpu is a numpy device, not torch$"):
+        resolve_device(resolve_device("cpu"), "torch")
+    dev = resolve_device("cpu")
+    assert resolve_device(dev, "NumPy") is dev
 
 
 @needs("jax")
