@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -458,18 +459,17 @@ def test_checkpoint_errors_are_project_errors():
 # -- output: epoch lines reach a pipe as they happen ---------------------------------------
 
 
-def test_epoch_lines_reach_a_redirected_stdout_as_they_happen(tmp_path):
-    """`xpcnn train > log`: the first epoch's line must arrive while training
-    goes on, not in a block at exit. The child is still training when the
-    line is read, so a Ctrl-C then stops it as an interrupted run."""
+def _signal_after_first_epoch(sig: int, out: Path) -> tuple[subprocess.Popen[str], str]:
+    """``xpcnn train`` in a child whose stdout is a pipe (block-buffered, as for
+    ``> log``): once its first epoch line arrives, it gets ``sig``. Returns the
+    finished process and its stderr."""
     import os
-    import signal
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    env.pop("PYTHONUNBUFFERED", None)  # a pipe is block-buffered, as for `> log`
+    env.pop("PYTHONUNBUFFERED", None)
     argv = ["train", "--epochs", "20", "--train-size", "500", "--eval-samples", "100"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "xpcnn", *argv, "--no-progress", "--out", str(tmp_path)],
+        [sys.executable, "-m", "xpcnn", *argv, "--no-progress", "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -478,10 +478,20 @@ def test_epoch_lines_reach_a_redirected_stdout_as_they_happen(tmp_path):
     try:
         first = proc.stdout.readline()
         assert first.startswith("epoch   1/20  loss"), first
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
+    return proc, err
+
+
+def test_epoch_lines_reach_a_redirected_stdout_as_they_happen(tmp_path):
+    """`xpcnn train > log`: the first epoch's line must arrive while training
+    goes on, not in a block at exit. The child is still training when the
+    line is read, so a Ctrl-C then stops it as an interrupted run."""
+    import signal
+
+    proc, err = _signal_after_first_epoch(signal.SIGINT, tmp_path)
     assert proc.returncode == 130, err
     assert "interrupted: checkpoint saved" in err
     assert load_checkpoint(tmp_path / "checkpoint.npz")[1]["trainer"]["epoch"] < 20
@@ -537,25 +547,9 @@ def test_threads_option_sets_xpcnns_threads_and_one_blas_thread_and_says_so(
 def test_sigterm_saves_a_checkpoint_says_so_in_one_line_and_exits_143(tmp_path):
     """A scheduler's SIGTERM (Slurm preemption, `kill`, a container stop) is handled
     like Ctrl-C: the current step ends, a checkpoint is saved, one line, status 143."""
-    import os
     import signal
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    argv = ["train", "--epochs", "20", "--train-size", "500", "--eval-samples", "100"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xpcnn", *argv, "--no-progress", "--out", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        first = proc.stdout.readline()
-        assert first.startswith("epoch   1/20  loss"), first
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+    proc, err = _signal_after_first_epoch(signal.SIGTERM, tmp_path)
     assert proc.returncode == 143, err
     lines = _other_lines(err)
     ckpt = tmp_path / "checkpoint.npz"

@@ -166,7 +166,12 @@ CONV_GRID = [
 
 @pytest.mark.parametrize("case", CONV_GRID, ids=lambda c: "x".join(map(str, c)))
 @pytest.mark.parametrize("need_dx", [True, False])
-def test_conv2d_forward_backward_equal_generic(fast_backend, dtype, rng, case, need_dx):
+@pytest.mark.parametrize(
+    "forward", [conv2d_forward, conv2d_relu_forward], ids=["conv", "conv-relu"]
+)
+def test_conv2d_forward_backward_equal_generic(fast_backend, dtype, rng, case, need_dx, forward):
+    """The convolution, and the convolution + ReLU as one op (the compiled kernels for
+    float32, or the fast convolution then the fast ReLU), give the generic results."""
     N, C, H, W, FN, FH, FW, stride, pad = case
     bk = fast_backend
     x = bk.asarray(rng.standard_normal((N, C, H, W)), dtype)
@@ -176,7 +181,7 @@ def test_conv2d_forward_backward_equal_generic(fast_backend, dtype, rng, case, n
     dout = bk.asarray(rng.standard_normal((N, FN, OH, OW)), dtype)
 
     def run() -> list[np.ndarray]:
-        out, cache = conv2d_forward(x, w, b, stride, pad)
+        out, cache = forward(x, w, b, stride, pad)
         dx, dW, db = cache.backward(dout, need_dx=need_dx)
         return host(out, dx, dW, db)
 
@@ -186,27 +191,6 @@ def test_conv2d_forward_backward_equal_generic(fast_backend, dtype, rng, case, n
             assert f is None and not need_dx
             continue
         assert f.dtype == g.dtype, name
-        assert_close_scaled(f, g, err_msg=name, **tol(dtype))
-
-
-@pytest.mark.parametrize("case", CONV_GRID, ids=lambda c: "x".join(map(str, c)))
-def test_conv_relu_equal_generic(fast_backend, dtype, rng, case):
-    """Convolution + ReLU as one op: the compiled kernels (float32) or the fast
-    convolution then the fast ReLU give the generic path's results."""
-    N, C, H, W, FN, FH, FW, stride, pad = case
-    bk = fast_backend
-    x = bk.asarray(rng.standard_normal((N, C, H, W)), dtype)
-    w = bk.asarray(rng.standard_normal((FN, C, FH, FW)), dtype)
-    b = bk.asarray(rng.standard_normal(FN), dtype)
-    OH, OW = (H + 2 * pad - FH) // stride + 1, (W + 2 * pad - FW) // stride + 1
-    dout = bk.asarray(rng.standard_normal((N, FN, OH, OW)), dtype)
-
-    def run() -> list[np.ndarray]:
-        out, cache = conv2d_relu_forward(x, w, b, stride, pad)
-        return host(out, *cache.backward(dout))
-
-    generic, fast = both(run)
-    for name, g, f in zip(("out", "dx", "dW", "db"), generic, fast, strict=True):
         assert_close_scaled(f, g, err_msg=name, **tol(dtype))
 
 

@@ -61,17 +61,6 @@ typedef struct {
 #define LOAD_PART(p, n) ((vf)_mm512_maskz_loadu_ps((__mmask16)((1u << (n)) - 1u), (p)))
 #define STORE_PART(p, v, n) _mm512_mask_storeu_ps((p), (__mmask16)((1u << (n)) - 1u), (__m512)(v))
 #include "_conv_kernels.h"
-#undef ISA
-#undef TARGET
-#undef VB
-#undef FWD_MR
-#undef FWD_NR
-#undef DW_NR
-#undef DW_MR1
-#undef DW_MR2
-#undef DW_MR4
-#undef LOAD_PART
-#undef STORE_PART
 
 static const int32_t avx2_lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
 #define ISA avx2
@@ -87,17 +76,6 @@ static const int32_t avx2_lanes[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 
 #define LOAD_PART(p, n) ((vf)_mm256_maskload_ps((p), AVX2_MASK(n)))
 #define STORE_PART(p, v, n) _mm256_maskstore_ps((p), AVX2_MASK(n), (__m256)(v))
 #include "_conv_kernels.h"
-#undef ISA
-#undef TARGET
-#undef VB
-#undef FWD_MR
-#undef FWD_NR
-#undef DW_NR
-#undef DW_MR1
-#undef DW_MR2
-#undef DW_MR4
-#undef LOAD_PART
-#undef STORE_PART
 #endif /* XPCNN_X86 */
 
 /* Portable: 16-byte vectors (SSE2 on x86-64, NEON on arm64, whatever the compiler has

@@ -8,6 +8,7 @@
  *   DW_NR(FN)    vectors of output channels in the weight-gradient tile (1, 2 or 4)
  *   DW_MR1, DW_MR2, DW_MR4   its rows of dW^T for each of those
  *   LOAD_PART(p, n), STORE_PART(p, v, n)   the first n lanes (0 < n < V) of a vector
+ * and undefines them at its end, ready for the next instruction set.
  *
  * Layout: an image is (C, Hp, Wp, N) in memory, batch innermost, already padded;
  * an output (FN, OH, OW, N). For stride 1 one output row (OW*N floats) reads, under
@@ -456,3 +457,14 @@ static TARGET void NAME(pool_backward)(const PoolGeom *g, const float *x, const 
 #undef vi
 #undef V
 #undef NAME
+#undef ISA
+#undef TARGET
+#undef VB
+#undef FWD_MR
+#undef FWD_NR
+#undef DW_NR
+#undef DW_MR1
+#undef DW_MR2
+#undef DW_MR4
+#undef LOAD_PART
+#undef STORE_PART
