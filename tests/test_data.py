@@ -276,8 +276,8 @@ def test_load_mnist_does_not_alias_dataset(no_network: None) -> None:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match="cifar10") as e:
-        load_dataset("cifar10")
+    with pytest.raises(ValueError, match="cifar100") as e:
+        load_dataset("cifar100")
     for name in DATASET_NAMES:
         assert repr(name) in str(e.value)
     with pytest.raises(ValueError, match="mnist-sample"):

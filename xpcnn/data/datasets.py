@@ -1,6 +1,6 @@
-"""Loading the data sets: the IDX files of MNIST / Fashion-MNIST (found or downloaded by
-:mod:`xpcnn.data.sources`) and the bundled sample, as a :class:`Dataset`; the book's
-:func:`load_mnist`. Nothing is ever pickled.
+"""Loading the data sets: the IDX files of MNIST / Fashion-MNIST and CIFAR-10's binary
+batches (found or downloaded by :mod:`xpcnn.data.sources`) and the bundled sample, as a
+:class:`Dataset`; the book's :func:`load_mnist`. Nothing is ever pickled.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xpcnn.data import cifar
 from xpcnn.data.idx import IDXError, read_idx
+from xpcnn.data.registry import DATASETS
 from xpcnn.data.sources import FILES, DatasetError, canonical_name, resolve_files
 from xpcnn.inputs import as_input
 
@@ -21,22 +23,8 @@ __all__ = ["CLASS_NAMES", "Dataset", "load_dataset", "load_mnist"]
 
 SAMPLE_RESOURCE = "mnist_sample.npz"
 
-CLASS_NAMES: dict[str, tuple[str, ...]] = {
-    "mnist": tuple(str(d) for d in range(10)),
-    "mnist-sample": tuple(str(d) for d in range(10)),
-    "fashion-mnist": (
-        "T-shirt/top",
-        "Trouser",
-        "Pullover",
-        "Dress",
-        "Coat",
-        "Sandal",
-        "Shirt",
-        "Sneaker",
-        "Bag",
-        "Ankle boot",
-    ),
-}
+#: Each data set's class names, indexed by label (from :data:`~xpcnn.data.registry.DATASETS`).
+CLASS_NAMES: dict[str, tuple[str, ...]] = {n: d.class_names for n, d in DATASETS.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -50,11 +38,12 @@ class Dataset:
     Attributes
     ----------
     x_train, x_test
-        uint8 images, shape ``(N, 1, 28, 28)`` (channel axis included, values 0..255).
+        uint8 images ``(N, C, H, W)``, values 0..255: ``(N, 1, 28, 28)`` for MNIST,
+        ``(N, 3, 32, 32)`` (RGB) for CIFAR-10.
     t_train, t_test
         uint8 class labels, shape ``(N,)``, values in ``range(len(class_names))``.
     name
-        ``"mnist"``, ``"fashion-mnist"`` or ``"mnist-sample"``.
+        ``"mnist"``, ``"fashion-mnist"``, ``"mnist-sample"`` or ``"cifar10"``.
     class_names
         Human-readable name of each class, indexed by label.
     source
@@ -121,6 +110,15 @@ def _load_idx_set(name: str, files: Mapping[str, Path]) -> Dataset:
     return Dataset(**arrays, name=name, class_names=CLASS_NAMES[name], source=", ".join(folders))
 
 
+def _load_cifar10(name: str, files: Mapping[str, Path]) -> Dataset:
+    folders = sorted({str(p.parent) for p in files.values()})
+    arrays = cifar.load_batches(files)
+    return Dataset(**arrays, name=name, class_names=CLASS_NAMES[name], source=", ".join(folders))
+
+
+_READERS = {"idx": _load_idx_set, "cifar10": _load_cifar10}
+
+
 def _load_sample() -> Dataset:
     ref = importlib.resources.files("xpcnn.data").joinpath(SAMPLE_RESOURCE)
     with ref.open("rb") as f, np.load(f, allow_pickle=False) as npz:
@@ -152,10 +150,11 @@ def load_dataset(
     name
         ``"mnist-sample"`` (5,000 train / 1,000 test images bundled with the package;
         never touches the network or ``data_dir``), ``"mnist"`` or ``"fashion-mnist"``
-        (60,000 / 10,000).
+        (60,000 / 10,000), ``"cifar10"`` (50,000 / 10,000 colour images).
     data_dir
-        Folder holding the IDX files (directly or in ``<name>/``). If given and the files
-        are missing, :class:`DatasetError` is raised instead of downloading.
+        Folder holding the files (directly or in ``<name>/``; CIFAR-10's also in
+        ``cifar-10-batches-bin/``). If given and the files are missing,
+        :class:`DatasetError` is raised instead of downloading.
     download
         Download into the cache when the files are not found locally.
     progress
@@ -164,7 +163,7 @@ def load_dataset(
     Returns
     -------
     Dataset
-        ``x_train``/``x_test`` uint8 ``(N, 1, 28, 28)``, ``t_train``/``t_test`` uint8
+        ``x_train``/``x_test`` uint8 ``(N, C, H, W)``, ``t_train``/``t_test`` uint8
         ``(N,)``; the arrays are read-only.
 
     Raises
@@ -173,14 +172,16 @@ def load_dataset(
         Unknown ``name`` (the message lists the valid ones).
     DatasetError
         Files not found and not downloadable.
-    IDXError
-        A local file is malformed, or a label file does not match its image file.
+    IDXError, CIFARError
+        A local file is malformed (CIFAR-10: a file of the wrong size, a label outside
+        0-9), or a label file does not match its image file.
     """
     key = canonical_name(name)
-    if key == "mnist-sample":
+    reader = DATASETS[key].reader
+    if reader == "bundled":
         return _load_sample()
     files = resolve_files(key, data_dir, download=download, progress=progress)
-    return _load_idx_set(key, files)
+    return _READERS[reader](key, files)
 
 
 def load_mnist(
@@ -200,7 +201,7 @@ def load_mnist(
     normalize
         Images as float32 in ``[0, 1]``; otherwise uint8 in ``0..255``.
     flatten
-        Images as ``(N, 784)``; otherwise ``(N, 1, 28, 28)``.
+        Images as ``(N, 784)`` (``(N, C*H*W)``); otherwise ``(N, 1, 28, 28)`` (``(N, C, H, W)``).
     one_hot_label
         Labels as float32 one-hot ``(N, 10)``; otherwise uint8 ``(N,)``.
     dataset, data_dir, download, progress

@@ -1,15 +1,17 @@
-"""Where the MNIST / Fashion-MNIST IDX files come from, and their verified download.
+"""Where a data set's files come from, and their verified download.
 
 First match wins:
 
 1. an explicit ``data_dir`` (an error if the files are not there);
 2. the folder in the ``XPCNN_DATA`` environment variable;
 3. the user cache ``$XDG_CACHE_HOME/xpcnn/<dataset>`` (default ``~/.cache/xpcnn/<dataset>``);
-4. a download into that cache from :data:`MIRRORS`, checked against :data:`MD5`.
+4. a download into that cache from :data:`MIRRORS`, checked against :data:`MD5`
+   (CIFAR-10: one archive, unpacked by :func:`xpcnn.data.cifar.unpack_archive`).
 
-In folders 1 and 2 the files may sit directly inside or in a ``<dataset>/`` subfolder.
-Files are the standard names, gzip-compressed (``.gz``) or not. Loading them is
-:mod:`xpcnn.data.datasets`' job.
+In folders 1 and 2 the files may sit directly inside, in a ``<dataset>/`` subfolder,
+or in the archive's own folder (``cifar-10-batches-bin/``). The files and mirrors of
+each data set are its record in :mod:`xpcnn.data.registry`; IDX files may be
+gzip-compressed (``.gz``) or not. Loading them is :mod:`xpcnn.data.datasets`' job.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from xpcnn._atomic import atomic_write
+from xpcnn.data import cifar
+from xpcnn.data.registry import DATASETS, IDX_FILES, DatasetInfo
 from xpcnn.errors import XpcnnError
 
 __all__ = [
@@ -41,42 +45,18 @@ __all__ = [
     "resolve_files",
 ]
 
-DATASET_NAMES: tuple[str, ...] = ("mnist-sample", "mnist", "fashion-mnist")
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
 ENV_VAR = "XPCNN_DATA"
 
-#: Array name -> file stem; the file is ``<stem>.gz`` or ``<stem>``.
-FILES: dict[str, str] = {
-    "x_train": "train-images-idx3-ubyte",
-    "t_train": "train-labels-idx1-ubyte",
-    "x_test": "t10k-images-idx3-ubyte",
-    "t_test": "t10k-labels-idx1-ubyte",
-}
+#: Array name -> file stem of the IDX data sets; the file is ``<stem>.gz`` or ``<stem>``.
+FILES: dict[str, str] = IDX_FILES
 
-#: Base URLs tried in order; the file name is appended.
-MIRRORS: dict[str, tuple[str, ...]] = {
-    "mnist": (
-        "https://ossci-datasets.s3.amazonaws.com/mnist/",
-        "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "http://yann.lecun.com/exdb/mnist/",
-    ),
-    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-}
+#: Base URLs tried in order; the file name is appended. From the records; a test may
+#: replace an entry to serve local files.
+MIRRORS: dict[str, tuple[str, ...]] = {n: d.mirrors for n, d in DATASETS.items() if d.mirrors}
 
-#: MD5 of the original .gz files on the public mirrors (what downloads are checked against).
-MD5: dict[str, dict[str, str]] = {
-    "mnist": {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-    },
-    "fashion-mnist": {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
-    },
-}
+#: MD5 of each file on the mirrors (what downloads are checked against), by data set.
+MD5: dict[str, dict[str, str]] = {n: dict(d.md5) for n, d in DATASETS.items() if d.mirrors}
 
 _CHUNK = 1 << 16
 _USER_AGENT = "xpcnn (python urllib)"
@@ -91,12 +71,14 @@ class DatasetError(XpcnnError, RuntimeError):
 
 
 def canonical_name(name: str) -> str:
-    """``name`` as one of :data:`DATASET_NAMES` (case and ``_`` / ``-`` ignored), else ValueError."""
+    """``name`` as one of :data:`DATASET_NAMES` (case, ``_`` and ``-`` ignored: ``CIFAR-10``
+    is ``cifar10``), else ValueError."""
     key = name.strip().lower().replace("_", "-")
-    if key not in DATASET_NAMES:
-        valid = ", ".join(repr(n) for n in DATASET_NAMES)
-        raise ValueError(f"unknown dataset {name!r}; valid names are {valid}")
-    return key
+    for known in DATASET_NAMES:
+        if key.replace("-", "") == known.replace("-", ""):
+            return known
+    valid = ", ".join(repr(n) for n in DATASET_NAMES)
+    raise ValueError(f"unknown dataset {name!r}; valid names are {valid}")
 
 
 def cache_dir(name: str) -> Path:
@@ -110,35 +92,43 @@ def cache_dir(name: str) -> Path:
     return root / "xpcnn" / canonical_name(name)
 
 
-def _files_in(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """Files found in ``folder`` (``.gz`` preferred) and the stems that are missing."""
+def _files_in(folder: Path, info: DatasetInfo) -> tuple[dict[str, Path], list[str]]:
+    """Files found in ``folder`` (the first suffix preferred: ``.gz``) and the names
+    of those missing."""
     found: dict[str, Path] = {}
     missing: list[str] = []
-    for key, stem in FILES.items():
-        for candidate in (folder / f"{stem}.gz", folder / stem):
-            if candidate.is_file():
+    for key, stem in info.files.items():
+        for suffix in info.suffixes:
+            if (candidate := folder / f"{stem}{suffix}").is_file():
                 found[key] = candidate
                 break
         else:
-            missing.append(stem)
+            missing.append(f"{stem}{info.suffixes[-1]}")
     return found, missing
 
 
-def _search(root: Path, name: str) -> dict[str, Path] | None:
-    """A complete file set in ``root/<name>`` or directly in ``root``, else None."""
-    for folder in (root / name, root):
-        found, missing = _files_in(folder)
+def _folders(root: Path, info: DatasetInfo) -> list[Path]:
+    """Where a data folder may hold the files: ``<name>/``, the archive's folder, itself."""
+    return [root / f for f in (info.name, *info.folders)] + [root]
+
+
+def _search(root: Path, info: DatasetInfo) -> dict[str, Path] | None:
+    """A complete file set in one of :func:`_folders`, else None."""
+    for folder in _folders(root, info):
+        found, missing = _files_in(folder, info)
         if not missing:
             return found
     return None
 
 
-def _how_to_provide(name: str) -> str:
-    names = ", ".join(f"{stem}.gz" for stem in FILES.values())
+def _how_to_provide(info: DatasetInfo) -> str:
+    names = ", ".join(f"{stem}{info.suffixes[0]}" for stem in info.files.values())
+    how = f"unpacked from {info.archive}" if info.archive else "uncompressed copies also work"
+    subfolders = " or ".join(f"DIR/{f}/" for f in (info.name, *info.folders))
     return (
-        f"provide the {name} files ({names}; uncompressed copies also work) with "
+        f"provide the {info.name} files ({names}; {how}) with "
         f"--data-dir DIR (data_dir=DIR in Python) or {ENV_VAR}=DIR, the files directly in DIR "
-        f"or in DIR/{name}/, or put them in the cache folder {cache_dir(name)}"
+        f"or in {subfolders}, or put them in the cache folder {cache_dir(info.name)}"
     )
 
 
@@ -149,54 +139,59 @@ def resolve_files(
     download: bool = True,
     progress: bool = True,
 ) -> dict[str, Path]:
-    """Find (or download) the four IDX files of ``name`` ("mnist" or "fashion-mnist").
+    """Find (or download) the files of data set ``name`` (not the bundled sample).
 
-    Returns a mapping ``{"x_train", "t_train", "x_test", "t_test"} -> Path``. See the
-    module docstring for the search order. Raises :class:`DatasetError` when an explicit
-    ``data_dir`` lacks the files, or when nothing is found and downloading is off or fails.
+    Returns a mapping from the keys of its record's ``files`` to paths (IDX data sets:
+    ``{"x_train", "t_train", "x_test", "t_test"}``; CIFAR-10: ``data_batch_1`` ..
+    ``data_batch_5``, ``test_batch``). See the module docstring for the search order.
+    Raises :class:`DatasetError` when an explicit ``data_dir`` lacks the files, or when
+    nothing is found and downloading is off or fails.
     """
     key = canonical_name(name)
-    if key == "mnist-sample":
-        raise ValueError("'mnist-sample' is bundled with the package; it has no IDX files")
+    info = DATASETS[key]
+    if info.reader == "bundled":
+        raise ValueError(f"{key!r} is bundled with the package; it has no IDX files")
 
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        found = _search(root, key)
+        found = _search(root, info)
         if found is None:
-            _, missing = _files_in(root)
+            *subfolders, _ = _folders(root, info)
+            _, missing = _files_in(root, info)
             raise DatasetError(
-                f"data_dir {root} does not hold the {key} files (looked in {root / key} and "
-                f"{root}); missing in {root}: {', '.join(missing)}"
+                f"data_dir {root} does not hold the {key} files (looked in "
+                f"{', '.join(map(str, subfolders))} and {root}); missing in {root}: "
+                f"{', '.join(missing)}"
             )
         return found
 
     env = os.environ.get(ENV_VAR)
     if env:
-        found = _search(Path(env).expanduser(), key)
+        found = _search(Path(env).expanduser(), info)
         if found is not None:
             return found
 
     cache = cache_dir(key)
-    found, missing = _files_in(cache)
+    found, missing = _files_in(cache, info)
     if not missing:
         return found
     if not download:
         looked = f"{ENV_VAR}={env} (and its {key}/ subfolder), " if env else ""
         raise DatasetError(
             f"{key} files not found (looked in {looked}{cache}) and download=False; "
-            + _how_to_provide(key)
+            + _how_to_provide(info)
         )
-    # Only fetch what the cache lacks; files already there are checked by the IDX reader.
+    # Only fetch what the cache lacks; files already there are checked by the reader.
     _download_files(
-        key,
+        info,
         cache,
-        [f"{stem}.gz" for stem in missing],
+        [info.archive] if info.archive else [f"{m}.gz" for m in missing],
         mirrors=MIRRORS[key],
         md5=MD5[key],
         timeout=30.0,
         progress=progress,
     )
-    found, missing = _files_in(cache)
+    found, missing = _files_in(cache, info)
     if missing:  # a download that "succeeded" must have produced every file
         raise DatasetError(f"download into {cache} left {', '.join(missing)} missing")
     return found
@@ -285,7 +280,9 @@ def download(
     timeout: float = 30.0,
     progress: bool = True,
 ) -> Path:
-    """Download the four ``.gz`` files of ``name`` into ``dest_dir`` (default: the cache).
+    """Download the files of ``name`` into ``dest_dir`` (default: the cache): the four
+    ``.gz`` files of an IDX data set, or CIFAR-10's archive, unpacked there (and then
+    removed; :func:`xpcnn.data.cifar.unpack_archive`).
 
     ``mirrors`` replaces :data:`MIRRORS` ``[name]`` and ``md5`` (file name -> hex digest)
     replaces :data:`MD5` ``[name]``; both exist so tests can serve small local files.
@@ -297,12 +294,13 @@ def download(
     key = canonical_name(name)
     if key not in MIRRORS:
         raise ValueError(f"{key!r} cannot be downloaded (it is bundled with the package)")
+    info = DATASETS[key]
     dest = Path(dest_dir) if dest_dir is not None else cache_dir(key)
-    names = list(only) if only is not None else [f"{stem}.gz" for stem in FILES.values()]
+    every = [info.archive] if info.archive else [f"{stem}.gz" for stem in info.files.values()]
     _download_files(
-        key,
+        info,
         dest,
-        names,
+        list(only) if only is not None else every,
         mirrors=tuple(mirrors) if mirrors is not None else MIRRORS[key],
         md5=dict(md5) if md5 is not None else MD5[key],
         timeout=timeout,
@@ -312,7 +310,7 @@ def download(
 
 
 def _download_files(
-    key: str,
+    info: DatasetInfo,
     dest: Path,
     names: Sequence[str],
     *,
@@ -323,7 +321,7 @@ def _download_files(
 ) -> None:
     for filename in names:
         try:
-            download_file(
+            path = download_file(
                 filename,
                 dest,
                 md5=md5[filename],
@@ -332,4 +330,10 @@ def _download_files(
                 progress=progress,
             )
         except DatasetError as e:
-            raise DatasetError(f"{e}; {_how_to_provide(key)}") from e
+            raise DatasetError(f"{e}; {_how_to_provide(info)}") from e
+        if filename == info.archive:
+            files = {stem: f"{stem}{info.suffixes[0]}" for stem in info.files.values()}
+            try:
+                cifar.unpack_archive(path, dest, files)
+            finally:  # the batches are kept, not the archive (CIFAR-10's: 163 MB)
+                path.unlink(missing_ok=True)
