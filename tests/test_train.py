@@ -13,6 +13,7 @@ from xpcnn.checkpoint import CheckpointError, load_checkpoint
 from xpcnn.data import load_dataset
 from xpcnn.models import SimpleConvNet
 from xpcnn.train import (
+    Augment,
     EpochEndCallback,
     Extension,
     Trainer,
@@ -614,3 +615,49 @@ def test_training_flushes_subnormals_and_restores_the_callers_state(data, flush)
     tr.train()
     assert seen and set(seen) == {flush}
     assert not _flushes()
+
+
+# -- augmentation: the same crops and flips after a resume and on any number of ranks --
+
+
+def test_augmented_training_resumed_mid_epoch_equals_uninterrupted(data, tmp_path):
+    def augmented(**kw):
+        return make_trainer(data, epochs=2, augment=Augment("crop,flip", seed=4), **kw)
+
+    straight = augmented()
+    straight.train()
+    plain = make_trainer(data, epochs=2)
+    plain.train()
+    assert straight.train_loss_list != plain.train_loss_list  # the batches were augmented
+
+    first = augmented(extensions=[StopAt(epoch=2, step=3)])
+    first.train()
+    assert (first.epoch, first.step_in_epoch) == (1, 3)
+    first.save_checkpoint(tmp_path / "ck.npz")
+    resumed = augmented()
+    resumed.load_checkpoint(tmp_path / "ck.npz")
+    resumed.train()
+    a, b = params_of(straight), params_of(resumed)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-12, err_msg=k)
+    assert resumed.train_loss_list == pytest.approx(straight.train_loss_list, abs=1e-12)
+
+
+def test_augmented_training_on_three_ranks_equals_one_process(data):
+    aug = {"augment": Augment("crop", seed=4), "mini_batch_size": 64}
+    straight = make_trainer(data, epochs=2, **aug)
+    straight.train()
+    ranks = run_ranks(3, lambda comm: make_trainer(data, epochs=2, comm=comm, **aug))
+    a = params_of(straight)
+    for tr in ranks:
+        b = params_of(tr)
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-9, err_msg=k)
+
+
+def test_augmentation_needs_image_inputs(data):
+    from xpcnn.models import NetBuilder
+
+    net = NetBuilder((784,), seed=0).affine(10).build()
+    with pytest.raises(ValueError, match=r"augment needs image inputs \(C, H, W\), not \(784,\)"):
+        Trainer(net, *data, augment=Augment("crop"))

@@ -3,6 +3,7 @@
 * :mod:`.trainer` — the loop: epochs, steps, extension hooks, :meth:`Trainer.request_stop`;
 * :mod:`.updater` — the step: :class:`StandardUpdater` (forward, backward, update);
 * :mod:`.batches` — :class:`BatchIterator`, epochs of shuffled index batches;
+* :mod:`.augment` — :class:`Augment`, random crops and flips of each batch on the device;
 * :mod:`.extensions` — evaluation, divergence check, progress bar, epoch line,
   checkpoints (rank-0-only side effects are marked ``rank0_only``);
 * :mod:`.split` — the seeded validation split (``Trainer(val_split=...)``);
@@ -20,6 +21,7 @@
 
 from ..inputs import as_input
 from ..metrics import predict_labels
+from .augment import Augment, check_augment, crop_flip
 from .batches import Batch, BatchIterator
 from .comm import Communicator, SingleProcess
 from .extensions import (
@@ -45,6 +47,7 @@ from .updater import StandardUpdater, Updater
 __all__ = [
     "HISTORY_FIELDS",
     "SCHEDULES",
+    "Augment",
     "Batch",
     "BatchIterator",
     "CSVLog",
@@ -73,6 +76,8 @@ __all__ = [
     "TrainingInterrupted",
     "Updater",
     "as_input",
+    "check_augment",
+    "crop_flip",
     "epoch_rows",
     "load_network",
     "load_network_with_meta",

@@ -31,11 +31,13 @@ def share(indices: np.ndarray, rank: int, size: int) -> np.ndarray:
 @dataclass(frozen=True)
 class Batch:
     """One step's batch: ``indices`` (host int64, this rank's share) of a
-    global batch of ``global_size`` images; ``step`` counts from 1 in the epoch."""
+    global batch of ``global_size`` images; ``step`` counts from 1 in the epoch,
+    ``epoch`` from 0 (the epochs completed before it)."""
 
     step: int
     indices: np.ndarray
     global_size: int
+    epoch: int = 0
 
 
 class BatchIterator:
@@ -69,7 +71,7 @@ class BatchIterator:
         while self.step < self.steps_per_epoch:
             whole = self.perm[self.step * B : min((self.step + 1) * B, self.n)]
             self.step += 1
-            yield Batch(self.step, share(whole, self.rank, self.size), len(whole))
+            yield Batch(self.step, share(whole, self.rank, self.size), len(whole), self.epoch)
 
     def end_epoch(self) -> None:
         self.epoch += 1

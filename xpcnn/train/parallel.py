@@ -58,7 +58,7 @@ class DataParallelUpdater:
 
     def update(self, batch: Batch) -> Any:
         net = self.network
-        x, t = self.updater.take(batch.indices)
+        x, t = self.updater.take(batch.indices, batch.epoch)
         if x.shape[0]:
             grads, loss = self.updater.gradients(x, t)
         else:  # an empty share of a global batch smaller than the world: contributes nothing

@@ -27,6 +27,7 @@ from ..checkpoint import CheckpointError, load_checkpoint
 from ..metrics import count_correct_and_loss
 from ..models import Sequential
 from ..optim import Optimizer, make_optimizer
+from .augment import Augment
 from .batches import BatchIterator
 from .comm import Communicator, SingleProcess
 from .extensions import (
@@ -129,6 +130,9 @@ class Trainer:
         Compute with subnormal floats flushed to zero during :meth:`train`
         (:func:`xpcnn.flush_subnormals`: late in training they make steps up to about
         twice as slow); the caller's floating-point state is restored afterwards.
+    augment : :class:`~xpcnn.train.augment.Augment`, optional
+        Random crops and/or flips of each training batch on the device (image
+        inputs only), drawn from its seed and the epoch: resumed runs repeat them.
 
     The step is :attr:`updater`'s (a :class:`~xpcnn.train.updater.StandardUpdater`,
     wrapped by :class:`~xpcnn.train.parallel.DataParallelUpdater` when
@@ -167,8 +171,11 @@ class Trainer:
         comm: Communicator | None = None,
         log_every: int = 50,
         flush_subnormals: bool = True,
+        augment: Augment | None = None,
     ) -> None:
         _check_arguments(x_train, t_train, x_test, t_test, epochs, mini_batch_size, log_every)
+        if augment is not None and len(network.input_dim) != 3:
+            raise ValueError(f"augment needs image inputs (C, H, W), not {network.input_dim}")
         self.network = network
         dev = network.device
         # None: derived from the initial weights, so a seeded network shuffles reproducibly.
@@ -191,7 +198,9 @@ class Trainer:
             rank=self.comm.rank,
             size=self.comm.size,
         )
-        self.updater: Updater = StandardUpdater(network, self.optimizer, self.x_train, self.t_train)
+        self.updater: Updater = StandardUpdater(
+            network, self.optimizer, self.x_train, self.t_train, augment
+        )
         if self.comm.size > 1:
             self.updater = DataParallelUpdater(self.updater, self.comm, lambda: self._requested)
         self.extensions: list[Extension] = [

@@ -22,6 +22,7 @@ import numpy as np
 from ..inputs import as_input
 from ..models import Sequential
 from ..optim import Optimizer
+from .augment import Augment
 from .batches import Batch
 
 __all__ = ["StandardUpdater", "Updater"]
@@ -51,19 +52,32 @@ class StandardUpdater:
     x_train, t_train : arrays on the network's device
         Images (N, *input_dim) or flat (N, D), uint8 pixels or floats; labels (N,)
         integers or (N, K) one-hot. Batches are taken from them on the device.
+    augment : :class:`~xpcnn.train.augment.Augment`, optional
+        Crops and flips each batch's images (``input_dim`` (C, H, W)) on the device.
     """
 
-    def __init__(self, network: Sequential, optimizer: Optimizer, x_train: Any, t_train: Any):
+    def __init__(
+        self,
+        network: Sequential,
+        optimizer: Optimizer,
+        x_train: Any,
+        t_train: Any,
+        augment: Augment | None = None,
+    ):
         self.network, self.optimizer = network, optimizer
         self.x_train, self.t_train = x_train, t_train
+        self.augment = augment
 
-    def take(self, indices: np.ndarray) -> tuple[Any, Any]:
+    def take(self, indices: np.ndarray, epoch: int = 0) -> tuple[Any, Any]:
         """The rows ``indices`` (host int64) of the training set, on the device:
-        images converted to the network's dtype (uint8 scaled there), labels as stored."""
+        images augmented as in epoch ``epoch`` when asked, then converted to the
+        network's dtype (uint8 scaled there); labels as stored."""
         net = self.network
         xp, dev = net.device.xp, net.device
         i = dev.asarray(indices)
         x = xp.reshape(xp.take(self.x_train, i, axis=0), (-1, *net.input_dim))
+        if self.augment is not None:  # on the stored pixels: uint8 moves 1/4 of float32's bytes
+            x = self.augment(x, i, epoch, self.x_train.shape[0])
         return as_input(x, net.dtype), xp.take(self.t_train, i, axis=0)
 
     def gradients(self, x: Any, t: Any) -> tuple[dict[str, Any], Any]:
@@ -77,6 +91,6 @@ class StandardUpdater:
         self.optimizer.update(self.network.params, grads)
 
     def update(self, batch: Batch) -> Any:
-        grads, loss = self.gradients(*self.take(batch.indices))
+        grads, loss = self.gradients(*self.take(batch.indices, batch.epoch))
         self.apply(grads)
         return loss
