@@ -21,11 +21,13 @@ from ._cupy import CuPyAdapter
 from ._device import (
     ADAPTERS,
     BACKENDS,
+    FLOAT_DTYPES,
     Device,
     adapter,
     adapter_of,
     backend_devices,
     devices_to_test,
+    float_dtype,
     resolve_device,
     to_numpy,
 )
@@ -35,6 +37,7 @@ from ._random import host_rng, random_uniform, rng_state, set_rng_state
 __all__ = [
     "ADAPTERS",
     "BACKENDS",
+    "FLOAT_DTYPES",
     "Adapter",
     "Device",
     "DeviceError",
@@ -48,6 +51,7 @@ __all__ = [
     "devices_to_test",
     "enable_float64",
     "fast_path_threads",
+    "float_dtype",
     "flush_subnormals",
     "gpu_available",
     "gpu_names",

@@ -217,3 +217,26 @@ def to_numpy(x: Any, *, copy: bool = False) -> np.ndarray:
     view; ``copy=True`` always gives an independent snapshot.
     """
     return adapter_of(x).to_numpy(x, copy)
+
+
+#: Floating dtypes by name; float16 and bfloat16 serve inference (not every library has them).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def float_dtype(device: Device, name: str) -> Any:
+    """The floating dtype ``name`` (one of :data:`FLOAT_DTYPES`) of ``device``'s library.
+
+    Raises :class:`DeviceError` in one line when the library has no such dtype (NumPy
+    and array-api-strict have no bfloat16, array-api-strict no float16) or ``name`` is
+    not a floating dtype, and for float64 on JAX without 64-bit mode.
+    """
+    dt = getattr(device.xp, name, None) if name in FLOAT_DTYPES else None
+    if dt is None:
+        have = [n for n in FLOAT_DTYPES if getattr(device.xp, n, None) is not None]
+        hint = "; bfloat16 needs --backend torch or jax" if name == "bfloat16" else ""
+        raise DeviceError(
+            f"{device.adapter.display or device.backend} has no {name}: "
+            f"choose {', '.join(have)}{hint}"
+        )
+    device.check_dtype(name)
+    return dt

@@ -50,7 +50,12 @@ class TorchAdapter(Adapter):
         return a if a.flags.writeable else a.copy()
 
     def to_numpy(self, x: Any, copy: bool = False) -> np.ndarray:
-        return super().to_numpy(x.detach().cpu().numpy(), copy)
+        import torch
+
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:  # NumPy has no bfloat16: the host copy is float32
+            x = x.float()
+        return super().to_numpy(x.numpy(), copy)
 
     def random_uniform(self, like: Any, shape: tuple[int, ...], seed_state: dict[str, Any]) -> Any:
         import torch

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import ops
 from .._numerical import numerical_gradient
-from ..backend import Device, resolve_device, to_numpy
+from ..backend import Device, float_dtype, resolve_device, to_numpy
 from ..layers import Convolution, Layer, Pooling, Relu, SoftmaxWithLoss
 from ..metrics import accuracy
 from ._inputs import network_input
@@ -269,6 +269,22 @@ class Sequential:
             for key in view:
                 view[key] = dev.asarray(view[key])
         self.device = dev
+        return self
+
+    def to_dtype(self, dtype: str) -> Sequential:
+        """Cast every parameter and buffer to ``dtype`` (in place); returns self.
+
+        ``dtype``: ``"float16"``, ``"bfloat16"`` (PyTorch, JAX), ``"float32"`` or
+        ``"float64"``. For inference (the book's half-precision check): every op follows
+        its input's dtype and inputs are cast to the network's, so ``predict`` then
+        computes in ``dtype``. Training stays float32 / float64. :attr:`config` keeps
+        the dtype the network was built in. Raises
+        :class:`~xpcnn.backend.DeviceError` when the library has no such dtype.
+        """
+        dt = float_dtype(self.device, dtype)
+        for view in (self.params, self.buffers):
+            for key in view:
+                view[key] = self.device.xp.astype(view[key], dt)
         return self
 
     def state_dict(self) -> dict[str, Any]:
