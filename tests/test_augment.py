@@ -121,3 +121,43 @@ def test_the_updater_augments_the_stored_pixels_before_scaling(backend):
     np.testing.assert_array_equal(backend.to_numpy(t), t_train[rows])
     plain = StandardUpdater(net, Adam(), backend.asarray(x_train), backend.asarray(t_train))
     assert not np.array_equal(backend.to_numpy(plain.take(rows, 1)[0]), backend.to_numpy(x))
+
+
+# -- xpcnn train --augment ---------------------------------------------------------------
+
+
+def test_cli_flipping_digits_is_one_line_exit_2_and_nothing_written(tmp_path, capsys):
+    from xpcnn.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--augment", "flip,crop", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "xpcnn train: error: --augment flip would mirror mnist-sample's images, and a mirrored "
+        "digit (2, 3, 4, 5, 7, 9) is no digit: use --augment crop\n"
+    )
+    assert not out.exists()
+
+
+def test_cli_bad_augment_names_the_option(capsys):
+    from xpcnn.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--augment", "crop,rotate"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        "xpcnn train: error: argument --augment: augmentation 'crop,rotate' has unknown "
+        "'rotate': give crop, flip or crop,flip"
+    )
+
+
+def test_cli_crop_on_digits_trains(tmp_path, capsys):
+    from xpcnn.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--augment", "crop", "--epochs", "1", "--train-size", "200",
+            "--eval-samples", "100", "--out", str(out), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    assert "augment crop" in capsys.readouterr().err
+    assert (out / "checkpoint.npz").is_file()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -30,6 +31,7 @@ from xpcnn.data import (
     load_dataset,
     read_cifar_batch,
 )
+from xpcnn.models import MODELS
 
 RECORDS = 20
 ARCHIVE = "cifar-10-binary.tar.gz"
@@ -316,3 +318,79 @@ def test_a_corrupt_archive_with_a_matching_md5_is_one_line(monkeypatch: pytest.M
     with pytest.raises(CIFARError, match="corrupt or truncated archive"):
         load_dataset("cifar10", progress=False)
     assert list(cache_dir("cifar10").iterdir()) == []
+
+
+# -- every named net on 3x32x32, and the command line on CIFAR-10 ---------------------------
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_named_net_builds_and_trains_on_cifar_images(model):
+    net = MODELS[model].for_input((3, 32, 32), output_size=10, seed=0)
+    x = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    grads = net.gradient(x, np.array([3, 7]))
+    assert net.predict(x).shape == (2, 10)
+    assert grads["W1"].shape[1] == 3  # the first convolution takes the three colours
+    assert all(np.isfinite(g).all() for g in grads.values())
+
+
+@pytest.fixture
+def cifar_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[Path, Path, str]:
+    """A small CIFAR-10-like folder, a one-epoch run on it with augmentation, and
+    what the run wrote on stderr."""
+    from xpcnn.cli import main
+
+    folder = write_batches(tmp_path / "data" / FOLDER)
+    out = tmp_path / "run"
+    argv = ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--epochs",
+            "1", "--augment", "crop,flip", "--out", str(out), "--no-progress", "--seed", "2"]  # fmt: skip
+    assert main(argv) == 0
+    return folder.parent, out, capsys.readouterr().err
+
+
+def test_cli_trains_evaluates_visualizes_and_predicts_with_class_names(
+    cifar_run: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from xpcnn.checkpoint import load_checkpoint
+    from xpcnn.cli import main
+
+    data, out, err = cifar_run
+    _, meta = load_checkpoint(out / "checkpoint.npz")
+    assert meta["run"]["dataset"] == "cifar10" and meta["run"]["augment"] == "crop,flip"
+    assert meta["model"]["input_dim"] == [3, 32, 32]
+    assert "training simple on cifar10 (100 train / 20 test)" in err and "augment crop,flip" in err
+
+    ckpt = str(out / "checkpoint.npz")
+    assert main(["evaluate", ckpt, "--data-dir", str(data)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("cifar10 test accuracy ") and "(20 images, float32)" in lines[0]
+    assert [line.split(":")[0].strip() for line in lines[1:]] == list(CLASS_NAMES["cifar10"])
+
+    assert main(["visualize", ckpt, "--data-dir", str(data), "--out", str(tmp_path / "v")]) == 0
+    assert len(list((tmp_path / "v").glob("*.png"))) == 7
+    capsys.readouterr()
+
+    Image.new("RGB", (50, 40), (200, 30, 30)).save(tmp_path / "red.png")
+    assert main(["predict", ckpt, str(tmp_path / "red.png"), "--top", "10", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    assert sorted(t["class"] for t in top) == sorted(CLASS_NAMES["cifar10"])
+    assert main(["evaluate", ckpt, "--data-dir", str(data), "--dtype", "float16"]) == 0
+    assert "(20 images, float16)" in capsys.readouterr().out
+
+
+def test_cli_resume_keeps_the_augmentation_and_refuses_another(
+    cifar_run: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xpcnn.cli import main
+
+    data, out, _ = cifar_run
+    ckpt = str(out / "checkpoint.npz")
+    base = ["train", "--resume", ckpt, "--data-dir", str(data), "--epochs", "2", "--no-progress"]
+    assert main([*base, "--augment", "crop"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "xpcnn train: error: --augment crop differs from the resumed run's crop,flip"
+    )
+    assert main(base) == 0
+    assert "augment crop,flip" in capsys.readouterr().err

@@ -186,3 +186,14 @@ def test_a_signal_saves_one_checkpoint_and_stops_every_rank(tmp_path, signum, st
     _, meta = load_checkpoint(tmp_path / "checkpoint.npz")
     tr = meta["trainer"]
     assert tr["epoch"] >= 1 and tr["epoch"] * 5 + tr["step_in_epoch"] == meta["optimizer"]["iter"]
+
+
+def test_two_ranks_augment_each_image_as_one_process_does(tmp_path):
+    """The crops are drawn per example from (seed, epoch): any split of a batch over
+    the ranks crops each image the same way."""
+    args = [*ARGS, "--augment", "crop"]
+    assert main([*args, "--out", str(tmp_path / "single")]) == 0
+    proc = run_mpi(2, [*XPCNN, *args, "--out", str(tmp_path / "mpi")])
+    assert proc.returncode == 0, proc.stderr
+    assert_same_state(tmp_path / "single" / "checkpoint.npz", tmp_path / "mpi" / "checkpoint.npz")
+    assert load_checkpoint(tmp_path / "mpi" / "checkpoint.npz")[1]["run"]["augment"] == "crop"

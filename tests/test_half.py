@@ -5,6 +5,8 @@ generic path's results; a library without the dtype says so in one line."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,61 @@ def test_float_dtype_and_host_copies_of_bfloat16():
     assert float_dtype(dev, "bfloat16") is torch.bfloat16
     host = to_numpy(torch.tensor([1.5, -2.0], dtype=torch.bfloat16))  # NumPy has no bfloat16
     assert host.dtype == np.float32 and host.tolist() == [1.5, -2.0]
+
+
+# -- the command line: evaluate / predict --dtype; training refuses half precision --------
+
+
+def _accuracy(out: str) -> float:
+    return float(out.split("test accuracy ")[1].split()[0])
+
+
+def test_evaluate_and_predict_in_half_precision(trained, sample, tmp_path, capsys):
+    from PIL import Image
+
+    from xpcnn.cli import main
+
+    weights, _, acc32 = trained
+    net = SimpleConvNet(weight_init_std="he", seed=1)
+    net.load_state_dict(weights)
+    ckpt = net.save_params(tmp_path / "net.npz")
+    assert main(["evaluate", str(ckpt), "--backend", "torch"]) == 0
+    out32 = capsys.readouterr().out
+    assert main(["evaluate", str(ckpt), "--backend", "torch", "--dtype", "bfloat16"]) == 0
+    out16 = capsys.readouterr().out
+    assert "(1000 images, float32)" in out32 and "(1000 images, bfloat16)" in out16
+    assert _accuracy(out32) == pytest.approx(acc32, abs=1e-9)
+    assert abs(_accuracy(out16) - acc32) <= 0.01
+
+    Image.fromarray(sample.x_test[0, 0]).save(tmp_path / "digit.png")
+    argv = ["predict", str(ckpt), str(tmp_path / "digit.png"), "--backend", "torch", "--json"]
+    assert main([*argv, "--dtype", "bfloat16"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"][0]
+    assert top["class"] == str(sample.t_test[0]) and 0.5 < top["p"] <= 1.0
+
+
+def test_a_dtype_the_library_lacks_is_one_line(trained, tmp_path, capsys):
+    from xpcnn.cli import main
+
+    net = SimpleConvNet(weight_init_std="he", seed=1)
+    ckpt = net.save_params(tmp_path / "net.npz")
+    assert main(["evaluate", str(ckpt), "--dtype", "bfloat16"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "xpcnn evaluate: error: NumPy has no bfloat16: choose float16, float32, float64; "
+        "bfloat16 needs --backend torch or jax\n"
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_training_in_half_precision_is_refused_and_nothing_written(dtype, tmp_path, capsys):
+    from xpcnn.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dtype", dtype, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"xpcnn train: error: --dtype {dtype}: training runs in float32 or float64; {dtype} "
+        f"is for inference: train in float32, then xpcnn evaluate/predict --dtype {dtype}\n"
+    )
+    assert not out.exists()

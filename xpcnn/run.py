@@ -55,6 +55,7 @@ from .run_extensions import (
     restore_best,
 )
 from .train import (
+    Augment,
     Checkpoint,
     Communicator,
     EpochLog,
@@ -137,7 +138,7 @@ class RunConfig:
     progress: bool = True
     threads: int | None = None
     flush_subnormals: bool = True
-    # Validation, early stopping, schedules, logs (xpcnn.run_extensions); None: not given.
+    # Validation, early stopping, schedules, logs, augmentation (run_extensions); None: not given.
     val_split: float | None = None
     test_each_epoch: bool | None = None
     early_stopping: int | None = None
@@ -150,6 +151,7 @@ class RunConfig:
     lr_patience: int | None = None
     lr_decay_epochs: int | None = None
     tensorboard: bool | None = None
+    augment: str | None = None
 
     def given(self) -> dict[str, Any]:
         """The options of :data:`TRAIN_DEFAULTS` that were given (not None)."""
@@ -335,6 +337,7 @@ def _make_trainer(
             *extensions,
         ],
         comm=comm,
+        augment=Augment(cfg["augment"], seed=cfg["seed"]) if cfg["augment"] else None,
     )
 
 

@@ -1,10 +1,12 @@
 """The options of ``xpcnn train`` beyond the book's loop, for :mod:`xpcnn.run`: the
-validation split, early stopping, learning-rate schedules and per-epoch logs.
+validation split, early stopping, learning-rate schedules, per-epoch logs and
+augmentation.
 
 Here are their defaults, the checks made before anything is written (an option that
-needs a validation split, or that applies to none of the chosen features, is refused
-in one line), the extensions built from them, and putting the best epoch's weights
-back at the end of an early-stopped run.
+needs a validation split, or that applies to none of the chosen features, a flip of
+digits, a half-precision training dtype: each refused in one line), the extensions
+built from them, and putting the best epoch's weights back at the end of an
+early-stopped run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .train import (
     StepLR,
     TensorBoardLog,
     Trainer,
+    check_augment,
 )
 
 __all__ = [
@@ -49,6 +52,7 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
     "lr_patience": 3,
     "lr_decay_epochs": None,
     "tensorboard": False,
+    "augment": None,
 }
 #: What a resumed run keeps (the split, the stopping rule, the schedule): giving
 #: another value is refused. The logs and ``test_each_epoch`` may change.
@@ -103,7 +107,14 @@ def resolve_extension_options(cfg: dict[str, Any], given: Mapping[str, Any]) -> 
         )
     if cfg["lr_schedule"] == "cosine" and cfg["lr_decay_epochs"] is None:
         cfg["lr_decay_epochs"] = cfg["epochs"]
+    if (dtype := cfg["dtype"]) not in ("float32", "float64"):
+        raise RunError(
+            f"--dtype {dtype}: training runs in float32 or float64; {dtype} is for "
+            f"inference: train in float32, then xpcnn evaluate/predict --dtype {dtype}",
+            collective=True,
+        )
     try:
+        check_augment(cfg["augment"] or (), cfg["dataset"])  # no flip of digits
         make_extensions(cfg, Path(), {})
     except XpcnnError as exc:  # a value out of range, no tensorboardX
         raise RunError(str(exc), collective=True) from None
@@ -139,7 +150,7 @@ def make_extensions(cfg: Mapping[str, Any], out: Path, extra: Mapping[str, Any])
 
 
 def describe_extensions(cfg: Mapping[str, Any], out: Path) -> str:
-    """One line on the schedule, early stopping and TensorBoard ("" for none)."""
+    """One line on the schedule, early stopping, TensorBoard and augmentation ("" for none)."""
     parts = []
     monitor, schedule = cfg["monitor"], cfg["lr_schedule"]
     if schedule == "step":
@@ -158,6 +169,8 @@ def describe_extensions(cfg: Mapping[str, Any], out: Path) -> str:
         )
     if cfg["tensorboard"]:
         parts.append(f"TensorBoard logs in {out / 'tensorboard'}")
+    if cfg["augment"]:
+        parts.append(f"augment {cfg['augment']}")
     return "; ".join(parts)
 
 

@@ -9,15 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..backend import BACKENDS, Device, resolve_device
+from ..backend import BACKENDS, FLOAT_DTYPES, Device, resolve_device
 from ..data import DATASET_NAMES, Dataset, load_dataset
 from ..errors import ConfigError
 from ..models import Sequential
 from ..train import load_network_with_meta
+from ..train.augment import parse_augment
 
 __all__ = [
     "add_data_options",
     "add_device_options",
+    "augmentations",
     "device",
     "fraction",
     "int_list",
@@ -87,6 +89,14 @@ def int_list(text: str) -> list[int]:
         ) from None
 
 
+def augmentations(text: str) -> str:
+    """``--augment``: ``crop``, ``flip`` or both, as ``"crop,flip"``."""
+    try:
+        return ",".join(parse_augment(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_device_options(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--backend``: the array library that holds the network, and where."""
     p.add_argument(
@@ -111,19 +121,40 @@ def add_data_options(p: argparse.ArgumentParser, default: str = "the checkpoint'
     p.add_argument(
         "--dataset",
         choices=DATASET_NAMES,
-        help=f"mnist-sample (bundled, offline), mnist or fashion-mnist (default {default})",
+        help=f"mnist-sample (bundled, offline), mnist, fashion-mnist or cifar10 "
+        f"(default {default})",
     )
     p.add_argument(
         "--data-dir",
         type=Path,
-        help="folder with the IDX files (else $XPCNN_DATA, the cache, a download)",
+        help="folder with the data set's files, directly or in DIR/DATASET/ (MNIST's IDX "
+        "files; CIFAR-10's .bin batches, also in DIR/cifar-10-batches-bin/); else "
+        "$XPCNN_DATA, the cache, a download",
     )
 
 
-def network_and_data(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any], Dataset]:
-    """The checkpoint's network on ``--device``, its metadata, and ``--dataset`` (default:
-    the one it was trained on), whose images must fit the network."""
+def add_dtype_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dtype",
+        choices=FLOAT_DTYPES,
+        help="compute in this float type (default: the checkpoint's); float16 and bfloat16 "
+        "(PyTorch, JAX) halve the memory, for an accuracy within about a point",
+    )
+
+
+def checkpoint_network(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any]]:
+    """The checkpoint's network on ``--device`` in ``--dtype`` (when the command has
+    it), and the checkpoint's metadata."""
     network, meta = load_network_with_meta(args.checkpoint, device(args))
+    if getattr(args, "dtype", None) is not None:
+        network.to_dtype(args.dtype)
+    return network, meta
+
+
+def network_and_data(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any], Dataset]:
+    """The checkpoint's network (:func:`checkpoint_network`), its metadata, and
+    ``--dataset`` (default: the one it was trained on), whose images must fit the network."""
+    network, meta = checkpoint_network(args)
     name = args.dataset or meta.get("run", {}).get("dataset") or "mnist-sample"
     dataset = load_dataset(name, args.data_dir)
     if tuple(dataset.x_test.shape[1:]) != network.input_dim:

@@ -14,8 +14,7 @@ from ..backend import to_numpy
 from ..data import CLASS_NAMES
 from ..errors import ConfigError
 from ..ops import softmax
-from ..train import load_network_with_meta
-from ._options import add_device_options, device, positive_int
+from ._options import add_device_options, add_dtype_option, checkpoint_network, positive_int
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -35,13 +34,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "resize (whole picture); default: from the checkpoint's dataset",
     )
     add_device_options(pr)
+    add_dtype_option(pr)
     return pr
 
 
 def run(args: argparse.Namespace) -> int:
     from ..images import load_image  # Pillow: loaded only for this command
 
-    network, meta = load_network_with_meta(args.checkpoint, device(args))
+    network, meta = checkpoint_network(args)
     if len(network.input_dim) != 3:
         raise ConfigError(
             f"{args.checkpoint} takes inputs {network.input_dim}, not images (C, H, W)"

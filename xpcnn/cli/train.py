@@ -15,6 +15,7 @@ from ..train.monitor import MONITORS
 from ._options import (
     add_data_options,
     add_device_options,
+    augmentations,
     fraction,
     non_negative_float,
     non_negative_int,
@@ -43,10 +44,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _option(t, "--optimizer", "update rule", type=str.lower, choices=sorted(OPTIMIZERS))
     _option(t, "--lr", "learning rate", type=positive_float)
     add_device_options(t)
-    _option(t, "--dtype", "float type", choices=("float32", "float64"))
+    _option(
+        t,
+        "--dtype",
+        "float type; float16 and bfloat16 are for evaluate and predict only",
+        choices=("float32", "float64", "float16", "bfloat16"),
+    )
     _option(t, "--seed", "seed of the initial weights and the shuffles", type=non_negative_int)
     _option(t, "--train-size", "train on the first N images only (quick runs)", type=positive_int)
     _option(t, "--eval-samples", "examples evaluated per epoch", type=positive_int)
+    t.add_argument(
+        "--augment",
+        type=augmentations,
+        metavar="crop,flip",
+        help="augment each training batch: crop (a window of the image's size at a random "
+        "place in the image padded by 4 zeros), flip (left-right, half the images; refused "
+        "for digits), or both (default none)",
+    )
     t.add_argument("--out", type=Path, help="output folder (default runs/MODEL-DATASET)")
     t.add_argument(
         "--resume", type=Path, metavar="CHECKPOINT", help="continue a run from its checkpoint"

@@ -46,6 +46,12 @@ class DeepConvNet(Sequential):
     shape_only : build without drawing weights (see :class:`NetBuilder`)
 
     Parameters are named ``W1 .. W6`` (convolutions), ``W7, W8`` (affine), as in the book.
+
+    On 3x32x32 images (CIFAR-10) the book's geometry does not divide evenly: the maps
+    go 32 -> 16 -> 18 (the fourth convolution pads by 2) -> 9, and the last 2x2 pooling
+    of the 9x9 maps drops their ninth row and column (the output size rounds down, as
+    in PyTorch), leaving 64x4x4 as on MNIST. It is built so, unchanged; pass
+    ``conv_param_4={"pad": 1}`` for 32 -> 16 -> 16 -> 8 -> 4 with nothing dropped.
     """
 
     def __init__(

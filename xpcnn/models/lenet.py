@@ -25,8 +25,9 @@ class LeNet(Sequential):
 
     Parameters
     ----------
-    input_dim : (C, H, W); the original takes 32x32 images. A 28x28 input (MNIST)
-        is padded by 2 in the first convolution, giving the same 28x28 feature maps.
+    input_dim : (C, H, W); the original takes 32x32 images (3x32x32, CIFAR-10: the
+        original's geometry on three channels, 28 -> 14 -> 10 -> 5). A 28x28 input
+        (MNIST) is padded by 2 in the first convolution, giving the same 28x28 feature maps.
     activation : "sigmoid" (default, like the original), "tanh" or "relu"
     conv_channels : filters of the two convolutions (6, 16)
     filter_size : int, 5

@@ -31,7 +31,8 @@ class SimpleConvNet(Sequential):
     seed : int or numpy Generator for the initial weights
 
     Parameters are named ``W1, b1`` (convolution), ``W2, b2``, ``W3, b3``
-    (affine) as in the book. Pooling is 2x2 with stride 2.
+    (affine) as in the book. Pooling is 2x2 with stride 2. On 3x32x32 images
+    (CIFAR-10) the book's geometry fits as it is: 28x28 maps, pooled to 14x14.
     """
 
     def __init__(
