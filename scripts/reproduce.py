@@ -20,10 +20,13 @@ import sys
 import time
 from pathlib import Path
 
+from xpcnn.data import DATASET_NAMES
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist", "mnist-sample"))
+    p.add_argument("--dataset", default="mnist", choices=DATASET_NAMES)
+    p.add_argument("--augment", default=None, help="crop, flip or crop,flip (xpcnn train's)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--model", default="simple")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -65,6 +68,8 @@ def main() -> int:
         ]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
+        if args.augment:
+            cmd += ["--augment", args.augment]
         load_before = os.getloadavg()
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
