@@ -614,3 +614,12 @@ def test_full_fashion_mnist(fashion_dir: Path, no_network: None) -> None:
     np.testing.assert_array_equal(np.bincount(ds.t_train), [6000] * 10)
     np.testing.assert_array_equal(np.bincount(ds.t_test), [1000] * 10)
     assert ds.class_names[0] == "T-shirt/top"
+
+
+def test_images_of_another_shape_are_refused(no_network: None, clean_env: Path, tmp_path: Path):
+    folder = write_set(tmp_path / "d", 3)
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(
+        DatasetError, match=r"mnist images are \(1, 28, 28\), these are \(1, 32, 32\)"
+    ):
+        load_dataset("mnist", folder)

@@ -171,17 +171,25 @@ def load_dataset(
     ValueError
         Unknown ``name`` (the message lists the valid ones).
     DatasetError
-        Files not found and not downloadable.
+        Files not found and not downloadable, or images of another shape than the
+        data set's.
     IDXError, CIFARError
         A local file is malformed (CIFAR-10: a file of the wrong size, a label outside
         0-9), or a label file does not match its image file.
     """
     key = canonical_name(name)
-    reader = DATASETS[key].reader
-    if reader == "bundled":
+    info = DATASETS[key]
+    if info.reader == "bundled":
         return _load_sample()
     files = resolve_files(key, data_dir, download=download, progress=progress)
-    return _READERS[reader](key, files)
+    ds = _READERS[info.reader](key, files)
+    for x in (ds.x_train, ds.x_test):
+        if tuple(x.shape[1:]) != info.image_shape:  # another data set's files under this name
+            raise DatasetError(
+                f"{ds.source}: {key} images are {info.image_shape}, these are "
+                f"{tuple(x.shape[1:])}; is it another data set's files?"
+            )
+    return ds
 
 
 def load_mnist(
