@@ -54,8 +54,8 @@ EXTENSION_DEFAULTS: dict[str, Any] = {
     "tensorboard": False,
     "augment": None,
 }
-#: What a resumed run keeps (the split, the stopping rule, the schedule): giving
-#: another value is refused. The logs and ``test_each_epoch`` may change.
+#: What a resumed run keeps (the split, the stopping rule, the schedule, the
+#: augmentation): giving another value is refused. The logs and ``test_each_epoch`` may change.
 RESUMED_EXTENSION_OPTIONS = tuple(
     k for k in EXTENSION_DEFAULTS if k not in ("test_each_epoch", "tensorboard")
 )
