@@ -175,6 +175,11 @@ def machine_info(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         "array_api_compat": array_api_compat.__version__,
         "xpcnn": xpcnn.__version__,
         "torch_threads": torch.get_num_threads(),
+        # Which kernels each side runs: XPCNN_ISA=avx2 with ONEDNN_MAX_CPU_ISA=AVX2 and
+        # ATEN_CPU_CAPABILITY=avx2 compares both as on an AVX2-only CPU.
+        "xpcnn_convolution": xpcnn.backend.kernel_summary(),
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "(default: the CPU's best)"),
     }
     try:
         from threadpoolctl import threadpool_info
@@ -587,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     info["load_before"] = load()
     print(f"# bench {info['date']}  load {info['load_before']}  threads {threads}")
     print(f"# numpy BLAS: {blas_kernels(info)}")
+    print(
+        f"# xpcnn convolution: {info['xpcnn_convolution']}; torch CPU capability "
+        f"{info['torch_cpu_capability']}, oneDNN ISA {info['onednn_max_cpu_isa']}"
+    )
     if os.environ.get("OPENBLAS_CORETYPE"):  # say so: it can halve the GEMM rate
         print(f"# note: {blas_summary()}")
     for n in notes:
