@@ -650,3 +650,17 @@ def test_no_flush_subnormals_option_reaches_the_trainer(flag, monkeypatch, capsy
     argv += ["--no-progress", "--out", str(tmp_path)]
     status, _, _ = run(capsys, *argv, *(["--no-flush-subnormals"] if flag else []))
     assert status == 0 and seen == [not flag]
+
+
+def test_train_keeps_freed_memory_before_training(monkeypatch, capsys, tmp_path):
+    """xpcnn train raises malloc's thresholds (xpcnn._fast._heap) before the run starts."""
+    import xpcnn.cli.train
+    import xpcnn.run
+
+    events = []
+    monkeypatch.setattr(xpcnn.cli.train, "keep_freed_memory", lambda: events.append("heap"))
+    fit = xpcnn.run._fit
+    monkeypatch.setattr(xpcnn.run, "_fit", lambda *a: events.append("fit") or fit(*a))
+    argv = ["train", "--epochs", "1", "--train-size", "100", "--eval-samples", "100"]
+    status, _, _ = run(capsys, *argv, "--no-progress", "--out", str(tmp_path))
+    assert status == 0 and events == ["heap", "fit"]

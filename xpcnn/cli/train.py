@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from .._fast._heap import keep_freed_memory
 from ..models import MODELS
 from ..optim import OPTIMIZERS
 from ..run import TRAIN_DEFAULTS, RunConfig, run_training
@@ -167,4 +168,5 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         flush_subnormals=not args.no_flush_subnormals,
     )
+    keep_freed_memory()  # the steps reuse the heap's pages instead of faulting fresh ones in
     return run_training(config).status
