@@ -3,8 +3,8 @@
 A refactor must cost nothing; this measures it. Each round runs a fresh child
 process per checkout (``PYTHONPATH`` set to it), alternating, so drifts in a shared
 machine's load hit both alike; a child times ``net.gradient`` + ``Adam.update`` of
-SimpleConvNet and DeepConvNet (batch 100, float32, one thread: ``xpcnn.cpu_threads(1)``
-and BLAS at one through threadpoolctl) on random data and reports its fastest step.
+SimpleConvNet and DeepConvNet (batch 100, float32, ``--threads`` N: ``xpcnn.cpu_threads(N)``
+and BLAS at N through threadpoolctl; default one) on random data and reports its fastest step.
 The table gives, per checkout, the minimum and the median over rounds of those
 fastest steps, and after / before of the minima (the least disturbed estimate on a
 busy machine). Only APIs that every checkout since issue 15 has are used.
@@ -34,14 +34,14 @@ from xpcnn import cpu_threads
 from xpcnn.models import MODELS
 from xpcnn.optim import Adam
 
-backend, steps = sys.argv[1], int(sys.argv[2])
+backend, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 kwargs = {} if backend == "numpy" else {"backend": backend}
 out = {}
-with threadpool_limits(1), cpu_threads(1):
+with threadpool_limits(threads), cpu_threads(threads):
     if backend == "torch":
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads)
     for model in ("simple", "deep"):
         net = MODELS[model](seed=0, **kwargs)
         rng = np.random.default_rng(0)
@@ -59,9 +59,9 @@ print(json.dumps(out))
 """
 
 
-def child(tree: Path, backend: str, steps: int) -> dict[str, float]:
+def child(tree: Path, backend: str, steps: int, threads: int) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-    cmd = [sys.executable, "-c", CHILD, backend, str(steps)]
+    cmd = [sys.executable, "-c", CHILD, backend, str(steps), str(threads)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -72,6 +72,7 @@ def main() -> int:
     p.add_argument("after", type=Path, help="checkout of the code after it")
     p.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="xpcnn's (and BLAS's, torch's)")
     p.add_argument("--steps", type=int, default=10, help="steps per child (two warm-up)")
     args = p.parse_args()
     runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
@@ -79,9 +80,9 @@ def main() -> int:
     for r in range(args.rounds):
         order = ("before", "after") if r % 2 == 0 else ("after", "before")
         for side in order:
-            runs[side].append(child(getattr(args, side), args.backend, args.steps))
+            runs[side].append(child(getattr(args, side), args.backend, args.steps, args.threads))
     print(
-        f"# {args.backend}, XPCNN_ISA={os.environ.get('XPCNN_ISA', '')!r}, {args.rounds} rounds,"
+        f"# {args.backend}, {args.threads} thread(s), XPCNN_ISA={os.environ.get('XPCNN_ISA', '')!r}, {args.rounds} rounds,"
         f" load {load[0]:.2f} -> {os.getloadavg()[0]:.2f}"
     )
     print("| step ms | before min | before median | after min | after median | after / before |")

@@ -28,7 +28,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from . import _threads
 
-__all__ = ["ChwnConvCache", "chwn", "gemm_conv2d_forward"]
+__all__ = ["ChwnConvCache", "chwn", "gemm_conv2d_forward", "zero_border"]
 
 
 def chwn(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
@@ -36,20 +36,33 @@ def chwn(x: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
     C-contiguous.
 
     No copy when ``x`` is already stored that way (the output of the fast
-    convolution, pooling and ReLU) and there is no padding. The copy is shared out
-    by channels among the fast paths' threads.
+    convolution, pooling and ReLU) and there is no padding. The copy and the zero
+    border are shared out by channels among the fast paths' threads (each element
+    is written once: no zero-filled whole first).
     """
     img = x.transpose(1, 2, 3, 0)
     if pad_h == pad_w == 0 and img.flags.c_contiguous:
         return img
     C, H, W, N = img.shape
-    out = np.zeros((C, H + 2 * pad_h, W + 2 * pad_w, N), dtype=x.dtype)
+    out = np.empty((C, H + 2 * pad_h, W + 2 * pad_w, N), dtype=x.dtype)
 
     def channels(r: range) -> None:
-        out[r.start : r.stop, pad_h : pad_h + H, pad_w : pad_w + W] = img[r.start : r.stop]
+        part = out[r.start : r.stop]
+        zero_border(part, pad_h, pad_w)
+        part[:, pad_h : pad_h + H, pad_w : pad_w + W] = img[r.start : r.stop]
 
     _threads.by_size(channels, C, out.size)
     return out
+
+
+def zero_border(img: np.ndarray, pad_h: int, pad_w: int) -> None:
+    """Zero the ``pad_h`` first and last rows and the ``pad_w`` first and last columns
+    of ``img`` (C, H, W, N), in place."""
+    H, W = img.shape[1], img.shape[2]
+    img[:, :pad_h] = 0
+    img[:, H - pad_h :] = 0
+    img[:, pad_h : H - pad_h, :pad_w] = 0
+    img[:, pad_h : H - pad_h, W - pad_w :] = 0
 
 
 def _window(img: np.ndarray, i: int, j: int, stride: int, r0: int, r1: int, OW: int) -> np.ndarray:
