@@ -5,6 +5,14 @@
 immutable backends and through a network's parameter view. State (velocities,
 moments) is created lazily with the parameters' dtype and device.
 
+What changes from step to step is split off as host numbers,
+:meth:`Optimizer.step_scalars` (the learning rate; Adam's bias-corrected rate),
+and :meth:`Optimizer.apply` takes them as an argument: a compiled step
+(:mod:`xpcnn.train.compiled`) passes them in as inputs, so that neither the
+iteration count nor a learning-rate schedule becomes a constant of the compiled
+function, and takes the state out as values (the generic updates replace the
+arrays of ``state``, never write into them).
+
 :class:`Adam` asks the fast-path seam (:mod:`xpcnn._fast`) for a fused update
 (NumPy: ufuncs into two temporaries; CuPy: one kernel): the same operations in
 the same order, so the same bits. It updates only the optimizer's own moment
@@ -36,8 +44,9 @@ __all__ = [
 
 
 class Optimizer:
-    """Base class. Subclasses define ``_slots`` (names of per-parameter state)
-    and ``_step(key, p, g, state) -> new p``."""
+    """Base class. Subclasses define ``_slots`` (names of per-parameter state),
+    ``_step(key, p, g, s) -> new p`` (``s``: :meth:`step_scalars`) and, when a
+    scalar other than ``lr`` changes between steps, :meth:`step_scalars`."""
 
     _slots: tuple[str, ...] = ()
 
@@ -51,14 +60,32 @@ class Optimizer:
     def update(self, params: MutableMapping[str, Any], grads: Mapping[str, Any]) -> None:
         """Update every ``params[key]`` from ``grads[key]``."""
         self.iter += 1
+        self.apply(params, grads, self.step_scalars(self.iter))
+
+    def apply(
+        self, params: MutableMapping[str, Any], grads: Mapping[str, Any], s: Mapping[str, Any]
+    ) -> None:
+        """:meth:`update` with the step already counted and its scalars ``s`` given
+        (:meth:`step_scalars`; host floats, or 0-d arrays in a traced step)."""
+        self.init_state(params, grads)
         for key, g in grads.items():
-            p = params[key]
+            params[key] = self._step(key, params[key], g, s)
+
+    def step_scalars(self, iteration: int) -> dict[str, float]:
+        """The numbers of update number ``iteration`` (from 1) that may change during
+        a run, as host floats: ``{"lr": lr}`` (Adam adds its bias-corrected ``lr_t``)."""
+        return {"lr": self.lr}
+
+    def init_state(self, params: Mapping[str, Any], keys: Any = None) -> None:
+        """Create the zero state of ``keys`` (default every key of ``params``) that
+        has none yet, with each parameter's dtype and device."""
+        for key in params if keys is None else keys:
             for slot in self._slots:
                 if key not in self.state[slot]:
+                    p = params[key]
                     self.state[slot][key] = array_namespace(p).zeros_like(p)
-            params[key] = self._step(key, p, g)
 
-    def _step(self, key: str, p: Any, g: Any) -> Any:
+    def _step(self, key: str, p: Any, g: Any, s: Mapping[str, Any]) -> Any:
         raise NotImplementedError
 
     def state_arrays(self) -> dict[str, Any]:
@@ -95,8 +122,8 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01) -> None:
         super().__init__(lr)
 
-    def _step(self, key: str, p: Any, g: Any) -> Any:
-        return p - self.lr * g
+    def _step(self, key: str, p: Any, g: Any, s: Mapping[str, Any]) -> Any:
+        return p - s["lr"] * g
 
 
 class Momentum(Optimizer):
@@ -108,8 +135,8 @@ class Momentum(Optimizer):
         super().__init__(lr)
         self.momentum = _check_unit("momentum", momentum)
 
-    def _step(self, key: str, p: Any, g: Any) -> Any:
-        v = self.momentum * self.state["v"][key] - self.lr * g
+    def _step(self, key: str, p: Any, g: Any, s: Mapping[str, Any]) -> Any:
+        v = self.momentum * self.state["v"][key] - s["lr"] * g
         self.state["v"][key] = v
         return p + v
 
@@ -120,11 +147,11 @@ class Momentum(Optimizer):
 class Nesterov(Momentum):
     """Nesterov's accelerated gradient, in the book's form."""
 
-    def _step(self, key: str, p: Any, g: Any) -> Any:
+    def _step(self, key: str, p: Any, g: Any, s: Mapping[str, Any]) -> Any:
         m = self.momentum
-        v = m * self.state["v"][key] - self.lr * g
+        v = m * self.state["v"][key] - s["lr"] * g
         self.state["v"][key] = v
-        return p + (m * m) * v - ((1 + m) * self.lr) * g
+        return p + (m * m) * v - ((1 + m) * s["lr"]) * g
 
 
 class AdaGrad(Optimizer):
@@ -135,11 +162,11 @@ class AdaGrad(Optimizer):
     def __init__(self, lr: float = 0.01) -> None:
         super().__init__(lr)
 
-    def _step(self, key: str, p: Any, g: Any) -> Any:
+    def _step(self, key: str, p: Any, g: Any, s: Mapping[str, Any]) -> Any:
         xp = array_namespace(p)
         h = self.state["h"][key] + g * g
         self.state["h"][key] = h
-        return p - self.lr * g / (xp.sqrt(h) + 1e-7)
+        return p - s["lr"] * g / (xp.sqrt(h) + 1e-7)
 
 
 class RMSprop(Optimizer):
@@ -151,11 +178,11 @@ class RMSprop(Optimizer):
         super().__init__(lr)
         self.decay_rate = _check_unit("decay_rate", decay_rate)
 
-    def _step(self, key: str, p: Any, g: Any) -> Any:
+    def _step(self, key: str, p: Any, g: Any, s: Mapping[str, Any]) -> Any:
         xp = array_namespace(p)
         h = self.decay_rate * self.state["h"][key] + (1 - self.decay_rate) * g * g
         self.state["h"][key] = h
-        return p - self.lr * g / (xp.sqrt(h) + 1e-7)
+        return p - s["lr"] * g / (xp.sqrt(h) + 1e-7)
 
     def hyperparameters(self) -> dict[str, float]:
         return {"lr": self.lr, "decay_rate": self.decay_rate}
@@ -171,10 +198,14 @@ class Adam(Optimizer):
         self.beta1 = _check_unit("beta1", beta1)
         self.beta2 = _check_unit("beta2", beta2)
 
-    def _step(self, key: str, p: Any, g: Any) -> Any:
-        xp = array_namespace(p)
+    def step_scalars(self, iteration: int) -> dict[str, float]:
         b1, b2 = self.beta1, self.beta2
-        lr_t = self.lr * math.sqrt(1.0 - b2**self.iter) / (1.0 - b1**self.iter)
+        lr_t = self.lr * math.sqrt(1.0 - b2**iteration) / (1.0 - b1**iteration)
+        return {"lr": self.lr, "lr_t": lr_t}
+
+    def _step(self, key: str, p: Any, g: Any, s: Mapping[str, Any]) -> Any:
+        xp = array_namespace(p)
+        b1, b2, lr_t = self.beta1, self.beta2, s["lr_t"]
         m = self.state["m"][key]
         v = self.state["v"][key]
         fused = _fast.lookup("adam_update", p)
