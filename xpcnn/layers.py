@@ -1,6 +1,7 @@
 """The book's layers: ``forward`` / ``backward`` objects owning ``params`` and ``grads``.
 
-Every layer takes its array namespace from the arrays it is given; the
+Each derives from :class:`Layer` (defined in :mod:`xpcnn._layer`, with the hooks a
+training run calls). Every layer takes its array namespace from the arrays it is given; the
 arithmetic lives in :mod:`xpcnn.ops`. Shapes follow the book: images are
 (N, C, H, W), dense inputs (N, D). ``backward`` never overwrites the ``dout``
 it receives.
@@ -9,6 +10,7 @@ it receives.
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +18,7 @@ from array_api_compat import array_namespace
 
 from . import ops
 from ._checks import check_dropout_ratio
+from ._layer import Layer
 from ._window import check_window
 from .backend import random_uniform
 from .backend import rng_state as _rng_state
@@ -34,93 +37,6 @@ __all__ = [
     "SoftmaxWithLoss",
     "Tanh",
 ]
-
-
-class Layer:
-    """Base class: a layer maps ``forward(x)`` to an output and ``backward(dout)`` to ``dx``.
-
-    ``params`` maps names (``"W"``, ``"b"``, ...) to arrays; ``backward`` fills
-    ``grads`` with arrays of the same shapes. ``buffers`` holds non-trained state
-    that a checkpoint must keep (running statistics).
-
-    A layer built on an op (:mod:`xpcnn.ops`) keeps the op's cache in ``_cache``
-    in ``forward``; the inherited ``backward`` then runs ``_cache.backward(dout)``
-    and stores the parameter gradients it returns (one per entry of ``params``,
-    in ``params``' order) in ``grads``. See the README's layout section for the
-    files a new layer touches.
-    """
-
-    params: dict[str, Any]
-    grads: dict[str, Any]
-    buffers: dict[str, Any]
-    _cache: Any
-
-    def __init__(self) -> None:
-        self.params = {}
-        self.grads = {}
-        self.buffers = {}
-        self._cache = None
-
-    def forward(self, x: Any, train_flg: bool = True) -> Any:
-        raise NotImplementedError
-
-    def backward(self, dout: Any) -> Any:
-        """``dx`` for ``dout`` through the last forward pass's cache; fills ``grads``."""
-        grads = self._saved().backward(dout)
-        if not self.params:
-            return grads
-        dx, *dparams = grads
-        self.grads.update(zip(self.params, dparams, strict=True))
-        return dx
-
-    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of one example's output for one example's input shape (no batch axis)."""
-        return input_shape
-
-    def _saved(self) -> Any:
-        """The last forward pass's cache, or a clear error if there is none."""
-        if self._cache is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward called with no forward pass to go back "
-                "through (never run, or cleared by clear_cache()); call forward first"
-            )
-        return self._cache
-
-    def clear_cache(self) -> None:
-        """Drop the forward pass's saved arrays (pure inference needs no backward)."""
-        self._cache = None
-
-    def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
-        """Write this layer's inference form into an ONNX graph; return its output's name.
-
-        ``graph`` is an :class:`xpcnn.export.OnnxGraph` (``graph.node(op_type, inputs,
-        **attributes)`` adds a node and returns its output's name; ``graph.const(name,
-        array)`` adds a float32 initializer), ``x`` the name of the input tensor and
-        ``input_shape`` one example's shape. Raise ValueError for what ONNX cannot express.
-        """
-        name = type(self).__name__
-        raise ValueError(f"{name} has no ONNX export: define {name}.onnx_nodes (see Layer)")
-
-    # Random state: a layer that draws random numbers (Dropout) overrides all three.
-    def rng_state(self) -> dict[str, Any] | None:
-        """Host snapshots (NumPy arrays) of this layer's random generators, keyed by
-        generator, for checkpoints; None (the default): this layer draws no random numbers."""
-        return None
-
-    def set_rng_state(self, arrays: Mapping[str, Any]) -> None:
-        """Restore :meth:`rng_state` snapshots: the next draws continue the saved
-        sequences. The default does nothing."""
-
-    def reseed(self, derive: Callable[[int | None], int | None]) -> None:
-        """Restart this layer's generators from ``derive(seed)``, where ``seed`` is the
-        layer's integer seed (None if it has none): for example a per-rank seed in
-        data-parallel training. The default does nothing."""
-
-    def extra_repr(self) -> str:
-        return ""
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"
 
 
 class Convolution(Layer):
@@ -352,7 +268,8 @@ class Dropout(Layer):
     The uniform numbers come from :func:`xpcnn.backend.random_uniform` on the
     input's own device (CuPy / torch generators; the host generator for NumPy
     and array-api-strict). ``seed`` (int or None) makes the sequence of masks
-    reproducible on a given backend.
+    reproducible on a given backend. In a compiled step they come from a key of
+    the seed and the step number (:meth:`draw_from`).
     """
 
     def __init__(self, dropout_ratio: float = 0.5, *, seed: int | None = None) -> None:
@@ -360,6 +277,7 @@ class Dropout(Layer):
         # ops' own check, run here too so a bad ratio fails when the net is built.
         self.dropout_ratio = check_dropout_ratio(dropout_ratio)
         self.seed_state: dict[str, Any] = {"seed": seed}
+        self._uniform: Callable[[tuple[int, ...], Any], Any] | None = None
 
     @property
     def mask(self) -> Any:
@@ -370,7 +288,10 @@ class Dropout(Layer):
         if not train_flg or self.dropout_ratio == 0.0:
             self._cache = None
             return x
-        u = random_uniform(x, tuple(x.shape), seed_state=self.seed_state)
+        if self._uniform is not None:
+            u = self._uniform(tuple(x.shape), x)
+        else:
+            u = random_uniform(x, tuple(x.shape), seed_state=self.seed_state)
         out, self._cache = ops.dropout_forward(x, u, self.dropout_ratio)
         return out
 
@@ -387,6 +308,19 @@ class Dropout(Layer):
         seed = self.seed_state.get("seed")
         # a Generator seed has no integer to derive from: derive(None)
         self.seed_state = {"seed": derive(seed if isinstance(seed, int) else None)}
+
+    def random_seed(self) -> int:
+        seed = self.seed_state.get("seed")
+        if seed is not None and not hasattr(seed, "integers"):
+            return int(seed)
+        if "int" not in self.seed_state:  # None or a Generator: one integer, drawn once
+            self.seed_state["int"] = (
+                secrets.randbits(31) if seed is None else int(seed.integers(2**31))
+            )
+        return int(self.seed_state["int"])
+
+    def draw_from(self, uniform: Callable[[tuple[int, ...], Any], Any] | None) -> None:
+        self._uniform = uniform
 
     def onnx_nodes(self, graph: Any, x: str, input_shape: tuple[int, ...]) -> str:
         return x  # the identity at inference
