@@ -30,6 +30,7 @@ from ..optim import Optimizer, make_optimizer
 from .augment import Augment
 from .batches import BatchIterator
 from .comm import Communicator, SingleProcess
+from .compiled import CompiledPredictor, CompiledUpdater
 from .extensions import (
     DivergenceCheck,
     EpochLog,
@@ -133,12 +134,18 @@ class Trainer:
     augment : :class:`~xpcnn.train.augment.Augment`, optional
         Random crops and/or flips of each training batch on the device (image
         inputs only), drawn from its seed and the epoch: resumed runs repeat them.
+    compile : bool
+        Trace forward, backward and the update into one ``jax.jit`` function
+        (:class:`~xpcnn.train.compiled.CompiledUpdater`; the network must be on JAX,
+        else :class:`~xpcnn.train.compiled.CompileError`). Dropout masks then come
+        from keys of the layers' seeds and the step number.
 
-    The step is :attr:`updater`'s (a :class:`~xpcnn.train.updater.StandardUpdater`,
-    wrapped by :class:`~xpcnn.train.parallel.DataParallelUpdater` when
-    ``comm.size > 1``). After :meth:`train`, ``train_loss_list`` holds the loss of
-    every step, ``train_acc_list`` / ``test_acc_list`` one accuracy per epoch, and
-    :attr:`stop_reason` why training ended early (None when it ran every epoch).
+    The step is :attr:`updater`'s (a :class:`~xpcnn.train.updater.StandardUpdater`
+    or with ``compile`` a :class:`~xpcnn.train.compiled.CompiledUpdater`, wrapped by
+    :class:`~xpcnn.train.parallel.DataParallelUpdater` when ``comm.size > 1``). After
+    :meth:`train`, ``train_loss_list`` holds the loss of every step, ``train_acc_list``
+    / ``test_acc_list`` one accuracy per epoch, and :attr:`stop_reason` why training
+    ended early (None when it ran every epoch).
     """
 
     train_loss_list = _history_property("train_loss")
@@ -172,6 +179,7 @@ class Trainer:
         log_every: int = 50,
         flush_subnormals: bool = True,
         augment: Augment | None = None,
+        compile: bool = False,
     ) -> None:
         _check_arguments(x_train, t_train, x_test, t_test, epochs, mini_batch_size, log_every)
         if augment is not None and len(network.input_dim) != 3:
@@ -198,9 +206,10 @@ class Trainer:
             rank=self.comm.rank,
             size=self.comm.size,
         )
-        self.updater: Updater = StandardUpdater(
-            network, self.optimizer, self.x_train, self.t_train, augment
-        )
+        step = CompiledUpdater if compile else StandardUpdater
+        self.updater: Updater = step(network, self.optimizer, self.x_train, self.t_train, augment)
+        # what evaluation predicts with: a compiled run's inference is compiled too
+        self._predictor: Any = CompiledPredictor(network) if compile else network
         if self.comm.size > 1:
             self.updater = DataParallelUpdater(self.updater, self.comm, lambda: self._requested)
         self.extensions: list[Extension] = [
@@ -363,9 +372,9 @@ class Trainer:
         data-parallel run, sharded over the ranks
         (:func:`~xpcnn.train.parallel.sharded_evaluation`)."""
         if self.comm.size > 1:
-            return sharded_evaluation(self.network, sets, self.comm, loss=loss)
+            return sharded_evaluation(self._predictor, sets, self.comm, loss=loss)
         return [
-            mean_metrics(*count_correct_and_loss(self.network, x, t, loss=loss), x.shape[0], loss)
+            mean_metrics(*count_correct_and_loss(self._predictor, x, t, loss=loss), x.shape[0], loss)
             for x, t in sets
         ]
 
