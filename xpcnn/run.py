@@ -65,6 +65,7 @@ from .train import (
     TrainingDiverged,
     TrainingInterrupted,
 )
+from .train.compiled import check_backend
 
 __all__ = [
     "RESUMED_FROM_CHECKPOINT",
@@ -114,9 +115,11 @@ class RunConfig:
     differs from the resumed run's is refused). ``out`` defaults to ``runs/MODEL-DATASET``
     (with ``resume``, the checkpoint's folder); a folder that holds a run is refused
     unless it is the one resumed or ``overwrite`` is set. ``threads`` defaults to the
-    CPUs this process may use, shared among the ranks on a node. ``flush_subnormals``:
-    see :class:`~xpcnn.train.Trainer`. ``val_split`` ... ``tensorboard``: see
-    :mod:`xpcnn.run_extensions` and ``xpcnn train --help``.
+    CPUs this process may use, shared among the ranks on a node. ``flush_subnormals``
+    and ``compile`` (the step traced into one ``jax.jit`` function; JAX only, else a
+    :class:`~xpcnn.train.compiled.CompileError`): see :class:`~xpcnn.train.Trainer`.
+    ``val_split`` ... ``tensorboard``: see :mod:`xpcnn.run_extensions` and
+    ``xpcnn train --help``.
     """
 
     model: str | None = None
@@ -138,6 +141,7 @@ class RunConfig:
     progress: bool = True
     threads: int | None = None
     flush_subnormals: bool = True
+    compile: bool = False
     # Validation, early stopping, schedules, logs, augmentation (run_extensions); None: not given.
     val_split: float | None = None
     test_each_epoch: bool | None = None
@@ -204,6 +208,8 @@ def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResu
         if problem is not None:
             raise RunError(problem, collective=True)
         device = resolve_device(rank_device(config.device, comm), config.backend)
+        if config.compile:
+            check_backend(device)  # before the data is loaded
         threads = config.threads if config.threads is not None else cores_per_rank(comm)
         with thread_limits(threads, device):
             dataset = _load_data_once(cfg, config, comm)
@@ -212,7 +218,13 @@ def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResu
             extras = make_extensions(cfg, out, checkpoint.extra or {})
             try:  # e.g. a split that leaves no image on one side: the same on every rank
                 trainer = _make_trainer(
-                    cfg, dataset, device, config.progress and lead, [*extras, checkpoint], comm
+                    cfg,
+                    dataset,
+                    device,
+                    config.progress and lead,
+                    [*extras, checkpoint],
+                    comm,
+                    config.compile,
                 )
             except ConfigError as exc:
                 raise RunError(str(exc), collective=True) from None
@@ -314,6 +326,7 @@ def _make_trainer(
     progress: bool,
     extensions: Sequence[Extension],
     comm: Communicator,
+    compile: bool = False,
 ) -> Trainer:
     n = cfg["train_size"]  # NumPy slices stop at the end: `--train-size` above N is all of it
     return Trainer(
@@ -338,6 +351,7 @@ def _make_trainer(
         ],
         comm=comm,
         augment=Augment(cfg["augment"], seed=cfg["seed"]) if cfg["augment"] else None,
+        compile=compile,
     )
 
 
@@ -474,6 +488,7 @@ def _announce(
         )
     ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
     val = "" if trainer.x_val is None else f"{trainer.x_val.shape[0]} validation / "
+    ranks += " (compiled step)" if config.compile else ""
     _say(
         f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / {val}"
         f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "

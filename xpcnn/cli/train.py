@@ -79,6 +79,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "are flushed to zero while training",
     )
     t.add_argument(
+        "--compile",
+        action="store_true",
+        help="trace each training step (forward, backward, update) into one compiled "
+        "jax.jit function, and evaluation too (--backend jax only; dropout masks then come "
+        "from keys of the seed and the step)",
+    )
+    t.add_argument(
         "--threads",
         type=positive_int,
         metavar="N",
@@ -167,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         threads=args.threads,
         flush_subnormals=not args.no_flush_subnormals,
+        compile=args.compile,
     )
     keep_freed_memory()  # the steps reuse the heap's pages instead of faulting fresh ones in
     return run_training(config).status
