@@ -6,6 +6,10 @@
   ``.asarray(host_array, dtype=None)`` and ``.to_numpy(x)``.
 - :func:`check_layer`: a layer's ``backward`` against float64 central differences,
   for the input and every entry of ``layer.params``, plus dtype/device checks.
+- :func:`check_jit`: the layer traces under ``jax.jit`` (as a compiled training
+  step traces it) and computes there what it computes eagerly; a failure names the
+  layer and the cause (control flow on an array value, item assignment, a host
+  conversion, random numbers drawn on the host).
 - A pytest plugin: ``pytest_plugins = ["xpcnn.testing"]`` in a test module or
   ``conftest.py`` gives an ``xp_backend`` fixture parametrised over :func:`backends`
   (ids ``numpy``, ``strict``, ``strict-device1``, ``torch``, ``jax``, ``cupy``),
@@ -43,10 +47,12 @@ from array_api_compat import array_namespace, device
 
 from .._numerical import numerical_gradient
 from ..backend import Device, DeviceError, devices_to_test, enable_float64, to_numpy
+from ._jit import check_jit
 
 __all__ = [
     "assert_close_scaled",
     "backends",
+    "check_jit",
     "check_layer",
     "enable_jax_x64",
     "numerical_gradient",
