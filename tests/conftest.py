@@ -47,6 +47,29 @@ def _torch_single_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _jax_compilation_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One XLA compilation per distinct program in the session: the compiled-step tests
+    build many networks of one architecture (resumes, seeds, ranks), whose programs are
+    the same (the values are inputs). A compile costs seconds on a busy 2-core machine."""
+    if importlib.util.find_spec("jax") is None:
+        yield
+        return
+    import jax
+
+    options = {
+        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax-cache")),
+        "jax_persistent_cache_min_compile_time_secs": 0.0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    before = {k: getattr(jax.config, k) for k in options}
+    for k, v in options.items():
+        jax.config.update(k, v)
+    yield
+    for k, v in before.items():
+        jax.config.update(k, v)
+
+
 @pytest.fixture(params=BACKENDS, ids=BACKEND_IDS)
 def backend(request: pytest.FixtureRequest) -> Device:
     """A :class:`xpcnn.backend.Device` named by its test id (``.name``, ``.xp``,

@@ -330,7 +330,14 @@ class CompiledUpdater(StandardUpdater):
         if cache_key not in self._compiled:
             import jax
 
-            self._compiled[cache_key] = jax.jit(getattr(self, f"{name}_fn"))
+            method = getattr(self, f"{name}_fn")
+
+            # A new function for each key: jax reuses the trace of a function equal to
+            # one it has seen, and bound methods of one object compare equal.
+            def fn(*args: Any) -> Any:
+                return method(*args)
+
+            self._compiled[cache_key] = jax.jit(fn)
         return self._compiled[cache_key]
 
     def _call(self, name: str, *args: Any) -> Any:

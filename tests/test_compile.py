@@ -1,0 +1,390 @@
+"""The compiled training step (``Trainer(compile=True)``, ``xpcnn train --compile``):
+one ``jax.jit`` function from the same layer and optimizer code, equal to the eager
+step; randomness from keys; state out as values; no tracer left behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+from test_train import SMALL, run_ranks  # noqa: E402
+
+from xpcnn.backend import resolve_device  # noqa: E402
+from xpcnn.checkpoint import load_checkpoint  # noqa: E402
+from xpcnn.cli import main  # noqa: E402
+from xpcnn.data import load_dataset  # noqa: E402
+from xpcnn.layers import Dropout, Layer  # noqa: E402
+from xpcnn.metrics import count_correct  # noqa: E402
+from xpcnn.models import NetBuilder, SimpleConvNet  # noqa: E402
+from xpcnn.optim import OPTIMIZERS, make_optimizer  # noqa: E402
+from xpcnn.train import EpochEndCallback, Trainer, TrainingDiverged  # noqa: E402
+from xpcnn.train.batches import Batch  # noqa: E402
+from xpcnn.train.compiled import (  # noqa: E402
+    CompiledPredictor,
+    CompiledUpdater,
+    CompileError,
+    functional,
+    leaked_tracers,
+)
+from xpcnn.train.updater import StandardUpdater  # noqa: E402
+
+JAX = resolve_device("cpu", "jax")
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_dataset("mnist-sample")
+    return d.x_train[:200], d.t_train[:200], d.x_test[:100], d.t_test[:100]
+
+
+def simple(dtype="float64", seed=0):
+    return SimpleConvNet(**SMALL, dtype=dtype, device=JAX, seed=seed)
+
+
+def dropout_net(seed=0, dtype="float64", batchnorm=False):
+    """A small dense net with two dropout layers (and batch normalisation)."""
+    b = NetBuilder((1, 28, 28), seed=seed, dtype=dtype, device=JAX).affine(16)
+    if batchnorm:
+        b = b.batchnorm()
+    return b.relu().dropout(0.5).affine(10).dropout(0.3).build()
+
+
+def first_dropout(net):
+    return next(layer for layer in net.layers if isinstance(layer, Dropout))
+
+
+def trainer(net, data, *, compile, epochs=1, **kw):
+    kw.setdefault("mini_batch_size", 40)
+    kw.setdefault("evaluate_sample_num_per_epoch", 20)
+    return Trainer(net, *data, epochs=epochs, verbose=False, seed=1, compile=compile, **kw)
+
+
+def host(net):
+    return {k: np.asarray(v) for k, v in [*net.params.items(), *net.buffers.items()]}
+
+
+def assert_same(a, b, atol, rtol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+# -- the compiled step equals the eager one -------------------------------------------------
+
+
+def steps(net, data, optimizer, n, batch=10, *, compile):
+    """``n`` steps of an eager or compiled updater on consecutive batches; the losses."""
+    dev = net.device
+    cls = CompiledUpdater if compile else StandardUpdater
+    up = cls(net, optimizer, dev.asarray(data[0]), dev.asarray(data[1]))
+    losses = []
+    for i in range(n):
+        idx = np.arange(i * batch, (i + 1) * batch) % data[0].shape[0]
+        losses.append(float(up.update(Batch(i + 1, idx, batch))))
+    return losses
+
+
+def test_compiled_parameters_after_20_steps_equal_eager_float64(data):
+    """The issue's target: float64, no dropout, 20 steps (Adam), to 1e-9."""
+    nets = {c: simple() for c in (False, True)}
+    opts = {c: make_optimizer("Adam") for c in (False, True)}
+    losses = {c: steps(nets[c], data, opts[c], 20, compile=c) for c in (False, True)}
+    assert_same(host(nets[True]), host(nets[False]), atol=1e-9)
+    np.testing.assert_allclose(losses[True], losses[False], rtol=0, atol=1e-9)
+    assert_same(opts[True].state_arrays(), opts[False].state_arrays(), atol=1e-9)
+    assert opts[True].iter == 20
+
+
+def test_compiled_float32_is_close_to_eager(data):
+    """float32: XLA fuses and reorders the arithmetic, so the bits may differ."""
+    nets = {c: simple("float32") for c in (False, True)}
+    for c, net in nets.items():
+        steps(net, data, make_optimizer("Adam"), 5, compile=c)
+    assert_same(host(nets[True]), host(nets[False]), atol=1e-5, rtol=1e-4)
+
+
+def dense(batchnorm=True):
+    b = NetBuilder((6,), seed=0, dtype="float64", device=JAX).affine(5)
+    return (b.batchnorm() if batchnorm else b).relu().affine(3).build()
+
+
+RANDOM_DATA = (
+    np.random.default_rng(0).standard_normal((40, 6)),
+    np.random.default_rng(1).integers(0, 3, 40),
+)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_and_batch_norm_compiled_equal_eager(name):
+    """Optimizer state and running statistics come out of the compiled step as values."""
+    nets = {c: dense() for c in (False, True)}
+    opts = {c: make_optimizer(name, lr=0.01) for c in (False, True)}
+    for c in (False, True):
+        steps(nets[c], RANDOM_DATA, opts[c], 5, compile=c)
+    assert_same(host(nets[True]), host(nets[False]), atol=1e-9)
+    assert "running_mean2" in host(nets[True])
+    assert_same(opts[True].state_arrays(), opts[False].state_arrays(), atol=1e-9)
+    assert opts[True].iter == opts[False].iter == 5
+
+
+def test_a_learning_rate_change_applies_without_compiling_again():
+    """The learning rate is an input of the compiled step (schedules); a fixed
+    hyperparameter (momentum) is a constant of it: changing one compiles again."""
+    nets = {c: dense(batchnorm=False) for c in (False, True)}
+    opts = {c: make_optimizer("Momentum", lr=0.1) for c in (False, True)}
+    ups = {}
+    for c in (False, True):
+        cls = CompiledUpdater if c else StandardUpdater
+        ups[c] = cls(nets[c], opts[c], JAX.asarray(RANDOM_DATA[0]), JAX.asarray(RANDOM_DATA[1]))
+    for change in (None, ("lr", 0.01), ("momentum", 0.5)):
+        for c in (False, True):
+            if change:
+                setattr(opts[c], *change)
+            for i in range(3):
+                ups[c].update(Batch(i + 1, np.arange(i * 10, i * 10 + 10), 10))
+        assert_same(host(nets[True]), host(nets[False]), atol=1e-12)
+    assert [fn._cache_size() for fn in ups[True]._compiled.values()] == [1, 1]  # momentum 0.9, 0.5
+
+
+def test_compiled_evaluation_counts_as_the_eager_one(data):
+    net = dropout_net(seed=3)  # inference: no dropout
+    x, t = data[2], data[3]
+    assert count_correct(CompiledPredictor(net), x, t, 30) == count_correct(net, x, t, 30)
+    assert leaked_tracers(net, *net.layers) == []
+
+
+def test_the_last_short_batch_compiles_once_more_and_no_step_retraces(data):
+    tr = trainer(dropout_net(), data, compile=True, epochs=2, mini_batch_size=70)  # 70, 70, 60
+    tr.train()
+    (fn,) = tr.updater._compiled.values()
+    assert fn._cache_size() == 2
+    assert len(tr.train_loss_list) == 6
+
+
+# -- randomness from keys --------------------------------------------------------------------
+
+
+def test_dropout_masks_differ_every_step_and_repeat_with_the_seed():
+    """Under jax.jit the mask is fold_in(key(seed), step)'s: an input, not a constant."""
+    x = JAX.asarray(np.ones((50, 1, 28, 28)), "float64")
+
+    def mask(seed, step):
+        net = dropout_net(seed)
+        up = CompiledUpdater(net, make_optimizer("SGD"), x, x)
+
+        @jax.jit
+        def f(params, keys, step):
+            with functional(net, params=params, keys=keys, step=step):
+                net.predict(x, train_flg=True)
+                return first_dropout(net).mask
+
+        return np.asarray(f(dict(net.params), up.inputs()["keys"], step))
+
+    first = mask(0, 1)
+    assert 0.4 < first.mean() < 0.6  # dropout_ratio 0.5
+    assert np.array_equal(mask(0, 1), first)
+    assert not np.array_equal(mask(0, 2), first)
+    assert not np.array_equal(mask(1, 1), first)  # another seed
+
+
+def test_same_seed_same_parameters_another_seed_others(data):
+    runs = {}
+    for seed in (0, 0, 1):
+        net = dropout_net()
+        for layer in net.layers:  # the nets differ in their dropout seeds only
+            layer.reseed(lambda s, seed=seed: None if s is None else s + seed)
+        trainer(net, data, compile=True).train()
+        runs.setdefault(seed, []).append(host(net))
+    assert_same(runs[0][0], runs[0][1], atol=0)
+    assert any(not np.array_equal(runs[0][0][k], runs[1][0][k]) for k in runs[0][0])
+
+
+def test_compiled_step_with_dropout_equals_the_same_function_run_eagerly(data):
+    """The traced function, run eagerly on the same keys, gives the same numbers: the
+    compiled step is the layers' own code, masks included."""
+    x = JAX.asarray(data[0][:40].astype(np.float64) / 255, "float64")
+    t = JAX.asarray(data[1][:40])
+    ups = [
+        CompiledUpdater(dropout_net(batchnorm=True), make_optimizer("Adam"), x, t) for _ in range(2)
+    ]
+    for i in range(3):
+        idx = np.arange(i * 10, i * 10 + 10)
+        ups[0].update(Batch(i + 1, idx, 10))
+        eager = ups[1]
+        a = eager.inputs()
+        xb, tb = eager.take(idx)
+        p, s, b, _ = eager.step_fn(
+            a["params"], a["state"], a["buffers"], xb, tb, a["keys"], a["step"], a["s"]
+        )
+        eager._store(p, b, s)
+        eager.optimizer.iter = a["step"]
+    assert_same(host(ups[0].network), host(ups[1].network), atol=1e-9)
+
+
+def test_resume_of_a_compiled_dropout_run_is_exact(data, tmp_path):
+    straight = trainer(dropout_net(), data, compile=True, epochs=2)
+    straight.train()
+    first = trainer(dropout_net(), data, compile=True, epochs=1)
+    first.train()
+    first.save_checkpoint(tmp_path / "ck.npz")
+    resumed = trainer(dropout_net(), data, compile=True, epochs=2)
+    resumed.load_checkpoint(tmp_path / "ck.npz")
+    resumed.train()
+    assert_same(host(resumed.network), host(straight.network), atol=0)
+
+
+# -- nothing traced outlives the step ----------------------------------------------------------
+
+
+def test_no_tracer_is_left_in_any_layer_or_the_optimizer(data):
+    tr = trainer(dropout_net(batchnorm=True), data, compile=True)
+    tr.train()
+    net = tr.network
+    assert leaked_tracers(net, *net.layers, net.last_layer, tr.optimizer, tr.updater) == []
+    for view in (net.params, net.buffers):
+        assert all(isinstance(v, jax.Array) for v in view.values())
+    for slots in tr.optimizer.state.values():
+        assert all(isinstance(v, jax.Array) for v in slots.values())
+
+
+def test_the_leak_check_finds_tracers_at_any_depth():
+    class Holder:
+        pass
+
+    found = []
+
+    @jax.jit
+    def f(x):
+        h = Holder()
+        h.inner = {"a": [1, (2, x)]}
+        found.extend(leaked_tracers(h))
+        return x
+
+    f(JAX.asarray(np.ones(2), "float64"))
+    assert found == ["Holder.inner['a'][1][1]"]
+
+
+# -- what cannot be compiled: one clear error ---------------------------------------------------
+
+
+def test_compile_on_another_backend_is_refused(data):
+    net = SimpleConvNet(**SMALL, dtype="float64", seed=0)
+    with pytest.raises(CompileError, match="needs the JAX backend, not numpy: use --backend jax"):
+        Trainer(net, *data, compile=True, verbose=False)
+
+
+def test_cli_compile_without_jax_is_one_line_and_exit_2(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(["train", "--compile", "--epochs", "1", "--train-size", "50", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip().splitlines() == [
+        "xpcnn train: error: compiling the training step needs the JAX backend, not numpy: "
+        "use --backend jax, or train without --compile"
+    ]
+    assert not out.exists()
+
+
+class HostRandom(Layer):
+    """Draws its numbers on the host and says so (rng_state), but takes no key."""
+
+    def rng_state(self):
+        return {}
+
+    def forward(self, x, train_flg=True):
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+class Counter(Layer):
+    """Keeps state in a plain attribute, which a compiled step cannot carry out."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0.0
+
+    def forward(self, x, train_flg=True):
+        self.total = self.total + x[0, 0]
+        return x
+
+    def backward(self, dout):
+        return dout
+
+
+def _with(layer):
+    b = NetBuilder((4,), seed=0, dtype="float64", device=JAX).affine(3)
+    return b.add(layer).build()
+
+
+def test_a_layer_drawing_on_the_host_is_refused():
+    net = _with(HostRandom())
+    x, t = JAX.asarray(np.ones((2, 4)), "float64"), JAX.asarray(np.zeros(2, dtype=np.int64))
+    with pytest.raises(CompileError, match=r"layer 1 \(HostRandom\(\)\) draws random numbers"):
+        CompiledUpdater(net, make_optimizer("SGD"), x, t)
+
+
+def test_state_outside_buffers_is_refused_naming_the_layer():
+    net = _with(Counter())
+    x, t = JAX.asarray(np.ones((2, 4)), "float64"), JAX.asarray(np.zeros(2, dtype=np.int64))
+    up = CompiledUpdater(net, make_optimizer("SGD"), x, t)
+    with pytest.raises(CompileError, match=r"Counter.total hold traced values .* layer.buffers"):
+        up.update(Batch(1, np.arange(2), 2))
+    assert net.layers[1].total == 0.0  # restored
+
+
+# -- host-side parts: divergence, checkpoints, the command, data parallel ----------------------
+
+
+def test_a_nan_loss_in_a_compiled_step_stops_with_the_last_good_checkpoint(data, tmp_path):
+    path = tmp_path / "ck.npz"
+
+    def save_then_explode(tr):
+        tr.save_checkpoint(path)
+        tr.network.params["W3"] = tr.network.params["W3"] * float("nan")
+
+    tr = trainer(
+        simple(),
+        data,
+        compile=True,
+        epochs=3,
+        extensions=[EpochEndCallback(save_then_explode)],
+        log_every=2,
+    )
+    with pytest.raises(TrainingDiverged, match=r"diverged.*lower the learning rate"):
+        tr.train()
+    arrays, meta = load_checkpoint(path)
+    assert meta["trainer"]["epoch"] == 1
+    assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_cli_train_compile_on_jax(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "jax", "--compile", "--epochs", "1", "--train-size", "100"]
+    argv += ["--eval-samples", "50", "--batch-size", "50", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "(compiled step)" in captured.err
+    assert "test accuracy" in captured.out
+    assert (out / "checkpoint.npz").exists()
+
+
+def test_two_ranks_compiled_equal_one_process(data):
+    """The compiled gradients are summed over the ranks between the compiled
+    gradient and update functions, as in an eager data-parallel run."""
+
+    def net():
+        return NetBuilder((1, 28, 28), seed=0, dtype="float64", device=JAX).affine(8).build()
+
+    straight = trainer(net(), data, compile=True, epochs=2, mini_batch_size=64)
+    straight.train()
+
+    def make(comm):
+        return trainer(net(), data, compile=True, epochs=2, mini_batch_size=64, comm=comm)
+
+    for tr in run_ranks(2, make):
+        assert_same(host(tr.network), host(straight.network), atol=1e-9)
+        assert tr.train_loss_list == pytest.approx(straight.train_loss_list, abs=1e-9)
