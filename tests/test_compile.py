@@ -15,10 +15,22 @@ from xpcnn.backend import resolve_device  # noqa: E402
 from xpcnn.checkpoint import load_checkpoint  # noqa: E402
 from xpcnn.cli import main  # noqa: E402
 from xpcnn.data import load_dataset  # noqa: E402
-from xpcnn.layers import Dropout, Layer  # noqa: E402
+from xpcnn.layers import (  # noqa: E402
+    LRN,
+    Affine,
+    BatchNormalization,
+    Convolution,
+    Dropout,
+    Layer,
+    Pooling,
+    Relu,
+    Sigmoid,
+    Tanh,
+)
 from xpcnn.metrics import count_correct  # noqa: E402
 from xpcnn.models import NetBuilder, SimpleConvNet  # noqa: E402
 from xpcnn.optim import OPTIMIZERS, make_optimizer  # noqa: E402
+from xpcnn.testing import check_jit  # noqa: E402
 from xpcnn.train import EpochEndCallback, Trainer, TrainingDiverged  # noqa: E402
 from xpcnn.train.batches import Batch  # noqa: E402
 from xpcnn.train.compiled import (  # noqa: E402
@@ -388,3 +400,105 @@ def test_two_ranks_compiled_equal_one_process(data):
     for tr in run_ranks(2, make):
         assert_same(host(tr.network), host(straight.network), atol=1e-9)
         assert tr.train_loss_list == pytest.approx(straight.train_loss_list, abs=1e-9)
+
+
+# -- xpcnn.testing.check_jit ------------------------------------------------------------------
+
+
+def _arr(rng, *shape):
+    return JAX.asarray(rng.standard_normal(shape), "float64")
+
+
+BUILT_IN = {
+    "convolution": lambda r: (Convolution(_arr(r, 2, 3, 3, 3), _arr(r, 2), 2, 1), (2, 3, 6, 6)),
+    "max-pooling": lambda r: (Pooling(2, 2, stride=1, pad=1), (2, 3, 5, 5)),
+    "avg-pooling": lambda r: (Pooling(2, 2, mode="avg"), (2, 3, 6, 6)),
+    "affine": lambda r: (Affine(_arr(r, 12, 4), _arr(r, 4)), (2, 3, 2, 2)),
+    "relu": lambda r: (Relu(), (2, 5)),
+    "sigmoid": lambda r: (Sigmoid(), (2, 5)),
+    "tanh": lambda r: (Tanh(), (2, 5)),
+    "dropout": lambda r: (Dropout(0.4, seed=3), (4, 6)),
+    "batchnorm": lambda r: (BatchNormalization(_arr(r, 3), _arr(r, 3)), (4, 3, 2, 2)),
+    "lrn": lambda r: (LRN(size=3), (2, 4, 3, 3)),
+}
+
+
+@pytest.mark.parametrize("train_flg", [True, False], ids=["train", "inference"])
+@pytest.mark.parametrize("name", sorted(BUILT_IN))
+def test_check_jit_passes_every_built_in_layer(name, train_flg):
+    rng = np.random.default_rng(0)
+    layer, shape = BUILT_IN[name](rng)
+    check_jit(layer, _arr(rng, *shape), train_flg=train_flg)
+    assert leaked_tracers(layer) == []
+
+
+class BranchOnValue(Layer):
+    def forward(self, x, train_flg=True):
+        if x[0, 0] > 0:  # Python control flow on an array value
+            return x
+        return -x
+
+    def backward(self, dout):
+        return dout
+
+
+class AssignItem(Layer):
+    def forward(self, x, train_flg=True):
+        y = x * 1.0
+        y[0, 0] = 0.0  # item assignment
+        return y
+
+    def backward(self, dout):
+        return dout
+
+
+class ToHost(Layer):
+    def forward(self, x, train_flg=True):
+        return x * float(np.asarray(x).max())  # host conversion
+
+    def backward(self, dout):
+        return dout
+
+
+class DrawsOnHost(Layer):
+    """Random like dropout, but from a host generator: constants under jax.jit."""
+
+    def __init__(self):
+        super().__init__()
+        self._rng = np.random.default_rng(0)
+
+    def forward(self, x, train_flg=True):
+        return x * JAX.asarray(self._rng.random(tuple(x.shape)), "float64")
+
+    def backward(self, dout):
+        return dout
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        (
+            BranchOnValue(),
+            r"BranchOnValue does not trace .* forward at .*test_compile.py:\d+ "
+            r"\(if x\[0, 0\] > 0:.*\): Python control flow on an array value",
+        ),
+        (
+            AssignItem(),
+            r"AssignItem does not trace .* forward at .*y\[0, 0\] = 0.0.*: item "
+            r"assignment .* array_api_extra.at",
+        ),
+        (ToHost(), r"ToHost does not trace .* forward .*: a conversion to the host"),
+        (DrawsOnHost(), r"DrawsOnHost draws random numbers but not from Layer.draw_from"),
+        (Counter(), r"Counter: a pass leaves traced values in Counter.total: .* layer.buffers"),
+    ],
+    ids=["control-flow", "item-assignment", "host-conversion", "host-random", "state"],
+)
+def test_check_jit_names_the_layer_and_the_cause(layer, message):
+    x = _arr(np.random.default_rng(0), 3, 4)
+    with pytest.raises(AssertionError, match=message):
+        check_jit(layer, x)
+
+
+def test_check_jit_needs_jax_arrays():
+    with pytest.raises(AssertionError, match=r"check_jit: Relu: x is a numpy array; .* on JAX"):
+        check_jit(Relu(), np.ones((2, 2)))
