@@ -41,6 +41,7 @@ def assert_gradients_match(
     grads = backward(backend.asarray(weights, "float64"), cache, *dev)
     assert len(grads) == len(inputs)
     checked = 0
+    out_of = compiled_on_jax(backend, lambda *args: forward(*args)[0])
     for k, (a, g) in enumerate(zip(inputs, grads, strict=True)):
         if g is None:
             continue
@@ -48,7 +49,7 @@ def assert_gradients_match(
         def loss(v: np.ndarray, k: int = k) -> float:
             args = list(dev)
             args[k] = backend.asarray(v, "float64")
-            return weighted_sum(backend.to_numpy(forward(*args)[0]), weights)
+            return weighted_sum(backend.to_numpy(out_of(*args)), weights)
 
         num = numerical_gradient(loss, a)
         assert_close_scaled(
@@ -99,10 +100,13 @@ def assert_layer_gradients_match(
     dx = layer.backward(dout)
     assert set(layer.grads) == set(params), f"grads {sorted(layer.grads)} != {sorted(params)}"
 
+    # A fresh layer per evaluation: a pure function of (x, params), compiled on JAX.
+    forward_of = compiled_on_jax(backend, lambda x, p: run(make_layer(**p), x))
+
     def loss(x_host: np.ndarray, **override: np.ndarray) -> float:
         p = dict(dev_params)
         p.update({k: backend.asarray(v, "float64") for k, v in override.items()})
-        out = run(make_layer(**p), backend.asarray(x_host, "float64"))
+        out = forward_of(backend.asarray(x_host, "float64"), p)
         return weighted_sum(backend.to_numpy(out), weights)
 
     num_dx = numerical_gradient(loss, x)
@@ -112,6 +116,37 @@ def assert_layer_gradients_match(
         assert_close_scaled(
             backend.to_numpy(layer.grads[key]), num, rtol=1e-6, atol=1e-8, err_msg=f"grads[{key!r}]"
         )
+
+
+def compiled_on_jax(backend: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a pure function of arrays), compiled with ``jax.jit`` on the JAX backend.
+
+    For the central-difference references, which evaluate a forward pass two times
+    per element: eagerly JAX dispatches every operation (milliseconds a pass), compiled
+    a pass is one call. The code under test (``backward``, ``gradient``) still runs
+    eagerly; the references run the same forward code, traced (as a compiled training
+    step runs it). Measured in the commit that added it (see the README)."""
+    if backend.name != "jax":
+        return fn
+    import jax
+
+    return jax.jit(fn)
+
+
+def network_loss(backend: Any, net: Any, x: Any, t: Any) -> Callable[[], float]:
+    """``net.loss(x, t)`` as a host float for the network's current parameters; on JAX
+    one compiled function of the parameters and buffers (``xpcnn.train.compiled.functional``
+    runs the network on them and restores it)."""
+    if backend.name != "jax":
+        return lambda: float(backend.to_numpy(net.loss(x, t)))
+    from xpcnn.train.compiled import functional
+
+    def pure(params: Any, buffers: Any) -> Any:
+        with functional(net, params=params, buffers=buffers):
+            return net.loss(x, t)
+
+    compiled = compiled_on_jax(backend, pure)
+    return lambda: float(backend.to_numpy(compiled(dict(net.params), dict(net.buffers))))
 
 
 CODE_PATHS = ["default-path", "generic-path"]
