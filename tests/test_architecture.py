@@ -1,8 +1,8 @@
 """Architecture rules, checked on the source with ``ast`` (nothing is imported).
 
-1. Compute modules (``xpcnn/ops/*.py``, ``xpcnn/layers.py``, ``xpcnn/models/*.py``,
-   ``xpcnn/optim.py``) import neither numpy nor cupy, not even inside functions:
-   their namespace comes from the arrays they are given.
+1. Compute modules (``xpcnn/ops/*.py``, ``xpcnn/layers.py``, ``xpcnn/_layer.py``,
+   ``xpcnn/models/*.py``, ``xpcnn/optim.py``) import neither numpy nor cupy, not even
+   inside functions: their namespace comes from the arrays they are given.
 2. In the whole ``xpcnn/`` package only ``xpcnn/backend/`` (one adapter per array
    library) and the fast-path seam ``xpcnn/_fast/`` (backend-specific kernels, imported
    lazily) import cupy, torch, jax or array_api_strict, or branch on a library's name.
@@ -26,7 +26,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "xpcnn"
 
 # Glob patterns relative to PACKAGE; the ops must exist, the others are checked when present.
-COMPUTE_PATTERNS = ["ops/*.py", "layers.py", "models/*.py", "optim.py"]
+COMPUTE_PATTERNS = ["ops/*.py", "layers.py", "_layer.py", "models/*.py", "optim.py"]
 FORBIDDEN_IN_COMPUTE = ("numpy", "cupy")
 DYNAMIC_IMPORTERS = {"__import__", "import_module"}
 
