@@ -58,6 +58,7 @@ __all__ = [
     "CompileError",
     "CompiledPredictor",
     "CompiledUpdater",
+    "assign",
     "check_backend",
     "check_compilable",
     "functional",
@@ -150,6 +151,23 @@ def restored(*objects: Any) -> Iterator[None]:
             _restore(obj, snap)
 
 
+def assign(
+    network: Sequential,
+    optimizer: Optimizer | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    buffers: Mapping[str, Any] | None = None,
+    state: Mapping[str, Mapping[str, Any]] | None = None,
+) -> None:
+    """Give ``network`` these parameters and buffers (by network-level name) and
+    ``optimizer`` this state (``{slot: {key: array}}``, copied into new dicts)."""
+    for view, values in ((network.params, params), (network.buffers, buffers)):
+        for k, v in (values or {}).items():
+            view[k] = v
+    if state is not None and optimizer is not None:
+        optimizer.state = {slot: dict(d) for slot, d in state.items()}
+
+
 @contextlib.contextmanager
 def functional(
     network: Sequential,
@@ -174,11 +192,7 @@ def functional(
     if optimizer is not None:
         objects.append(optimizer)
     with restored(*objects):
-        for view, values in ((network.params, params), (network.buffers, buffers)):
-            for k, v in (values or {}).items():
-                view[k] = v
-        if state is not None and optimizer is not None:
-            optimizer.state = {slot: dict(d) for slot, d in state.items()}
+        assign(network, optimizer, params=params, buffers=buffers, state=state)
         if keys:
             import jax
 
@@ -352,21 +366,13 @@ class CompiledUpdater(StandardUpdater):
                 )
         return out
 
-    def _store(self, params: Any = None, buffers: Any = None, state: Any = None) -> None:
-        net = self.network
-        for view, values in ((net.params, params), (net.buffers, buffers)):
-            for k, v in (values or {}).items():
-                view[k] = v
-        if state is not None:
-            self.optimizer.state = state
-
     def update(self, batch: Batch) -> Any:
         x, t = self.take(batch.indices, batch.epoch)  # augmented there, eagerly
         a = self.inputs()
         params, state, buffers, loss = self._call(
             "step", a["params"], a["state"], a["buffers"], x, t, a["keys"], a["step"], a["s"]
         )
-        self._store(params, buffers, state)
+        assign(self.network, self.optimizer, params=params, buffers=buffers, state=state)
         self.optimizer.iter = a["step"]
         return loss
 
@@ -375,13 +381,13 @@ class CompiledUpdater(StandardUpdater):
         grads, loss, buffers = self._call(
             "grad", a["params"], a["buffers"], x, t, a["keys"], a["step"]
         )
-        self._store(buffers=buffers)
+        assign(self.network, buffers=buffers)
         return grads, loss
 
     def apply(self, grads: dict[str, Any]) -> None:
         a = self.inputs()
         params, state = self._call("apply", a["params"], a["state"], grads, a["s"])
-        self._store(params, state=state)
+        assign(self.network, self.optimizer, params=params, state=state)
         self.optimizer.iter = a["step"]
 
 
