@@ -14,6 +14,11 @@ optimizer's own methods on traced values, as ``torch.func.functional_call`` does
    layers and the optimizer as it was, so no traced value stays in a Python
    object (checked after every trace: :func:`leaked_tracers`).
 
+So a compiled step carries out what lives in ``params``, ``buffers`` and the
+optimizer's ``state``: anything else a layer sets during a pass (a cache, the book's
+``self.x``) is put back as it was, and state that must outlive a step belongs in
+``buffers`` (batch normalisation's running statistics).
+
 After the call the concrete results are assigned to the network and optimizer,
 which stay the one source of truth: checkpoints, evaluation and extensions see
 them as after an eager step (the layers' ``grads`` and caches are not filled).
@@ -65,7 +70,6 @@ __all__ = [
     "keyed_uniform",
     "leaked_tracers",
     "restored",
-    "state_outside_buffers",
 ]
 
 
@@ -231,19 +235,6 @@ def leaked_tracers(*objects: Any, limit: int = 10) -> list[str]:
     return found
 
 
-def state_outside_buffers(layer: Any) -> list[str]:
-    """The public attributes of ``layer`` other than ``params``, ``grads`` and
-    ``buffers`` that hold a traced value after a pass: state that a compiled step
-    would drop (it carries out ``buffers`` only), as ``"Layer.name"``."""
-    return [
-        f"{type(layer).__name__}.{k}"
-        for k, v in vars(layer).items()
-        if not k.startswith("_")
-        and k not in ("params", "grads", "buffers")
-        and leaked_tracers(v, limit=1)
-    ]
-
-
 def _ours(v: Any) -> bool:
     """Objects whose attributes are searched: xpcnn's and users' (not modules, functions
     or library internals such as generators)."""
@@ -283,13 +274,6 @@ class CompiledUpdater(StandardUpdater):
         net = self.network
         with functional(net, params=params, buffers=buffers, keys=keys, step=step):
             grads = net.gradient(x, t)
-            outside = [name for layer in net.layers for name in state_outside_buffers(layer)]
-            if outside:
-                raise CompileError(
-                    f"{', '.join(outside)} hold traced values after the pass: state that a "
-                    "compiled step must carry out belongs in layer.buffers "
-                    "(xpcnn.testing.check_jit finds such layers)"
-                )
             return grads, net.last_layer.loss, dict(net.buffers)
 
     def apply_fn(
