@@ -380,7 +380,7 @@ def test_cli_train_compile_on_jax(tmp_path, capsys):
     argv += ["--eval-samples", "50", "--batch-size", "50", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     captured = capsys.readouterr()
-    assert "(compiled step)" in captured.err
+    assert "on jax:cpu:0, compiled, float32" in captured.err
     assert "test accuracy" in captured.out
     assert (out / "checkpoint.npz").exists()
 

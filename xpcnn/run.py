@@ -65,7 +65,6 @@ from .train import (
     TrainingDiverged,
     TrainingInterrupted,
 )
-from .train.compiled import check_backend
 
 __all__ = [
     "RESUMED_FROM_CHECKPOINT",
@@ -115,11 +114,9 @@ class RunConfig:
     differs from the resumed run's is refused). ``out`` defaults to ``runs/MODEL-DATASET``
     (with ``resume``, the checkpoint's folder); a folder that holds a run is refused
     unless it is the one resumed or ``overwrite`` is set. ``threads`` defaults to the
-    CPUs this process may use, shared among the ranks on a node. ``flush_subnormals``
-    and ``compile`` (the step traced into one ``jax.jit`` function; JAX only, else a
-    :class:`~xpcnn.train.compiled.CompileError`): see :class:`~xpcnn.train.Trainer`.
-    ``val_split`` ... ``tensorboard``: see :mod:`xpcnn.run_extensions` and
-    ``xpcnn train --help``.
+    CPUs this process may use, shared among the ranks on a node. ``flush_subnormals``,
+    ``compile``: see :class:`~xpcnn.train.Trainer`. ``val_split`` ... ``tensorboard``:
+    see :mod:`xpcnn.run_extensions` and ``xpcnn train --help``.
     """
 
     model: str | None = None
@@ -208,8 +205,6 @@ def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResu
         if problem is not None:
             raise RunError(problem, collective=True)
         device = resolve_device(rank_device(config.device, comm), config.backend)
-        if config.compile:
-            check_backend(device)  # before the data is loaded
         threads = config.threads if config.threads is not None else cores_per_rank(comm)
         with thread_limits(threads, device):
             dataset = _load_data_once(cfg, config, comm)
@@ -217,15 +212,7 @@ def run_training(config: RunConfig, comm: Communicator | None = None) -> RunResu
             checkpoint = Checkpoint(out / "checkpoint.npz", extra={"run": run})
             extras = make_extensions(cfg, out, checkpoint.extra or {})
             try:  # e.g. a split that leaves no image on one side: the same on every rank
-                trainer = _make_trainer(
-                    cfg,
-                    dataset,
-                    device,
-                    config.progress and lead,
-                    [*extras, checkpoint],
-                    comm,
-                    config.compile,
-                )
+                trainer = _make_trainer(cfg, dataset, device, config, [*extras, checkpoint], comm)
             except ConfigError as exc:
                 raise RunError(str(exc), collective=True) from None
             trainer.flush_subnormals = config.flush_subnormals  # not part of the run's identity
@@ -323,10 +310,9 @@ def _make_trainer(
     cfg: Mapping[str, Any],
     dataset: Dataset,
     device: Device,
-    progress: bool,
+    config: RunConfig,
     extensions: Sequence[Extension],
     comm: Communicator,
-    compile: bool = False,
 ) -> Trainer:
     n = cfg["train_size"]  # NumPy slices stop at the end: `--train-size` above N is all of it
     return Trainer(
@@ -345,13 +331,13 @@ def _make_trainer(
         test_each_epoch=cfg["test_each_epoch"] or None,  # None: when there is no split
         seed=cfg["seed"],
         extensions=[
-            *([ProgressBar()] if progress else []),
+            *([ProgressBar()] if config.progress and comm.rank == 0 else []),
             EpochLog(lr=cfg["lr_schedule"] is not None),
             *extensions,
         ],
         comm=comm,
         augment=Augment(cfg["augment"], seed=cfg["seed"]) if cfg["augment"] else None,
-        compile=compile,
+        compile=config.compile,
     )
 
 
@@ -486,9 +472,8 @@ def _announce(
             f"{dataset.name}; using all {n:,}",
             file=sys.stderr,
         )
-    ranks = f" x {comm.size} ranks (MPI)" if comm.size > 1 else ""
+    ranks = (f" x {comm.size} ranks (MPI)" if comm.size > 1 else "") + ", compiled" * config.compile
     val = "" if trainer.x_val is None else f"{trainer.x_val.shape[0]} validation / "
-    ranks += " (compiled step)" if config.compile else ""
     _say(
         f"training {cfg['model']} on {cfg['dataset']} ({trainer.x_train.shape[0]} train / {val}"
         f"{trainer.x_test.shape[0]} test) on {device.name}{ranks}, {cfg['dtype']}, "

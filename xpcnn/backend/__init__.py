@@ -16,7 +16,7 @@ from typing import Any
 
 from array_api_compat import array_namespace, device
 
-from ._base import Adapter, DeviceError
+from ._base import Adapter, Compiler, DeviceError
 from ._cupy import CuPyAdapter
 from ._device import (
     ADAPTERS,
@@ -39,6 +39,7 @@ __all__ = [
     "BACKENDS",
     "FLOAT_DTYPES",
     "Adapter",
+    "Compiler",
     "Device",
     "DeviceError",
     "adapter",
@@ -56,6 +57,7 @@ __all__ = [
     "gpu_available",
     "gpu_names",
     "host_rng",
+    "is_traced",
     "kernel_summary",
     "library_packages",
     "random_uniform",
@@ -113,3 +115,12 @@ def enable_float64() -> None:
 def library_packages() -> list[str]:
     """The pip packages of the array libraries, for ``xpcnn info``'s versions."""
     return [d for lib in ADAPTERS for d in lib.distributions]
+
+
+def is_traced(x: Any) -> bool:
+    """Whether ``x`` is a traced value of a library's compiler (a JAX tracer): a
+    placeholder that must not outlive the compiled function's trace."""
+    return any(c is not None and c.is_traced(x) for c in _COMPILERS)
+
+
+_COMPILERS = [lib.compiler() for lib in ADAPTERS]

@@ -13,8 +13,9 @@ import importlib
 import importlib.util
 import json
 import re
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, overload
+from typing import Any, ClassVar, Protocol, overload
 
 import numpy as np
 from array_api_compat import array_namespace, device, is_array_api_obj, is_numpy_array
@@ -30,6 +31,34 @@ class DeviceError(XpcnnError, RuntimeError):
 
 class NotInstalledError(DeviceError):
     """The library is not installed (so ``resolve_device`` can add where else to look)."""
+
+
+class Compiler(Protocol):
+    """A library that traces a function of arrays into one compiled function (JAX)."""
+
+    def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn`` compiled once per structure, shapes and dtypes of its array arguments."""
+        ...
+
+    def key(self, seed: int) -> Any:
+        """A random key for any non-negative integer seed."""
+        ...
+
+    def fold_in(self, key: Any, n: Any) -> Any:
+        """The key derived from ``key`` and the integer ``n`` (a traced value too)."""
+        ...
+
+    def uniform(self, key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        """Uniform [0, 1) numbers of ``shape`` and ``dtype`` from ``key``."""
+        ...
+
+    def eval_shape(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The shapes and dtypes ``fn(*args)`` returns, traced, without computing it."""
+        ...
+
+    def is_traced(self, x: Any) -> bool:
+        """Whether ``x`` is a traced value (a placeholder of a function being compiled)."""
+        ...
 
 
 class Adapter:
@@ -169,6 +198,13 @@ class Adapter:
 
     def rng_restore(self, dev: str, state: np.ndarray) -> Any:
         """The generator of :meth:`rng_snapshot`'s ``state`` on device ``dev`` (None: none)."""
+        return None
+
+    # -- compiling -----------------------------------------------------------------------
+
+    def compiler(self) -> Compiler | None:
+        """What a compiled training step needs of the library (a tracing ``jit`` and
+        functional random numbers), or None: it has none."""
         return None
 
     # -- threads -------------------------------------------------------------------------

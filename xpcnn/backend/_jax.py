@@ -1,16 +1,19 @@
 """JAX: immutable arrays on its default device, the CPU or a GPU; float64 only in
-64-bit mode. Random numbers come from the host (JAX's own are functional)."""
+64-bit mode. Random numbers come from the host (JAX's own are functional), except
+in a compiled step (:class:`JaxCompiler`: ``jax.jit``, keys)."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-from ._base import Adapter, DeviceError
+from ._base import Adapter, Compiler, DeviceError
 
 
 class JaxAdapter(Adapter):
@@ -74,3 +77,40 @@ class JaxAdapter(Adapter):
 
     def to_numpy(self, x: Any, copy: bool = False) -> np.ndarray:
         return np.array(x)  # jax arrays copy to the host through __array__ (any device)
+
+    def compiler(self) -> Compiler:
+        return JaxCompiler()
+
+
+class JaxCompiler:
+    """``jax.jit`` and JAX's keyed random numbers (:class:`~xpcnn.backend.Compiler`)."""
+
+    def jit(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        import jax
+
+        return jax.jit(fn)
+
+    def key(self, seed: int) -> Any:
+        # jax.random.key keeps 32 bits when 64-bit mode is off: fold the high bits in.
+        import jax
+
+        return jax.random.fold_in(jax.random.key(seed & 0xFFFFFFFF), seed >> 32)
+
+    def fold_in(self, key: Any, n: Any) -> Any:
+        import jax
+
+        return jax.random.fold_in(key, n)
+
+    def uniform(self, key: Any, shape: tuple[int, ...], dtype: Any) -> Any:
+        import jax
+
+        return jax.random.uniform(key, shape, dtype)
+
+    def eval_shape(self, fn: Callable[..., Any], *args: Any) -> Any:
+        import jax
+
+        return jax.eval_shape(fn, *args)
+
+    def is_traced(self, x: Any) -> bool:
+        jax = sys.modules.get("jax")  # not imported: nothing can be traced
+        return jax is not None and isinstance(x, jax.core.Tracer)

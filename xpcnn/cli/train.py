@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from .._fast._heap import keep_freed_memory
+from ..backend import resolve_device
 from ..models import MODELS
 from ..optim import OPTIMIZERS
 from ..run import TRAIN_DEFAULTS, RunConfig, run_training
 from ..train import SCHEDULES
+from ..train.compiled import check_backend
 from ..train.monitor import MONITORS
 from ._options import (
     add_data_options,
@@ -162,6 +164,8 @@ def _add_extension_options(t: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.compile:  # before a folder is made or data loaded (a resume: its Trainer checks)
+        check_backend(resolve_device(args.device, args.backend))
     options = {k: getattr(args, k) for k in TRAIN_DEFAULTS}
     config = RunConfig(
         **options,

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import Device, to_numpy
+from ..backend import Compiler, Device, to_numpy
 
 __all__ = ["check_jit"]
 
@@ -54,7 +54,7 @@ def _where(exc: BaseException) -> str:
     return f" at {f.filename}:{f.lineno} ({(f.line or '').strip()})"
 
 
-def _layer_fn(layer: Any, train_flg: bool, phase: list[str]) -> Any:
+def _layer_fn(layer: Any, train_flg: bool, phase: list[str], compiler: Compiler) -> Any:
     """``f(params, x, dout, key) -> (out, dx, grads, buffers)``: the layer's forward and
     backward on the given values, its attributes restored after, drawing from ``key``."""
     from ..train.compiled import keyed_uniform, restored
@@ -63,7 +63,7 @@ def _layer_fn(layer: Any, train_flg: bool, phase: list[str]) -> Any:
         with restored(layer):
             layer.params.update(params)
             if layer.random_seed() is not None:
-                layer.draw_from(keyed_uniform(key))
+                layer.draw_from(keyed_uniform(compiler, key))
             phase[0] = "forward"
             out = layer.forward(x, train_flg)
             if dout is None:  # the output's shape only (jax.eval_shape)
@@ -111,23 +111,23 @@ def check_jit(
     AssertionError
         ``check_jit: <Layer> ...``, naming the problem.
     """
-    import jax
-
     name = type(layer).__name__
-    if Device.of(x).backend != "jax":
+    dev = Device.of(x)
+    compiler = dev.adapter.compiler()
+    if compiler is None:
         raise AssertionError(
-            f"check_jit: {name}: x is a {Device.of(x).backend} array; give the layer and x on "
-            'JAX (xpcnn.backend.resolve_device("cpu", "jax").asarray(...))'
+            f"check_jit: {name}: x is a {dev.backend} array; give the layer and x on JAX "
+            '(xpcnn.backend.resolve_device("cpu", "jax").asarray(...))'
         )
     rng = np.random.default_rng(seed)
     phase = ["tracing"]
-    f = _layer_fn(layer, train_flg, phase)
+    f = _layer_fn(layer, train_flg, phase, compiler)
     params = dict(layer.params)
-    key, other = jax.random.key(seed), jax.random.key(seed + 1)
+    key, other = compiler.key(seed), compiler.key(seed + 1)
     try:
-        shape = tuple(jax.eval_shape(f, params, x, None, key).shape)
-        dout = jax.numpy.asarray(rng.standard_normal(shape), dtype=x.dtype)
-        compiled = jax.jit(f)(params, x, dout, key)
+        shape = tuple(compiler.eval_shape(f, params, x, None, key).shape)
+        dout = dev.asarray(rng.standard_normal(shape), dtype=x.dtype)
+        compiled = compiler.jit(f)(params, x, dout, key)
     except Exception as exc:
         raise AssertionError(
             f"check_jit: {name} does not trace under jax.jit, in its {phase[0]}"
@@ -135,7 +135,7 @@ def check_jit(
         ) from exc
     first, second = _eager_outputs(layer, x, train_flg)
     if not np.array_equal(to_numpy(first), to_numpy(second)):  # eager passes differ: random
-        again = jax.jit(f)(params, x, dout, other)
+        again = compiler.jit(f)(params, x, dout, other)
         if np.array_equal(to_numpy(again[0]), to_numpy(compiled[0])):
             raise AssertionError(
                 f"check_jit: {name} draws random numbers but not from Layer.draw_from: "

@@ -49,9 +49,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
-from ..backend import Device
+from ..backend import Compiler, Device, is_traced
 from ..errors import XpcnnError
 from ..models import Sequential
 from ..optim import Optimizer
@@ -75,12 +75,15 @@ __all__ = [
 
 class CompileError(XpcnnError, ValueError):
     """The step cannot be compiled: a backend without a compiler, or a layer whose
-    random numbers would become constants of the compiled function."""
+    random numbers would become constants of the compiled function. Every rank of a
+    data-parallel run raises it alike (collective)."""
+
+    collective = True
 
 
 def check_backend(device: Device) -> None:
     """Raise :class:`CompileError` unless a step on ``device`` can be compiled (JAX)."""
-    if device.backend != "jax":
+    if device.adapter.compiler() is None:
         raise CompileError(
             f"compiling the training step needs the JAX backend, not {device.backend}: "
             "use --backend jax, or train without --compile"
@@ -100,26 +103,22 @@ def check_compilable(network: Sequential) -> None:
             )
 
 
+def _compiler(network: Sequential) -> Compiler:
+    """The compiler of ``network``'s library (:class:`CompileError` when it has none)."""
+    check_backend(network.device)
+    return cast(Compiler, network.device.adapter.compiler())
+
+
 # -- keys -----------------------------------------------------------------------------
 
 
-def seed_key(seed: int) -> Any:
-    """A JAX key for any non-negative integer seed (``jax.random.key`` truncates
-    seeds above 32 bits when 64-bit mode is off: the high bits are folded in)."""
-    import jax
-
-    return jax.random.fold_in(jax.random.key(seed & 0xFFFFFFFF), seed >> 32)
-
-
-def keyed_uniform(key: Any) -> Callable[[tuple[int, ...], Any], Any]:
+def keyed_uniform(compiler: Compiler, key: Any) -> Callable[[tuple[int, ...], Any], Any]:
     """``uniform(shape, like)`` for :meth:`~xpcnn.layers.Layer.draw_from`: the n-th call
     draws from ``fold_in(key, n)``, in ``like``'s dtype."""
-    import jax
-
     count = itertools.count()
 
     def uniform(shape: tuple[int, ...], like: Any) -> Any:
-        return jax.random.uniform(jax.random.fold_in(key, next(count)), shape, like.dtype)
+        return compiler.uniform(compiler.fold_in(key, next(count)), shape, like.dtype)
 
     return uniform
 
@@ -198,18 +197,15 @@ def functional(
     with restored(*objects):
         assign(network, optimizer, params=params, buffers=buffers, state=state)
         if keys:
-            import jax
-
+            c = _compiler(network)
             for i, key in keys.items():
-                network.layers[i].draw_from(keyed_uniform(jax.random.fold_in(key, step)))
+                network.layers[i].draw_from(keyed_uniform(c, c.fold_in(key, step)))
         yield
 
 
 def leaked_tracers(*objects: Any, limit: int = 10) -> list[str]:
     """Where a JAX tracer is held in ``objects`` (their attributes, and the dicts,
     lists and tuples inside, to any depth), as ``"Dropout._cache.mask"``-like paths."""
-    import jax
-
     found: list[str] = []
     seen: set[int] = set()
 
@@ -217,7 +213,7 @@ def leaked_tracers(*objects: Any, limit: int = 10) -> list[str]:
         if len(found) >= limit or id(v) in seen:
             return
         seen.add(id(v))
-        if isinstance(v, jax.core.Tracer):
+        if is_traced(v):
             found.append(path)
         elif isinstance(v, dict):
             for k, item in v.items():
@@ -306,7 +302,7 @@ class CompiledUpdater(StandardUpdater):
             seed = layer.random_seed()
             if seed is not None:
                 if seed not in self._keys:
-                    self._keys[seed] = seed_key(seed)
+                    self._keys[seed] = _compiler(net).key(seed)
                 keys[i] = self._keys[seed]
         step = opt.iter + 1
         return {
@@ -326,8 +322,6 @@ class CompiledUpdater(StandardUpdater):
         fixed = tuple((k, v) for k, v in opt.hyperparameters().items() if k not in scalars)
         cache_key = (name, fixed)
         if cache_key not in self._compiled:
-            import jax
-
             method = getattr(self, f"{name}_fn")
 
             # A new function for each key: jax reuses the trace of a function equal to
@@ -335,7 +329,7 @@ class CompiledUpdater(StandardUpdater):
             def fn(*args: Any) -> Any:
                 return method(*args)
 
-            self._compiled[cache_key] = jax.jit(fn)
+            self._compiled[cache_key] = _compiler(self.network).jit(fn)
         return self._compiled[cache_key]
 
     def _call(self, name: str, *args: Any) -> Any:
@@ -399,7 +393,5 @@ class CompiledPredictor:
         if train_flg or keep_cache:
             return net.predict(x, train_flg, keep_cache=keep_cache)
         if self._fn is None:
-            import jax
-
-            self._fn = jax.jit(self._predict_fn)
+            self._fn = _compiler(net).jit(self._predict_fn)
         return self._fn(dict(net.params), dict(net.buffers), net.device.asarray(x))

@@ -374,7 +374,9 @@ class Trainer:
         if self.comm.size > 1:
             return sharded_evaluation(self._predictor, sets, self.comm, loss=loss)
         return [
-            mean_metrics(*count_correct_and_loss(self._predictor, x, t, loss=loss), x.shape[0], loss)
+            mean_metrics(
+                *count_correct_and_loss(self._predictor, x, t, loss=loss), x.shape[0], loss
+            )
             for x, t in sets
         ]
 
