@@ -4,6 +4,8 @@ step; randomness from keys; state out as values; no tracer left behind."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -31,7 +33,14 @@ from xpcnn.metrics import count_correct  # noqa: E402
 from xpcnn.models import NetBuilder, SimpleConvNet  # noqa: E402
 from xpcnn.optim import OPTIMIZERS, make_optimizer  # noqa: E402
 from xpcnn.testing import check_jit  # noqa: E402
-from xpcnn.train import EpochEndCallback, Trainer, TrainingDiverged  # noqa: E402
+from xpcnn.train import (  # noqa: E402
+    Augment,
+    EarlyStopping,
+    EpochEndCallback,
+    StepLR,
+    Trainer,
+    TrainingDiverged,
+)
 from xpcnn.train.batches import Batch  # noqa: E402
 from xpcnn.train.compiled import (  # noqa: E402
     CompiledPredictor,
@@ -174,6 +183,51 @@ def test_the_last_short_batch_compiles_once_more_and_no_step_retraces(data):
     (fn,) = tr.updater._compiled.values()
     assert fn._cache_size() == 2
     assert len(tr.train_loss_list) == 6
+
+
+def test_split_schedule_augmentation_and_early_stopping_compiled_equal_eager(data):
+    """Main's run extensions around a compiled step: the validation split and its
+    metrics (compiled evaluation), a step schedule (the rate is an input: each batch
+    shape compiles once over three rates), crops (applied in ``take``, before the
+    compiled function) and early stopping, as in the eager run (float64, no dropout)."""
+    runs = {}
+    for c in (False, True):
+        tr = trainer(
+            simple(),
+            data,
+            compile=c,
+            epochs=4,
+            val_split=0.25,  # 150 train: batches of 40, 40, 40, 30
+            augment=Augment("crop", pad=2, seed=5),
+            extensions=[
+                StepLR(step_size=1, gamma=0.5),
+                EarlyStopping(2, monitor="val_loss", min_delta=1.0),  # stops after epoch 3
+            ],
+        )
+        tr.train()
+        runs[c] = tr
+    eager, compiled = runs[False], runs[True]
+    assert_same(host(compiled.network), host(eager.network), atol=1e-9)
+    h, e = compiled.history(), eager.history()
+    assert h["lr"] == e["lr"] == [0.001, 0.0005, 0.00025]
+    for key in ("val_acc", "val_loss", "train_loss"):
+        np.testing.assert_allclose(h[key], e[key], rtol=0, atol=1e-9, err_msg=key)
+    assert h["stop_reason"] == e["stop_reason"] and "val_loss" in h["stop_reason"]
+    (fn,) = compiled.updater._compiled.values()
+    assert fn._cache_size() == 2  # batch shapes 40 and 30, whatever the rate
+
+
+def test_cli_compile_with_split_schedule_augmentation_and_early_stopping(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--backend", "jax", "--compile", "--epochs", "2", "--train-size", "100"]
+    argv += ["--eval-samples", "50", "--batch-size", "50", "--out", str(out), "--no-progress"]
+    argv += ["--val-split", "0.2", "--lr-schedule", "step", "--lr-step-size", "1"]
+    argv += ["--augment", "crop", "--early-stopping", "3"]
+    assert main(argv) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert history["lr"] == [0.001, 0.0001]
+    assert len(history["val_acc"]) == 2
+    assert (out / "best.npz").exists()
 
 
 # -- randomness from keys --------------------------------------------------------------------
