@@ -1,0 +1,285 @@
+"""The compiled training step (issue 24): speed, compile time and its payback, equality
+with the eager step, and training with dropout.
+
+Usage (from the repository root)::
+
+    python scripts/bench_compile.py                      # speed: SimpleConvNet and DeepConvNet
+    python scripts/bench_compile.py --models simple --blocks 9
+    python scripts/bench_compile.py --check              # float64: 20 compiled steps vs eager
+    python scripts/bench_compile.py --accuracy --epochs 3   # DeepConvNet, dropout, bundled sample
+    python scripts/bench_compile.py --torch              # torch.compile of the same step (trial)
+
+Speed: one training step (forward, backward, Adam) on a float32 batch of 100
+synthetic images, for ``numpy`` (xpcnn's NumPy fast path: compiled C kernels),
+``torch`` (the generic code on PyTorch CPU tensors, eager), ``jax-eager`` (the
+generic code on JAX arrays, one dispatch per operation) and ``jax-compiled``
+(:class:`xpcnn.train.compiled.CompiledUpdater`: one ``jax.jit`` function). Every
+variant uses its library's default threads, printed first. The first compiled
+step is timed alone (trace + XLA compile + run): the compile time. Then blocks of
+steps of every variant are interleaved round by round, so a burst of load from
+other processes hits them alike; a step's time is the median over blocks of block
+seconds per step, and each ratio is the median of the per-block ratios (same run).
+Payback: an epoch of 60,000 images (600 steps) compiled costs the compile time once
+more than the steps; the compile pays back after ``compile / (eager - compiled)``
+steps.
+
+``--check``: float64 (``jax_enable_x64``), SimpleConvNet, no dropout, 20 Adam steps
+eager and compiled from the same weights on the same batches: the largest
+parameter difference (the issue's target: 1e-9).
+
+``--accuracy``: DeepConvNet (dropout 0.5) on the bundled MNIST sample (5,000 training
+images, 1,000 test) for ``--epochs`` epochs, eager and compiled, for each of ``--seeds``
+(the masks differ between the two paths, so the accuracies are compared over seeds);
+then compiled again with the first seed (the same parameters expected).
+
+``--torch``: ``torch.compile`` of the same step (``gradients`` then ``apply``) on
+PyTorch CPU tensors against the eager torch step; its compile time and graph breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from xpcnn.backend import resolve_device, thread_summary, to_numpy
+from xpcnn.models import DeepConvNet, SimpleConvNet
+from xpcnn.optim import Adam
+from xpcnn.train.batches import Batch
+from xpcnn.train.compiled import CompiledUpdater
+from xpcnn.train.updater import StandardUpdater
+
+MODELS = {"simple": SimpleConvNet, "deep": DeepConvNet}
+BATCH = 100
+
+
+def _sync(loss: Any) -> None:
+    if hasattr(loss, "block_until_ready"):
+        loss.block_until_ready()
+
+
+VARIANTS = [
+    ("numpy", "numpy", StandardUpdater),
+    ("torch", "torch", StandardUpdater),
+    ("jax-eager", "jax", StandardUpdater),
+    ("jax-compiled", "jax", CompiledUpdater),
+]
+
+
+def _updaters(model: str, x: np.ndarray, t: np.ndarray) -> dict[str, Any]:
+    out = {}
+    for name, backend, cls in VARIANTS:
+        dev = resolve_device("cpu", backend)
+        net = MODELS[model](dtype="float32", device=dev, seed=0)
+        out[name] = cls(net, Adam(), dev.asarray(x), dev.asarray(t))
+    return out
+
+
+def _steps(up: Any, n: int, start: int = 0) -> float:
+    """Seconds per step over ``n`` steps."""
+    t0 = time.perf_counter()
+    for i in range(start, start + n):
+        rows = np.arange(i * BATCH, (i + 1) * BATCH) % up.x_train.shape[0]
+        loss = up.update(Batch(i + 1, rows, BATCH))
+    _sync(loss)
+    return (time.perf_counter() - t0) / n
+
+
+def speed(model: str, blocks: int) -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1000, 1, 28, 28), dtype=np.uint8)
+    t = rng.integers(0, 10, 1000)
+    ups = _updaters(model, x, t)
+    first = {k: _steps(up, 1) for k, up in ups.items()}  # compile, for the compiled one
+    for up in ups.values():
+        _steps(up, 2)  # warm-up
+    per_block = {"numpy": 4, "torch": 4, "jax-eager": 2, "jax-compiled": 4}
+    times: dict[str, list[float]] = {k: [] for k in ups}
+    for b in range(blocks):
+        names = list(ups)[b % len(ups) :] + list(ups)[: b % len(ups)]  # rotating order
+        for k in names:
+            times[k].append(_steps(ups[k], per_block[k], start=b * 8))
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    def ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+    compile_s = first["jax-compiled"] - med["jax-compiled"]
+    saved = med["jax-eager"] - med["jax-compiled"]
+    return {
+        "model": model,
+        "ms": {k: 1e3 * v for k, v in med.items()},
+        "compiled_vs_eager": ratio("jax-eager", "jax-compiled"),
+        "compiled_vs_numpy": ratio("numpy", "jax-compiled"),
+        "compiled_vs_torch": ratio("torch", "jax-compiled"),
+        "numpy_vs_torch": ratio("torch", "numpy"),
+        "compile_s": compile_s,
+        "payback_steps": compile_s / saved if saved > 0 else float("inf"),
+        "epoch_s": {
+            "jax-eager": 600 * med["jax-eager"],
+            "jax-compiled": compile_s + 600 * med["jax-compiled"],
+            "numpy": 600 * med["numpy"],
+            "torch": 600 * med["torch"],
+        },
+    }
+
+
+def report_speed(r: dict[str, Any]) -> None:
+    ms = r["ms"]
+    print(
+        f"{r['model']:>6}: " + "  ".join(f"{k} {v:.1f} ms" for k, v in ms.items())
+        + f" per step (batch {BATCH})"
+    )  # fmt: skip
+    print(
+        f"        compiled JAX vs eager JAX {r['compiled_vs_eager']:.2f}x, vs NumPy fast path "
+        f"{r['compiled_vs_numpy']:.2f}x, vs torch {r['compiled_vs_torch']:.2f}x (above 1: "
+        f"compiled faster); NumPy vs torch {r['numpy_vs_torch']:.2f}x"
+    )
+    e = r["epoch_s"]
+    print(
+        f"        compile {r['compile_s']:.1f} s, paid back after {r['payback_steps']:.0f} steps; "
+        f"a 600-step epoch: eager {e['jax-eager']:.0f} s, compiled {e['jax-compiled']:.0f} s "
+        f"(compile included), numpy {e['numpy']:.0f} s, torch {e['torch']:.0f} s"
+    )
+
+
+def check_float64(n: int = 20) -> float:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    dev = resolve_device("cpu", "jax")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n * BATCH, 1, 28, 28), dtype=np.uint8)
+    t = rng.integers(0, 10, n * BATCH)
+    params = []
+    for cls in (StandardUpdater, CompiledUpdater):
+        net = SimpleConvNet(dtype="float64", device=dev, seed=0)
+        up = cls(net, Adam(), dev.asarray(x), dev.asarray(t))
+        _steps(up, n)
+        params.append({k: to_numpy(v) for k, v in net.params.items()})
+    diff = max(float(np.max(np.abs(params[0][k] - params[1][k]))) for k in params[0])
+    print(f"float64, SimpleConvNet, {n} Adam steps: max |compiled - eager| = {diff:.2e}")
+    return diff
+
+
+def accuracy(epochs: int, seeds: list[int]) -> None:
+    from xpcnn.data import load_dataset
+    from xpcnn.train import Trainer
+
+    d = load_dataset("mnist-sample")
+    dev = resolve_device("cpu", "jax")
+    runs = [(mode, seed) for seed in seeds for mode in ("eager", "compiled")]
+    runs.append(("compiled again", seeds[0]))
+    params, final = {}, {}
+    for mode, seed in runs:
+        net = DeepConvNet(dtype="float32", device=dev, seed=seed)
+        tr = Trainer(
+            net, d.x_train, d.t_train, d.x_test, d.t_test, epochs=epochs, verbose=False,
+            seed=seed, compile=mode != "eager", evaluate_sample_num_per_epoch=1000,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        tr.train()
+        seconds = time.perf_counter() - t0
+        params[mode, seed] = {k: to_numpy(v) for k, v in net.params.items()}
+        final[mode, seed] = tr.test_acc_list[-1]
+        accs = " ".join(f"{a:.3f}" for a in tr.test_acc_list)
+        print(f"DeepConvNet {mode:<14} seed {seed}: test acc per epoch {accs}  ({seconds:.0f} s)")
+    for mode in ("eager", "compiled"):
+        accs = [final[mode, s] for s in seeds]
+        print(f"{mode}: final test accuracy mean {np.mean(accs):.3f} (seeds {seeds}: {accs})")
+    p0 = params["compiled", seeds[0]]
+    same = all(np.array_equal(p0[k], params["compiled again", seeds[0]][k]) for k in p0)
+    print(f"same seed, same parameters: {same}")
+    if len(seeds) > 1:
+        p1 = params["compiled", seeds[1]]
+        print(
+            f"another seed, other parameters: {any(not np.array_equal(p0[k], p1[k]) for k in p0)}"
+        )
+
+
+def torch_trial(blocks: int, threads: int) -> None:
+    import torch
+    import torch._dynamo
+
+    from xpcnn import _fast
+
+    torch.set_num_threads(threads)  # spinning intra-op threads collapse on a busy machine
+    dev = resolve_device("cpu", "torch")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (1000, 1, 28, 28), dtype=np.uint8)
+    t = rng.integers(0, 10, 1000)
+    net = SimpleConvNet(dtype="float32", device=dev, seed=0)
+    up = StandardUpdater(net, Adam(), dev.asarray(x), dev.asarray(t))
+    xb, tb = up.take(np.arange(BATCH))
+
+    def step(xb: Any, tb: Any) -> Any:
+        grads, loss = up.gradients(xb, tb)
+        up.apply(grads)
+        return loss
+
+    # The fast-path switch is a ContextVar, which dynamo cannot trace (a graph break per
+    # op); on torch the seam has no fast path, so ask it nothing during the trial.
+    original = _fast.lookup
+    _fast.lookup = lambda op, x: None  # type: ignore[assignment]
+    torch._dynamo.config.recompile_limit = 64  # one recompile per parameter shape
+    try:
+        compiled = torch.compile(step)
+        t0 = time.perf_counter()
+        compiled(xb, tb)
+        compile_s = time.perf_counter() - t0
+        fns: dict[str, Callable[..., Any]] = {"torch-eager": step, "torch-compiled": compiled}
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(blocks):
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                for _ in range(4):
+                    f(xb, tb)
+                times[k].append((time.perf_counter() - t0) / 4)
+    finally:
+        _fast.lookup = original
+    med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    print(
+        f"torch.compile, SimpleConvNet batch {BATCH}: compile {compile_s:.0f} s, {breaks} graph "
+        f"breaks; {threads} thread(s): eager {med['torch-eager']:.1f} ms, compiled {med['torch-compiled']:.1f} ms per step"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="simple,deep", help="comma-separated: simple, deep")
+    p.add_argument("--blocks", type=int, default=7, help="interleaved timing blocks")
+    p.add_argument("--check", action="store_true", help="float64: 20 compiled steps vs eager")
+    p.add_argument("--accuracy", action="store_true", help="DeepConvNet with dropout, trained")
+    p.add_argument("--epochs", type=int, default=3, help="epochs of --accuracy")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of --accuracy (comma-separated)")
+    p.add_argument("--torch", action="store_true", help="torch.compile of the same step")
+    p.add_argument("--threads", type=int, default=1, help="torch's threads in --torch")
+    args = p.parse_args(argv)
+    print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared with other sessions)")
+    if args.check:
+        check_float64()
+    elif args.accuracy:
+        accuracy(args.epochs, [int(v) for v in args.seeds.split(",")])
+    elif args.torch:
+        torch_trial(args.blocks, args.threads)
+    else:
+        for _, backend, _ in VARIANTS[:3]:
+            print(f"{backend}: {thread_summary(resolve_device('cpu', backend), None)}")
+        print("jax: XLA's own CPU thread pool (every CPU the process may use)")
+        for model in args.models.split(","):
+            report_speed(speed(model, args.blocks))
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
