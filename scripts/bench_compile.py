@@ -14,7 +14,11 @@ synthetic images, for ``numpy`` (xpcnn's NumPy fast path: compiled C kernels),
 ``torch`` (the generic code on PyTorch CPU tensors, eager), ``jax-eager`` (the
 generic code on JAX arrays, one dispatch per operation) and ``jax-compiled``
 (:class:`xpcnn.train.compiled.CompiledUpdater`: one ``jax.jit`` function). Every
-variant uses its library's default threads, printed first. The first compiled
+variant uses its library's default threads, or ``--threads N`` each (xpcnn's own
+and BLAS's through :func:`xpcnn.backend.thread_limits`, PyTorch's intra-op threads,
+and for ``--threads 1`` XLA's: ``XLA_FLAGS`` set before JAX starts); they are
+printed first. Run one after another, libraries whose idle threads spin (OpenMP,
+OpenBLAS) slow the next one down on a busy 2-core machine. The first compiled
 step is timed alone (trace + XLA compile + run): the compile time. Then blocks of
 steps of every variant are interleaved round by round, so a burst of load from
 other processes hits them alike; a step's time is the median over blocks of block
@@ -50,8 +54,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--threads" in sys.argv and sys.argv[sys.argv.index("--threads") + 1 :][:1] == ["1"]:
+    # XLA's thread pool can only be limited before JAX starts
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false"
+    )
 
-from xpcnn.backend import resolve_device, thread_summary, to_numpy
+from xpcnn.backend import resolve_device, thread_limits, thread_summary, to_numpy
 from xpcnn.models import DeepConvNet, SimpleConvNet
 from xpcnn.optim import Adam
 from xpcnn.train.batches import Batch
@@ -60,6 +70,7 @@ from xpcnn.train.updater import StandardUpdater
 
 MODELS = {"simple": SimpleConvNet, "deep": DeepConvNet}
 BATCH = 100
+THREADS: int | None = None  # --threads: each library's threads (None: its default)
 
 
 def _sync(loss: Any) -> None:
@@ -85,7 +96,12 @@ def _updaters(model: str, x: np.ndarray, t: np.ndarray) -> dict[str, Any]:
 
 
 def _steps(up: Any, n: int, start: int = 0) -> float:
-    """Seconds per step over ``n`` steps."""
+    """Seconds per step over ``n`` steps (under ``--threads``, if given)."""
+    with thread_limits(THREADS, up.network.device):
+        return _timed(up, n, start)
+
+
+def _timed(up: Any, n: int, start: int) -> float:
     t0 = time.perf_counter()
     for i in range(start, start + n):
         rows = np.arange(i * BATCH, (i + 1) * BATCH) % up.x_train.shape[0]
@@ -263,19 +279,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=3, help="epochs of --accuracy")
     p.add_argument("--seeds", default="0,1,2", help="seeds of --accuracy (comma-separated)")
     p.add_argument("--torch", action="store_true", help="torch.compile of the same step")
-    p.add_argument("--threads", type=int, default=1, help="torch's threads in --torch")
+    p.add_argument("--threads", type=int, help="each library's threads (--torch: 1)")
     args = p.parse_args(argv)
+    global THREADS
+    THREADS = args.threads
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared with other sessions)")
     if args.check:
         check_float64()
     elif args.accuracy:
         accuracy(args.epochs, [int(v) for v in args.seeds.split(",")])
     elif args.torch:
-        torch_trial(args.blocks, args.threads)
+        torch_trial(args.blocks, args.threads or 1)
     else:
         for _, backend, _ in VARIANTS[:3]:
-            print(f"{backend}: {thread_summary(resolve_device('cpu', backend), None)}")
-        print("jax: XLA's own CPU thread pool (every CPU the process may use)")
+            dev = resolve_device("cpu", backend)
+            with thread_limits(THREADS, dev):
+                print(f"{backend}: {thread_summary(dev, THREADS)}")
+        xla = "one thread" if THREADS == 1 else "every CPU the process may use"
+        print(f"jax: XLA's own CPU thread pool ({xla})")
         for model in args.models.split(","):
             report_speed(speed(model, args.blocks))
     print(f"load average after: {os.getloadavg()[0]:.2f}")
