@@ -57,8 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if "--threads" in sys.argv and sys.argv[sys.argv.index("--threads") + 1 :][:1] == ["1"]:
     # XLA's thread pool can only be limited before JAX starts
     os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "")
-        + " --xla_cpu_multi_thread_eigen=false"
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     )
 
 from xpcnn.backend import resolve_device, thread_limits, thread_summary, to_numpy
