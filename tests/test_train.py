@@ -119,27 +119,35 @@ def test_ctrl_c_stops_after_a_whole_step_and_resumes_exactly(data, tmp_path):
         np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-12, err_msg=k)
 
 
-def test_divergence_stops_and_keeps_last_good_checkpoint(data, tmp_path):
-    path = tmp_path / "ck.npz"
+def assert_divergence_keeps_last_good_checkpoint(make, path) -> None:
+    """``make(extensions)`` -> a 3-epoch Trainer. After its first epoch is saved to
+    ``path``, a NaN weight makes every loss NaN: training must stop with one clear
+    error and the epoch-1 checkpoint kept, finite."""
 
     def save_then_explode(trainer):
         trainer.save_checkpoint(path)
-        # Simulate a blow-up in the next epoch: a NaN weight makes every loss NaN.
         trainer.network.params["W3"] = trainer.network.params["W3"] * float("nan")
 
-    tr = make_trainer(
-        data,
-        epochs=3,
-        optimizer="SGD",
-        optimizer_param={"lr": 0.01},
-        extensions=[EpochEndCallback(save_then_explode)],
-        log_every=2,
-    )
+    tr = make([EpochEndCallback(save_then_explode)])
     with pytest.raises(TrainingDiverged, match=r"diverged.*lower the learning rate"):
         tr.train()
     arrays, meta = load_checkpoint(path)
     assert meta["trainer"]["epoch"] == 1
     assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    assert_divergence_keeps_last_good_checkpoint(
+        lambda extensions: make_trainer(
+            data,
+            epochs=3,
+            optimizer="SGD",
+            optimizer_param={"lr": 0.01},
+            extensions=extensions,
+            log_every=2,
+        ),
+        tmp_path / "ck.npz",
+    )
 
 
 def test_checkpoint_of_another_architecture_is_refused(data, tmp_path):
