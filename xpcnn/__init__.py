@@ -11,6 +11,7 @@ from __future__ import annotations
 from .backend import Device, DeviceError, cpu_threads, flush_subnormals, resolve_device, to_numpy
 from .errors import XpcnnError
 from .models import NetBuilder, Sequential, SimpleConvNet, build_model
+from .pretrained import load_pretrained
 from .train import Trainer, load_network, load_network_with_meta
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "flush_subnormals",
     "load_network",
     "load_network_with_meta",
+    "load_pretrained",
     "resolve_device",
     "to_numpy",
 ]

@@ -13,13 +13,17 @@ from ..backend import BACKENDS, FLOAT_DTYPES, Device, resolve_device
 from ..data import DATASET_NAMES, Dataset, load_dataset
 from ..errors import ConfigError
 from ..models import Sequential
+from ..pretrained import NAMES, PREFIX, resolve_checkpoint
 from ..train import load_network_with_meta
 from ..train.augment import parse_augment
 
 __all__ = [
+    "add_checkpoint_argument",
     "add_data_options",
     "add_device_options",
+    "add_dtype_option",
     "augmentations",
+    "checkpoint_network",
     "device",
     "fraction",
     "int_list",
@@ -142,10 +146,21 @@ def add_dtype_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_checkpoint_argument(p: argparse.ArgumentParser) -> None:
+    """The ``CHECKPOINT`` argument: a file, or a bundled network as ``pretrained:NAME``."""
+    names = ", ".join(PREFIX + n for n in NAMES)
+    p.add_argument(
+        "checkpoint",
+        help=f"a checkpoint .npz (xpcnn train's, save_params'), or a bundled network: {names}",
+    )
+
+
 def checkpoint_network(args: argparse.Namespace) -> tuple[Sequential, dict[str, Any]]:
-    """The checkpoint's network on ``--device`` in ``--dtype`` (when the command has
-    it), and the checkpoint's metadata."""
-    network, meta = load_network_with_meta(args.checkpoint, device(args))
+    """The network of ``args.checkpoint`` (a path or ``pretrained:NAME``, resolved here for
+    every subcommand) on ``--device`` (the CPU for a command without it), in ``--dtype``
+    (when the command has it), and the checkpoint's metadata."""
+    on = device(args) if hasattr(args, "device") else "cpu"
+    network, meta = load_network_with_meta(resolve_checkpoint(args.checkpoint), on)
     if getattr(args, "dtype", None) is not None:
         network.to_dtype(args.dtype)
     return network, meta

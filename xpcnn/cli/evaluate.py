@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..backend import to_numpy
 from ..metrics import predict_labels
 from ._options import (
+    add_checkpoint_argument,
     add_data_options,
     add_device_options,
     add_dtype_option,
@@ -19,7 +19,7 @@ from ._options import (
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     e = subparsers.add_parser("evaluate", help="accuracy (overall and per class) of a checkpoint")
-    e.add_argument("checkpoint", type=Path)
+    add_checkpoint_argument(e)
     add_data_options(e)
     add_device_options(e)
     add_dtype_option(e)

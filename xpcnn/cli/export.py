@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..train import load_network
+from ._options import add_checkpoint_argument, checkpoint_network
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ex = subparsers.add_parser("export", help="write a checkpoint's network as an ONNX model")
-    ex.add_argument("checkpoint", type=Path)
+    add_checkpoint_argument(ex)
     ex.add_argument("output", type=Path, help="the .onnx file to write")
     return ex
 
@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..export import INPUT_NAME, OPSET, OUTPUT_NAME, export_onnx  # onnx: an optional extra
 
-    network = load_network(args.checkpoint)
+    network, _ = checkpoint_network(args)
     try:
         path = export_onnx(network, args.output)
     except ImportError as exc:  # no onnx package

@@ -14,14 +14,20 @@ from ..backend import to_numpy
 from ..data import CLASS_NAMES
 from ..errors import ConfigError
 from ..ops import softmax
-from ._options import add_device_options, add_dtype_option, checkpoint_network, positive_int
+from ._options import (
+    add_checkpoint_argument,
+    add_device_options,
+    add_dtype_option,
+    checkpoint_network,
+    positive_int,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     pr = subparsers.add_parser(
         "predict", help="classify your own images (PNG, JPEG, ...) with a checkpoint"
     )
-    pr.add_argument("checkpoint", type=Path)
+    add_checkpoint_argument(pr)
     pr.add_argument("images", type=Path, nargs="+", metavar="IMAGE")
     pr.add_argument(
         "--top", type=positive_int, default=1, help="the K likeliest classes (default 1)"

@@ -9,14 +9,20 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..run import check_writable
-from ._options import add_data_options, add_device_options, int_list, network_and_data
+from ._options import (
+    add_checkpoint_argument,
+    add_data_options,
+    add_device_options,
+    int_list,
+    network_and_data,
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     v = subparsers.add_parser(
         "visualize", help="filters, feature maps, curves, errors of a checkpoint, as PNG"
     )
-    v.add_argument("checkpoint", type=Path)
+    add_checkpoint_argument(v)
     v.add_argument("--out", type=Path, required=True, help="output folder for the PNG files")
     v.add_argument(
         "--what",
