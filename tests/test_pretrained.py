@@ -27,7 +27,7 @@ from xpcnn.train import Trainer
 # Issue 22: the book's accuracies (ch. 7: about 0.987; ch. 8: 0.9938), on all 10,000 images.
 FULL_TEST_ACCURACY = {"simple": 0.987, "deep": 0.993}
 CLASSES = {"simple": SimpleConvNet, "deep": DeepConvNet}
-N_PARAMS = {"simple": 433_890, "deep": 123_552}  # the README's gradient sizes
+N_PARAMS = {"simple": 433_890, "deep": 123_552}  # gradient sizes of docs/distributed.md
 
 
 @pytest.fixture(scope="module")
