@@ -21,7 +21,8 @@
 
 # %%
 # Setup: a hosted notebook (Colab, Binder, ...) installs xpcnn here; a kernel that already
-# has it skips the install. XPCNN_PIP may name a wheel, a clone's folder or a git URL.
+# has it skips the install. "xpcnn" is the name a release publishes; before one, set
+# XPCNN_PIP to a wheel, a clone's folder or a git URL.
 import importlib.util
 import os
 import subprocess
