@@ -413,7 +413,7 @@ LAYERS: list[set[str]] = [
     {"layers", "metrics"},  # metrics scores with ops' softmax cross-entropy
     {"models"},
     {"train"},
-    {"distributed", "export", "viz", "testing"},
+    {"distributed", "export", "viz", "testing", "pretrained"},
     {"run_extensions"},
     {"run"},
     {""},  # the package's own __init__: the public names
