@@ -145,7 +145,7 @@ def test_bundle_keeps_parameters_configuration_and_epoch_history(tmp_path, sampl
 def test_cli_evaluate(capsys):
     assert main(["evaluate", "pretrained:simple", "--dataset", "mnist-sample"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("mnist-sample test accuracy 0.9900 (1000 images)")
+    assert out.startswith("mnist-sample test accuracy 0.9900 (1000 images, float32)")
 
 
 def test_cli_predict(tmp_path, sample, capsys):
