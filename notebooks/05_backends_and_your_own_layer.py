@@ -46,7 +46,7 @@ from array_api_compat import array_namespace
 import xpcnn
 from xpcnn.data import load_dataset
 from xpcnn.layers import Convolution, Layer
-from xpcnn.testing import backends, check_layer, enable_jax_x64
+from xpcnn.testing import backends, check_jit, check_layer, enable_jax_x64
 
 if importlib.util.find_spec("jax"):
     enable_jax_x64()  # float64 on JAX (the gradient checks below use it)
@@ -156,6 +156,21 @@ try:
     )
 except AssertionError as exc:
     print(exc)
+
+# %% [markdown]
+# A compiled training step (`Trainer(..., compile=True)`, `xpcnn train --backend jax
+# --compile`) traces the layer's code under `jax.jit`. `check_jit(layer, x)` checks that it
+# traces there and computes what it computes eagerly; a failure names the line and the
+# cause (Python control flow on an array value, item assignment, a conversion to the
+# host, ...). It needs JAX:
+
+# %%
+jax_backends = [b for b in found if b.name == "jax"]
+for b in jax_backends:
+    check_jit(PReLU(b.asarray(np.full(3, 0.2), "float32")), b.asarray(-np.ones((4, 3)), "float32"))
+    print("jax: PReLU traces under jax.jit and equals its eager passes")
+if not jax_backends:
+    print("JAX is not installed here: pip install jax")
 
 # %% [markdown]
 # In a test suite, the same check runs on every backend through the pytest plugin:
