@@ -26,15 +26,22 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 #: above it (a batch of thousands of images) still come from mmap.
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 1 << 30
-#: Settings a user may have made already: then nothing is changed.
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
+#: Settings a user may have made already (or another allocator preloaded): then
+#: nothing is changed.
+USER_SETTINGS = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "GLIBC_TUNABLES",
+    "LD_PRELOAD",
+)
 
 
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (see the module's text).
-    Returns whether it did: False off glibc, or where the environment already sets
-    malloc's thresholds (the user's choice wins)."""
-    if platform.libc_ver()[0] != "glibc" or any(v in os.environ for v in USER_SETTINGS):
+    Returns whether it did: False off glibc, where the environment already sets
+    malloc's thresholds (the user's choice wins), or where ``LD_PRELOAD`` may put
+    another allocator (jemalloc, AddressSanitizer's) in front of glibc's."""
+    if platform.libc_ver()[0] != "glibc" or any(os.environ.get(v) for v in USER_SETTINGS):
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
