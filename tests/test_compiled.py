@@ -44,6 +44,18 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
 
 
+@pytest.fixture(
+    params=[(i, w) for i in ISAS or ["none"] for w in (True, False)],
+    ids=lambda p: p[0] + ("" if p[1] else "-direct"),
+)
+def conv_isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each instruction set, with 3x3 stride-1 convolutions on Winograd F(2x2, 3x3) (the
+    default) and on the direct kernel."""
+    name, on = request.param
+    with _fast.enabled(True), compiled.using(name), compiled.winograd(on):
+        yield name + ("" if on else "-direct")
+
+
 def _cases() -> list[tuple[int, ...]]:
     """(N, C, H, W, FN, FH, FW, stride, pad): DeepConvNet's and SimpleConvNet's
     shapes, then seeded random ones: odd sizes, pad 0-3, stride 1-3, channel
@@ -66,6 +78,14 @@ def _cases() -> list[tuple[int, ...]]:
         N = int(rng.choice([1, 2, 7, 20, 257]))
         C, FN = (int(v) for v in rng.integers(1, 40, 2))
         cases.append((N, C, H, W, FN, FH, FW, stride, pad))
+    # Winograd's edges: odd output sizes (a last row or column of half tiles), one
+    # output row, batches that are not whole vectors, many channels
+    cases += [
+        (7, 9, 7, 5, 6, 3, 3, 1, 1),
+        (257, 8, 3, 4, 3, 3, 3, 1, 0),
+        (2, 12, 9, 9, 7, 3, 3, 1, 2),
+        (5, 40, 6, 11, 9, 3, 3, 1, 3),
+    ]
     return cases
 
 
@@ -93,7 +113,7 @@ def _reference(x, w, b, dout, stride, pad) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)))
-def test_equal_to_generic_exactly_on_integers(isa, rng, case):
+def test_equal_to_generic_exactly_on_integers(conv_isa, rng, case):
     x, w, b, dout = _data(rng, case, integers=True)
     stride, pad = case[7], case[8]
     got = _run(x, w, b, dout, stride, pad)
@@ -102,11 +122,11 @@ def test_equal_to_generic_exactly_on_integers(isa, rng, case):
         ("out", "dx", "dW", "db"), got, _reference(x, w, b, dout, stride, pad), strict=True
     ):
         assert g.dtype == np.float32 and g.shape == r.shape, name
-        np.testing.assert_array_equal(g, r, err_msg=f"{isa} {name}")
+        np.testing.assert_array_equal(g, r, err_msg=f"{conv_isa} {name}")
 
 
 @pytest.mark.parametrize("case", CASES[::3], ids=lambda c: "x".join(map(str, c)))
-def test_close_to_generic_within_the_float32_sum_bound(isa, rng, case):
+def test_close_to_generic_within_the_float32_sum_bound(conv_isa, rng, case):
     """``|got - exact| <= n * eps32 * sum|terms|`` for every output element, n being
     the number of terms of its sum (the absolute values' convolution gives the
     right-hand side, computed the same generic way)."""
@@ -122,11 +142,11 @@ def test_close_to_generic_within_the_float32_sum_bound(isa, rng, case):
     ):
         bound = n * EPS32 * a + np.finfo(np.float32).tiny
         excess = np.abs(g - e) - bound
-        assert excess.max() <= 0, f"{isa} {name}: error above the bound by {excess.max()}"
+        assert excess.max() <= 0, f"{conv_isa} {name}: error above the bound by {excess.max()}"
 
 
 @pytest.mark.parametrize("case", CASES[:6], ids=lambda c: "x".join(map(str, c)))
-def test_on_threads_equal_to_one_thread(isa, rng, threads_used, case):
+def test_on_threads_equal_to_one_thread(conv_isa, rng, threads_used, case):
     """Each thread computes its own output rows (forward, dx: the same bits as one
     thread); the filter gradient adds the threads' parts (exact on integers)."""
     x, w, b, dout = _data(rng, case, integers=True)
@@ -139,7 +159,7 @@ def test_on_threads_equal_to_one_thread(isa, rng, threads_used, case):
 
 
 @pytest.mark.parametrize("case", CASES[:12], ids=lambda c: "x".join(map(str, c)))
-def test_fused_relu_equal_to_convolution_then_relu(isa, rng, case):
+def test_fused_relu_equal_to_convolution_then_relu(conv_isa, rng, case):
     """With ``relu=True`` the kernel clamps its output (NaN to 0) and the backward pass
     counts ``dout`` only where that output is > 0: the generic convolution followed
     by the generic ReLU, exactly on integers (many outputs are exactly 0 there)."""
@@ -159,7 +179,7 @@ def test_fused_relu_equal_to_convolution_then_relu(isa, rng, case):
         ref = [y, *conv.backward(relu.backward(dout.astype(np.float64)))]
     assert (ref[0] == 0).any() and (ref[0] > 0).any()
     for name, g, r in zip(("out", "dx", "dW", "db"), got, ref, strict=True):
-        np.testing.assert_array_equal(g, r, err_msg=f"{isa} {name}")
+        np.testing.assert_array_equal(g, r, err_msg=f"{conv_isa} {name}")
 
 
 def test_first_layer_without_dx(isa, rng):
@@ -172,7 +192,7 @@ def test_first_layer_without_dx(isa, rng):
 
 
 @pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[4]], ids=["s1", "s2", "s3"])
-def test_nan_and_inf_propagate_as_on_the_generic_path(isa, rng, case):
+def test_nan_and_inf_propagate_as_on_the_generic_path(conv_isa, rng, case):
     """No fast-math: NaN and +-inf in the input and in dout reach the same outputs
     as on the generic float32 path (inf - inf gives NaN on both)."""
     x, w, b, dout = _data(rng, case, integers=False)
@@ -192,6 +212,85 @@ def test_nan_and_inf_propagate_as_on_the_generic_path(isa, rng, case):
         np.testing.assert_array_equal(np.isneginf(g), np.isneginf(r), err_msg=f"{name}: -inf")
         finite = np.isfinite(r)
         assert_close_scaled(g[finite], r[finite], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_winograd_runs_on_3x3_stride_1_and_direct_when_off(rng):
+    """The two paths round differently on random normals: equal bits would mean that
+    Winograd never ran (or that the switch does nothing)."""
+    x, w, b, dout = _data(rng, CASES[0], integers=False)
+    with _fast.enabled(True):
+        wino = _run(x, w, b, dout, 1, 1)
+        with compiled.winograd(False):
+            direct = _run(x, w, b, dout, 1, 1)
+    for name, g, d in zip(("out", "dx"), wino, direct, strict=False):
+        assert not np.array_equal(g, d), name
+        assert_close_scaled(g, d, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 6])
+def test_winograd_row_ranges_split_anywhere(isa, rng, split):
+    """Threads get ranges of tile rows, but any range of output rows must give the bits
+    of the whole: a range starting or ending inside a tile writes only its own rows."""
+    N, C, H, FN = 9, 10, 7, 6  # OH = 7: a last row of half tiles
+    img = rng.standard_normal((C, H + 2, H + 2, N)).astype(np.float32)
+    W = rng.standard_normal((FN, C, 3, 3)).astype(np.float32)
+    mr = compiled._conv.tile(isa)
+    wp = compiled._packed(W, mr)
+    up = compiled._winograd_packed(wp)
+    bias = rng.standard_normal(FN).astype(np.float32)
+    geom = (C, H + 2, H + 2, N, FN, 3, 3, 1, H, H)
+    whole, parts = (np.full((FN, H, H, N), np.nan, np.float32) for _ in range(2))
+    compiled._conv.forward(img, wp, bias, whole, geom, 0, H, True, isa, up)
+    compiled._conv.forward(img, wp, bias, parts, geom, 0, split, True, isa, up)
+    compiled._conv.forward(img, wp, bias, parts, geom, split, H, True, isa, up)
+    np.testing.assert_array_equal(parts, whole)
+    direct = np.empty_like(whole)
+    compiled._conv.forward(img, wp, bias, direct, geom, 0, H, True, isa)
+    assert_close_scaled(whole, direct, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_winograd_keeps_a_non_finite_input_in_its_windows(isa, rng, value):
+    """One non-finite pixel: raw Winograd would spread it over whole 2x2 tiles (and turn
+    inf into NaN through the transforms' differences); the outputs must be those of the
+    generic path, finite outside the pixel's windows."""
+    x, w, b, _ = _data(rng, CASES[0], integers=False)
+    x[3, 2, 4, 5] = value
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = conv2d_forward(x, w, b, 1, 1)[0]
+        with _fast.enabled(False):
+            ref = conv2d_forward(x, w, b, 1, 1)[0]
+    assert np.isfinite(ref).sum() > 0 and (~np.isfinite(ref)).sum() > 0
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(got), test(ref), err_msg=test.__name__)
+    finite = np.isfinite(ref)
+    assert_close_scaled(got[finite], ref[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_refuses_bad_arguments():
+    img, wp, bias, out, geom, r0, r1, relu, name = _args()
+    img[...] = 1.0
+    up = compiled._winograd_packed(wp + 1.0)
+    compiled._conv.forward(img, wp, bias, out, geom, r0, r1, relu, name, up)
+    assert (out == 27.0).all()  # 3 channels x 3x3 ones: Winograd is exact here
+    with pytest.raises(ValueError, match="transformed filters holds"):
+        compiled._conv.forward(img, wp, bias, out, geom, r0, r1, relu, name, up.reshape(-1)[:10])
+    with pytest.raises(TypeError, match="transformed filters must be float32"):
+        compiled._conv.forward(img, wp, bias, out, geom, r0, r1, relu, name, up.astype(float))
+    strided = (*geom[:7], 2, 2, 2)
+    with pytest.raises(ValueError, match="needs 3x3 filters and stride 1"):
+        compiled._conv.forward(img, wp, bias, out, strided, 0, 2, relu, name, up)
+
+
+def test_xpcnn_winograd_variable_is_checked():
+    code = "from xpcnn._fast import compiled; print(compiled._winograd_on())"
+    for value, expect in (("0", "False"), ("1", "True")):
+        env = {**os.environ, "XPCNN_WINOGRAD": value}
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert run.stdout.strip() == expect, run.stderr
+    env = {**os.environ, "XPCNN_WINOGRAD": "yes"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "XPCNN_WINOGRAD=yes: use 1 (the default) or 0" in run.stderr
 
 
 # -- max pooling -----------------------------------------------------------------------------

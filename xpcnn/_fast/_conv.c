@@ -108,6 +108,8 @@ static inline void generic_store_part(float *p, generic_vec v, int n)
 
 typedef void (*fwd_fn)(const ConvGeom *, const float *, const float *, const float *, float *,
                        ptrdiff_t, ptrdiff_t, int, const ptrdiff_t *);
+typedef int (*wino_fn)(const ConvGeom *, const float *, const float *, const float *,
+                       const float *, float *, ptrdiff_t, ptrdiff_t, int, const ptrdiff_t *);
 typedef int (*dw_fn)(const ConvGeom *, const float *, const float *, const float *, float *,
                      float *, ptrdiff_t, ptrdiff_t, const ptrdiff_t *);
 typedef void (*place_fn)(const PlaceGeom *, const float *, const float *, float *, ptrdiff_t,
@@ -120,6 +122,7 @@ typedef struct {
     const char *name;
     int fwd_mr;
     fwd_fn fwd;
+    wino_fn wino;
     dw_fn dw;
     pool_fwd_fn pool_fwd;
     pool_bwd_fn pool_bwd;
@@ -127,7 +130,7 @@ typedef struct {
 } Isa;
 
 #define ISA_ENTRY(name)                                                                     \
-    {#name, 4, conv_forward_##name, conv_dw_##name, pool_forward_##name, pool_backward_##name, \
+    {#name, 4, conv_forward_##name, wino_forward_##name, conv_dw_##name, pool_forward_##name, pool_backward_##name, \
      place_##name}
 static const Isa ISAS[] = {
 #ifdef XPCNN_X86
@@ -256,42 +259,55 @@ static int get_rows(ptrdiff_t r0, ptrdiff_t r1, const ConvGeom *g)
 /* ---- module functions ----------------------------------------------------------------- */
 
 PyDoc_STRVAR(forward_doc,
-             "forward(img, wp, bias, out, geometry, r0, r1, relu, isa)\n\n"
+             "forward(img, wp, bias, out, geometry, r0, r1, relu, isa, up=None)\n\n"
              "Output rows [r0, r1) of the convolution of img (C, Hp, Wp, N), padded, with the\n"
              "packed filters wp (ceil(FN/MR), C*FH*FW, MR) plus bias (FN,), written to out\n"
              "(FN, OH, OW, N); relu clamps the result at 0. geometry = (C, Hp, Wp, N, FN, FH,\n"
-             "FW, stride, OH, OW). All arrays C-contiguous float32.");
+             "FW, stride, OH, OW). With up, the Winograd-transformed filters packed (16,\n"
+             "ceil(FN/MR), C, MR), a 3x3 stride-1 convolution runs as Winograd F(2x2, 3x3).\n"
+             "All arrays C-contiguous float32.");
 
 static PyObject *py_forward(PyObject *self, PyObject *args)
 {
-    PyObject *o_img, *o_wp, *o_bias, *o_out, *o_geom;
+    PyObject *o_img, *o_wp, *o_bias, *o_out, *o_geom, *o_up = Py_None;
     ptrdiff_t r0, r1;
     int relu;
     const char *isa_name;
-    if (!PyArg_ParseTuple(args, "OOOOOnnps", &o_img, &o_wp, &o_bias, &o_out, &o_geom, &r0, &r1,
-                          &relu, &isa_name))
+    if (!PyArg_ParseTuple(args, "OOOOOnnps|O", &o_img, &o_wp, &o_bias, &o_out, &o_geom, &r0, &r1,
+                          &relu, &isa_name, &o_up))
         return NULL;
     ConvGeom g;
     const Isa *isa = find_isa(isa_name);
     if (!isa || get_geom(o_geom, &g) < 0 || get_rows(r0, r1, &g) < 0) return NULL;
+    const int wino = o_up != Py_None;
+    if (wino && (g.FH != 3 || g.FW != 3 || g.stride != 1)) {
+        PyErr_SetString(PyExc_ValueError, "Winograd F(2x2, 3x3) needs 3x3 filters and stride 1");
+        return NULL;
+    }
     const ptrdiff_t K = g.C * g.FH * g.FW, blocks = (g.FN + isa->fwd_mr - 1) / isa->fwd_mr;
     ptrdiff_t n_img[] = {g.C, g.Hp, g.Wp, g.N}, n_wp[] = {blocks, K, isa->fwd_mr},
-              n_out[] = {g.FN, g.OH, g.OW, g.N};
-    Py_buffer img, wp, bias, out;
+              n_out[] = {g.FN, g.OH, g.OW, g.N}, n_up[] = {16, blocks, g.C, isa->fwd_mr};
+    Py_buffer img, wp, bias, out, up = {0};
     if (get_floats(o_img, &img, product(4, n_img), 0, "img") < 0) return NULL;
     if (get_floats(o_wp, &wp, product(3, n_wp), 0, "packed filters") < 0) goto fail1;
     if (get_floats(o_bias, &bias, g.FN, 0, "bias") < 0) goto fail2;
-    if (get_floats(o_out, &out, product(4, n_out), 1, "out") < 0) goto fail3;
+    if (wino && get_floats(o_up, &up, product(4, n_up), 0, "transformed filters") < 0) goto fail3;
+    if (get_floats(o_out, &out, product(4, n_out), 1, "out") < 0) goto fail4;
     ptrdiff_t *koff = filter_offsets(&g);
-    if (!koff) {
-        PyErr_NoMemory();
-    } else {
+    int status = koff ? 0 : -1;
+    if (koff) {
         Py_BEGIN_ALLOW_THREADS;
-        isa->fwd(&g, img.buf, wp.buf, bias.buf, out.buf, r0, r1, relu, koff);
+        if (wino)
+            status = isa->wino(&g, img.buf, up.buf, wp.buf, bias.buf, out.buf, r0, r1, relu, koff);
+        else
+            isa->fwd(&g, img.buf, wp.buf, bias.buf, out.buf, r0, r1, relu, koff);
         Py_END_ALLOW_THREADS;
         free(koff);
     }
+    if (status < 0) PyErr_NoMemory();
     PyBuffer_Release(&out);
+fail4:
+    if (wino) PyBuffer_Release(&up);
 fail3:
     PyBuffer_Release(&bias);
 fail2:

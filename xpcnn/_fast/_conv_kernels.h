@@ -164,6 +164,195 @@ static TARGET void NAME(conv_forward)(const ConvGeom *g, const float *img, const
     }
 }
 
+/* ---- Winograd F(2x2, 3x3): 3x3 filters, stride 1 ---------------------------------------
+ * Each 2x2 block ("tile") of output pixels comes from the 4x4 input block under it:
+ * Y = A^T [U . V] A with U = G g G^T (the filter, transformed once by the caller) and
+ * V = B^T d B (Lavin & Gray, 2016). For each of the 16 positions xi the products summed
+ * over the channels are one matrix product, M[xi] (FN, cols) = U[xi] (FN, C) @ V[xi]
+ * (C, cols), which the forward kernel above computes (K = C): the columns are the
+ * (tile, image) pairs of a chunk of one row of tiles. 4 multiply-adds per output and
+ * channel instead of 9, plus the transforms.
+ *
+ * Rounding differs from the direct sum (within the same kind of bound), and a NaN or an
+ * infinity would spread to the other outputs of its tiles: a chunk whose outputs are not
+ * all finite is computed again by the direct kernel, so non-finite values propagate
+ * exactly as on the generic path. */
+
+/* V = B^T d B, B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], of one
+ * vector of images of a 4x4 input block at p (rows `row`, columns N floats apart; rows
+ * >= hmax or columns >= wmax read as 0 when edge), stored `step` floats apart at v. */
+static inline ALWAYS_INLINE TARGET void NAME(wino_in)(const int edge, const int partial,
+                                                     int part, const float *p, ptrdiff_t row,
+                                                     ptrdiff_t N, int hmax, int wmax, float *v,
+                                                     ptrdiff_t step)
+{
+    vf d[4][4], t[4][4];
+    UNROLL
+    for (int i = 0; i < 4; i++)
+        UNROLL
+        for (int j = 0; j < 4; j++) {
+            const float *q = p + i * row + j * N;
+            if (edge && (i >= hmax || j >= wmax))
+                d[i][j] = (vf){0};
+            else
+                d[i][j] = partial ? LOAD_PART(q, part) : NAME(ld)(q);
+        }
+    UNROLL
+    for (int j = 0; j < 4; j++) {
+        t[0][j] = d[0][j] - d[2][j];
+        t[1][j] = d[1][j] + d[2][j];
+        t[2][j] = d[2][j] - d[1][j];
+        t[3][j] = d[1][j] - d[3][j];
+    }
+    UNROLL
+    for (int i = 0; i < 4; i++) {
+        const vf r[4] = {t[i][0] - t[i][2], t[i][1] + t[i][2], t[i][2] - t[i][1],
+                         t[i][1] - t[i][3]};
+        UNROLL
+        for (int j = 0; j < 4; j++) {
+            if (partial)
+                STORE_PART(v + (i * 4 + j) * step, r[j], part);
+            else
+                NAME(st)(v + (i * 4 + j) * step, r[j]);
+        }
+    }
+}
+
+/* Y = A^T m A + bias, A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], of one vector of images from
+ * the 16 products at m (`step` floats apart); row i of Y is stored (at o + i * orow, then
+ * clamped at 0 if relu) when rlo <= i < rhi, column j when j < wmax. Returns lanes set
+ * where the four outputs are not all finite. */
+static inline ALWAYS_INLINE TARGET vi NAME(wino_out)(const int partial, int part,
+                                                    const float *m, ptrdiff_t step, vf bv,
+                                                    int relu, float *o, ptrdiff_t orow,
+                                                    ptrdiff_t N, int rlo, int rhi, int wmax)
+{
+    vf mm[16], r[4][2], y[2][2];
+    UNROLL
+    for (int x = 0; x < 16; x++)
+        mm[x] = partial ? LOAD_PART(m + x * step, part) : NAME(ld)(m + x * step);
+    UNROLL
+    for (int i = 0; i < 4; i++) {
+        r[i][0] = mm[i * 4 + 0] + mm[i * 4 + 1] + mm[i * 4 + 2];
+        r[i][1] = mm[i * 4 + 1] - mm[i * 4 + 2] - mm[i * 4 + 3];
+    }
+    UNROLL
+    for (int j = 0; j < 2; j++) {
+        y[0][j] = r[0][j] + r[1][j] + r[2][j] + bv;
+        y[1][j] = r[1][j] - r[2][j] - r[3][j] + bv;
+    }
+    const vf s = (y[0][0] + y[0][1]) + (y[1][0] + y[1][1]); /* inf or NaN if any is */
+    UNROLL
+    for (int i = 0; i < 2; i++)
+        UNROLL
+        for (int j = 0; j < 2; j++) {
+            if (i < rlo || i >= rhi || j >= wmax) continue;
+            vf a = y[i][j];
+            if (relu) {
+                const vf zero = {0};
+                a = (vf)((vi)a & (a > zero));
+            }
+            if (partial)
+                STORE_PART(o + i * orow + j * N, a, part);
+            else
+                NAME(st)(o + i * orow + j * N, a);
+        }
+    return (s - s) != (s - s);
+}
+
+typedef struct {
+    const ConvGeom *g;
+    const float *img, *up, *wp, *bias;
+    const ptrdiff_t *koff, *coff;
+    float *out, *Vs, *Ms;
+    const float *zeros;
+    ptrdiff_t r0, r1;
+    int relu;
+} NAME(Wino);
+
+/* Tiles [t0, t0 + T) of tile row ti: their output rows within [r0, r1). */
+static TARGET void NAME(wino_chunk)(const NAME(Wino) *w, ptrdiff_t ti, ptrdiff_t t0, ptrdiff_t T)
+{
+    const ConvGeom *g = w->g;
+    const ptrdiff_t N = g->N, C = g->C, FN = g->FN, Hp = g->Hp, Wp = g->Wp, OH = g->OH,
+                    OW = g->OW, cols = T * N, nfull = N / V * V, y0 = 2 * ti;
+    const int part = (int)(N % V), hin = (int)(Hp - y0 < 4 ? Hp - y0 : 4);
+    for (ptrdiff_t c = 0; c < C; c++)
+        for (ptrdiff_t t = 0; t < T; t++) {
+            const ptrdiff_t x0 = 2 * (t0 + t), step = C * cols, row = Wp * N;
+            const int win = (int)(Wp - x0 < 4 ? Wp - x0 : 4), edge = hin < 4 || win < 4;
+            const float *p = w->img + ((c * Hp + y0) * Wp + x0) * N;
+            float *v = w->Vs + c * cols + t * N;
+            for (ptrdiff_t n = 0; n < nfull; n += V) {
+                if (edge)
+                    NAME(wino_in)(1, 0, 0, p + n, row, N, hin, win, v + n, step);
+                else
+                    NAME(wino_in)(0, 0, 0, p + n, row, N, 4, 4, v + n, step);
+            }
+            if (part) NAME(wino_in)(1, 1, part, p + nfull, row, N, hin, win, v + nfull, step);
+        }
+    const ptrdiff_t blocks = (FN + FWD_MR - 1) / FWD_MR;
+    for (int x = 0; x < 16; x++)
+        NAME(fwd_segment)(w->up + x * blocks * C * FWD_MR, C, FN, w->coff, w->Vs + x * C * cols,
+                          w->Ms + x * FN * cols, cols, cols, w->zeros, 0);
+    const ptrdiff_t ya = y0 < w->r0 ? w->r0 : y0, yb = y0 + 2 < w->r1 ? y0 + 2 : w->r1;
+    const int rlo = (int)(ya - y0), rhi = (int)(yb - y0);
+    vi bad = {0};
+    for (ptrdiff_t f = 0; f < FN; f++) {
+        const vf bv = NAME(splat)(w->bias[f]);
+        for (ptrdiff_t t = 0; t < T; t++) {
+            const ptrdiff_t x0 = 2 * (t0 + t), step = FN * cols, orow = OW * N;
+            const int wout = (int)(OW - x0 < 2 ? OW - x0 : 2);
+            const float *m = w->Ms + f * cols + t * N;
+            float *o = w->out + ((f * OH + y0) * OW + x0) * N;
+            for (ptrdiff_t n = 0; n < nfull; n += V)
+                bad |= NAME(wino_out)(0, 0, m + n, step, bv, w->relu, o + n, orow, N, rlo, rhi,
+                                      wout);
+            if (part)
+                bad |= NAME(wino_out)(1, part, m + nfull, step, bv, w->relu, o + nfull, orow, N,
+                                      rlo, rhi, wout);
+        }
+    }
+    int any = 0;
+    for (int i = 0; i < V; i++) any |= bad[i];
+    if (!any) return;
+    const ptrdiff_t x0 = 2 * t0, len = ((OW - x0 < 2 * T) ? OW - x0 : 2 * T) * N;
+    for (ptrdiff_t y = ya; y < yb; y++) /* the direct kernel, as on the generic path */
+        NAME(fwd_segment)(w->wp, 9 * C, FN, w->koff, w->img + (y * Wp + x0) * N,
+                          w->out + (y * OW + x0) * N, OH * OW * N, len, w->bias, w->relu);
+}
+
+/* Output rows [r0, r1) of a 3x3, stride-1 convolution; up: the transformed filters
+ * packed (16, ceil(FN/MR), C, MR), wp and koff as for conv_forward (the direct kernel
+ * recomputes chunks whose outputs are not finite). Returns -1 when scratch memory
+ * cannot be allocated. */
+static TARGET int NAME(wino_forward)(const ConvGeom *g, const float *img, const float *up,
+                                     const float *wp, const float *bias, float *out,
+                                     ptrdiff_t r0, ptrdiff_t r1, int relu, const ptrdiff_t *koff)
+{
+    const ptrdiff_t N = g->N, C = g->C, FN = g->FN, tw = (g->OW + 1) / 2;
+    /* about 256 columns a chunk: V and M stay in L2, the products have long rows */
+    const ptrdiff_t T = 256 / N < 1 ? 1 : (256 / N > tw ? tw : 256 / N);
+    NAME(Wino) w = {g, img, up, wp, bias, koff, NULL, out, NULL, NULL, NULL, r0, r1, relu};
+    float *Vs = malloc((size_t)(16 * C * T * N) * sizeof(float));
+    float *Ms = malloc((size_t)(16 * FN * T * N) * sizeof(float));
+    ptrdiff_t *coff = malloc((size_t)C * sizeof(ptrdiff_t));
+    float *zeros = calloc((size_t)FN, sizeof(float));
+    int status = -1;
+    if (Vs && Ms && coff && zeros) {
+        w.Vs = Vs, w.Ms = Ms, w.coff = coff, w.zeros = zeros;
+        for (ptrdiff_t ti = r0 / 2; ti < (r1 + 1) / 2; ti++)
+            for (ptrdiff_t t0 = 0; t0 < tw; t0 += T) {
+                const ptrdiff_t Tn = tw - t0 < T ? tw - t0 : T;
+                for (ptrdiff_t c = 0; c < C; c++) coff[c] = c * Tn * N;
+                NAME(wino_chunk)(&w, ti, t0, Tn);
+            }
+        status = 0;
+    }
+    free(Vs), free(Ms), free(coff), free(zeros);
+    return status;
+}
+
 /* ---- weight gradient: dWT[k, f] += sum_q src[koff[k] + q] * dout[f, q] ------------------
  * A GEMM whose reduction runs along the segments: dout is packed, a chunk of positions at a
  * time, transposed to P[q][f] (f padded to whole vectors with zeros), so that the register

@@ -19,6 +19,11 @@ buffer's size against the geometry again, so a bad call raises instead of readin
 out of bounds. The kernels release the GIL; a layer's output rows are shared out
 among :func:`xpcnn.cpu_threads` threads like the NumPy path's.
 
+3x3 stride-1 convolutions with enough channels run as Winograd F(2x2, 3x3) (4
+multiply-adds per output and channel instead of 9; see ``_conv_kernels.h``): the forward
+pass and the input gradient. ``XPCNN_WINOGRAD=0`` or :func:`winograd` (``False``) keeps
+them on the direct kernel.
+
 Selection: ``XPCNN_ISA=avx512|avx2|generic`` forces an instruction set and
 ``XPCNN_ISA=none`` turns the compiled kernels off (the NumPy path runs); :func:`using`
 does the same for a ``with`` block, in the current thread or task only.
@@ -49,6 +54,7 @@ __all__ = [
     "pool_available",
     "status",
     "using",
+    "winograd",
 ]
 
 # The extension, or None; Any: it ships no type stubs.
@@ -137,6 +143,36 @@ def using(name: str | None) -> Iterator[None]:
         _ISA.reset(token)
 
 
+_WINOGRAD: contextvars.ContextVar[bool] = contextvars.ContextVar("xpcnn_winograd")
+
+#: Winograd F(2x2, 3x3) from this many input channels on: with fewer, its transforms
+#: cost about what it saves (scripts/BENCHMARKS.md, "Winograd").
+WINOGRAD_MIN_C = 8
+
+
+def _winograd_on() -> bool:
+    try:
+        return _WINOGRAD.get()
+    except LookupError:
+        want = os.environ.get("XPCNN_WINOGRAD", "1").strip().lower()
+        if want not in ("0", "1"):
+            raise ValueError(f"XPCNN_WINOGRAD={want}: use 1 (the default) or 0") from None
+        _WINOGRAD.set(want == "1")
+        return want == "1"
+
+
+@contextlib.contextmanager
+def winograd(on: bool) -> Iterator[None]:
+    """Let 3x3 stride-1 convolutions run as Winograd F(2x2, 3x3) (``True``, the default)
+    or keep every convolution on the direct kernel (``False``) inside the ``with``
+    block, for this thread or task only."""
+    token = _WINOGRAD.set(bool(on))
+    try:
+        yield
+    finally:
+        _WINOGRAD.reset(token)
+
+
 def status() -> str:
     """One line for ``xpcnn info``: which convolution path runs and why."""
     if _conv is None:
@@ -162,14 +198,33 @@ def available(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _packed(W: np.ndarray, mr: int) -> np.ndarray:
-    """``W`` (FN, C, FH, FW) as (ceil(FN / mr), C*FH*FW, mr): each block of ``mr``
-    filters interleaved, the way the kernel broadcasts them; zero rows past FN."""
-    FN = W.shape[0]
+def _blocked(rows: np.ndarray, mr: int) -> np.ndarray:
+    """``rows`` (..., FN, K) as (..., ceil(FN / mr), K, mr): each block of ``mr`` filters
+    interleaved, the way the kernel broadcasts them; zero rows past FN."""
+    *lead, FN, K = rows.shape
     blocks = -(-FN // mr)
-    rows = np.zeros((blocks * mr, W[0].size), dtype=np.float32)
-    rows[:FN] = W.reshape(FN, -1)
-    return np.ascontiguousarray(rows.reshape(blocks, mr, -1).transpose(0, 2, 1))
+    padded = np.zeros((*lead, blocks * mr, K), dtype=np.float32)
+    padded[..., :FN, :] = rows
+    padded = padded.reshape(*lead, blocks, mr, K)
+    return np.ascontiguousarray(np.swapaxes(padded, -1, -2))
+
+
+def _packed(W: np.ndarray, mr: int) -> np.ndarray:
+    """``W`` (FN, C, FH, FW) packed (ceil(FN / mr), C*FH*FW, mr) for the direct kernel."""
+    return _blocked(W.reshape(W.shape[0], -1), mr)
+
+
+#: Winograd F(2x2, 3x3)'s filter transform U = G g G^T (Lavin & Gray, 2016) as one
+#: (16, 9) matrix on the flattened 3x3 filter: kron(G, G), exact in float32.
+_G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
+_GG = np.kron(_G, _G).astype(np.float32)
+
+
+def _winograd_packed(wp: np.ndarray) -> np.ndarray:
+    """The transformed filters ``U = G g G^T`` packed (16, blocks, C, mr) from the
+    direct kernel's packing ``wp`` (blocks, C*9, mr) of 3x3 filters: one small GEMM."""
+    blocks, K, mr = wp.shape
+    return np.tensordot(_GG, wp.reshape(blocks, K // 9, 9, mr), axes=([1], [2]))
 
 
 #: Multiply-adds below which a convolution stays on the calling thread (about 20 us):
@@ -203,10 +258,22 @@ def _correlate(
     out = np.empty((FN, OH, OW, N), dtype=np.float32)
     geom = (C, Hp, Wp, N, FN, FH, FW, stride, OH, OW)
 
+    parts = _parts(out.size * C * FH * FW)
+    if FH == FW == 3 and stride == 1 and C >= WINOGRAD_MIN_C and _winograd_on():
+        up = _winograd_packed(wp)
+
+        def tile_rows(r: range) -> None:  # rows of 2x2 tiles: each thread its own
+            _conv.forward(
+                img, wp, bias, out, geom, 2 * r.start, min(2 * r.stop, OH), relu, name, up
+            )
+
+        _threads.map_ranges(tile_rows, (OH + 1) // 2, parts)
+        return out
+
     def rows(r: range) -> None:
         _conv.forward(img, wp, bias, out, geom, r.start, r.stop, relu, name)
 
-    _threads.map_ranges(rows, OH, _parts(out.size * C * FH * FW))
+    _threads.map_ranges(rows, OH, parts)
     return out
 
 
