@@ -514,6 +514,28 @@ def test_xpcnn_isa_unknown_is_refused_in_one_line():
     )
 
 
+@pytest.mark.parametrize(
+    ("variable", "says"),
+    [
+        ("XPCNN_ISA", "XPCNN_ISA=bad: this CPU runs"),
+        ("XPCNN_WINOGRAD", "XPCNN_WINOGRAD=bad: use 1 (the default) or 0"),
+    ],
+)
+def test_cli_refuses_a_bad_kernel_variable_in_one_line_before_work(tmp_path, variable, says):
+    """Even for a network without a 3x3 layer: checked at start, not at first use."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "xpcnn", "train", "--epochs", "1", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, variable: "bad"},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"xpcnn train: error: {says}"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
 def test_using_refuses_an_unknown_isa_and_restores():
     before = compiled.isa()
     with pytest.raises(ValueError, match="isa=avx9000"), compiled.using("avx9000"):
@@ -523,17 +545,21 @@ def test_using_refuses_an_unknown_isa_and_restores():
     assert compiled.isa() == before
 
 
-def test_xpcnn_info_names_the_convolution_path():
+@pytest.mark.parametrize(
+    ("winograd", "says"), [("1", "3x3 stride 1 by Winograd F(2x2, 3x3)"), ("0", "Winograd off")]
+)
+def test_xpcnn_info_names_the_convolution_path(winograd, says):
     proc = subprocess.run(
         [sys.executable, "-m", "xpcnn", "info"],
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "XPCNN_ISA": ISAS[-1]},
+        env={**os.environ, "XPCNN_ISA": ISAS[-1], "XPCNN_WINOGRAD": winograd},
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert f"convolution: compiled {ISAS[-1]} (this CPU runs: {', '.join(ISAS)})" in proc.stdout
+    line = f"convolution: compiled {ISAS[-1]} (this CPU runs: {', '.join(ISAS)}); {says}"
+    assert line in proc.stdout
 
 
 # -- flushing subnormals ----------------------------------------------------------------------

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import _threads
 from .numpy_conv import zero_border
 
@@ -47,6 +48,7 @@ __all__ = [
     "CompiledConvCache",
     "CompiledPoolCache",
     "available",
+    "check_environment",
     "conv2d_forward",
     "isa",
     "isas",
@@ -109,11 +111,11 @@ def _checked(name: str, where: str) -> str:
     if name in runs:
         return name
     if _conv is None:
-        raise ValueError(
+        raise ConfigError(
             f"{where}={name}: the compiled kernels are not built ({_IMPORT_ERROR}); "
             f"reinstall xpcnn with a C compiler, or use {OFF}"
         )
-    raise ValueError(
+    raise ConfigError(
         f"{where}={name}: this CPU runs {', '.join(runs)}; choose one of them or {OFF}"
     )
 
@@ -156,7 +158,7 @@ def _winograd_on() -> bool:
     except LookupError:
         want = os.environ.get("XPCNN_WINOGRAD", "1").strip().lower()
         if want not in ("0", "1"):
-            raise ValueError(f"XPCNN_WINOGRAD={want}: use 1 (the default) or 0") from None
+            raise ConfigError(f"XPCNN_WINOGRAD={want}: use 1 (the default) or 0") from None
         _WINOGRAD.set(want == "1")
         return want == "1"
 
@@ -173,6 +175,13 @@ def winograd(on: bool) -> Iterator[None]:
         _WINOGRAD.reset(token)
 
 
+def check_environment() -> None:
+    """Raise :class:`~xpcnn.errors.ConfigError` now for a bad ``XPCNN_ISA`` or
+    ``XPCNN_WINOGRAD``, not at the first convolution that reads it."""
+    isa()
+    _winograd_on()
+
+
 def status() -> str:
     """One line for ``xpcnn info``: which convolution path runs and why."""
     if _conv is None:
@@ -183,7 +192,11 @@ def status() -> str:
         return f"error: {error}"
     if chosen is None:
         return "NumPy GEMMs (compiled kernels switched off: XPCNN_ISA=none)"
-    return f"compiled {chosen} (this CPU runs: {', '.join(isas())})"
+    try:
+        wino = "3x3 stride 1 by Winograd F(2x2, 3x3)" if _winograd_on() else "Winograd off"
+    except ValueError as error:
+        return f"error: {error}"
+    return f"compiled {chosen} (this CPU runs: {', '.join(isas())}); {wino}"
 
 
 def available(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> bool:

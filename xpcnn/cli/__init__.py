@@ -24,6 +24,7 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from .._fast import compiled
 from ..distributed import MPICommunicator, abort_on_exception, get_communicator
 from ..errors import XpcnnError
 from . import evaluate, export, info, predict, train, visualize
@@ -76,6 +77,8 @@ def _run(args: argparse.Namespace, rank: int, size: int) -> tuple[int, bool]:
     if rank != 0 and not getattr(args.module, "EVERY_RANK", False):
         return 0, True  # one report, not one per rank
     try:
+        if args.module is not info:  # info reports a bad setting in its listing
+            compiled.check_environment()
         return args.module.run(args), True
     except (XpcnnError, OSError) as exc:  # OSError: the environment's (permissions, a full disk)
         collective = getattr(exc, "collective", False)
