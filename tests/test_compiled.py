@@ -81,10 +81,10 @@ def _cases() -> list[tuple[int, ...]]:
     # Winograd's edges: odd output sizes (a last row or column of half tiles), one
     # output row, batches that are not whole vectors, many channels
     cases += [
-        (7, 9, 7, 5, 6, 3, 3, 1, 1),
-        (257, 8, 3, 4, 3, 3, 3, 1, 0),
-        (2, 12, 9, 9, 7, 3, 3, 1, 2),
-        (5, 40, 6, 11, 9, 3, 3, 1, 3),
+        (7, 16, 7, 5, 32, 3, 3, 1, 1),
+        (257, 32, 3, 4, 16, 3, 3, 1, 0),
+        (2, 24, 9, 9, 24, 3, 3, 1, 2),
+        (5, 40, 6, 11, 17, 3, 3, 1, 3),
     ]
     return cases
 
@@ -191,7 +191,9 @@ def test_first_layer_without_dx(isa, rng):
         np.testing.assert_array_equal(g, r, err_msg=name)
 
 
-@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[4]], ids=["s1", "s2", "s3"])
+@pytest.mark.parametrize(
+    "case", [CASES[0], CASES[3], CASES[4], CASES[-1]], ids=["s1", "s2", "s3", "winograd-dW"]
+)
 def test_nan_and_inf_propagate_as_on_the_generic_path(conv_isa, rng, case):
     """No fast-math: NaN and +-inf in the input and in dout reach the same outputs
     as on the generic float32 path (inf - inf gives NaN on both)."""
@@ -217,12 +219,12 @@ def test_nan_and_inf_propagate_as_on_the_generic_path(conv_isa, rng, case):
 def test_winograd_runs_on_3x3_stride_1_and_direct_when_off(rng):
     """The two paths round differently on random normals: equal bits would mean that
     Winograd never ran (or that the switch does nothing)."""
-    x, w, b, dout = _data(rng, CASES[0], integers=False)
+    x, w, b, dout = _data(rng, (20, 32, 8, 8, 16, 3, 3, 1, 1), integers=False)
     with _fast.enabled(True):
         wino = _run(x, w, b, dout, 1, 1)
         with compiled.winograd(False):
             direct = _run(x, w, b, dout, 1, 1)
-    for name, g, d in zip(("out", "dx"), wino, direct, strict=False):
+    for name, g, d in zip(("out", "dx", "dW", "db"), wino, direct, strict=True):
         assert not np.array_equal(g, d), name
         assert_close_scaled(g, d, rtol=1e-5, atol=1e-5, err_msg=name)
 
@@ -247,6 +249,26 @@ def test_winograd_row_ranges_split_anywhere(isa, rng, split):
     direct = np.empty_like(whole)
     compiled._conv.forward(img, wp, bias, direct, geom, 0, H, True, isa)
     assert_close_scaled(whole, direct, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 6])
+def test_winograd_weight_gradient_of_row_ranges_adds_up(isa, rng, split):
+    """Each output row counts once whichever thread has it: the parts' filter and bias
+    gradients add up to the whole's (exact on integers), which is the direct kernel's."""
+    N, C, H, FN = 9, 10, 7, 6
+    img = rng.integers(-3, 4, (C, H + 2, H + 2, N)).astype(np.float32)
+    d = rng.integers(-3, 4, (FN, H, H, N)).astype(np.float32)
+    mask = rng.integers(-1, 2, d.shape).astype(np.float32)
+    geom = (C, H + 2, H + 2, N, FN, 3, 3, 1, H, H)
+
+    def grad(r0: int, r1: int, wino: bool) -> np.ndarray:
+        dW, db = np.empty((FN, C * 9), np.float32), np.empty(FN, np.float32)
+        compiled._conv.weight_grad(img, d, dW, db, geom, r0, r1, isa, mask, wino)
+        return np.concatenate([dW.ravel(), db])
+
+    whole = grad(0, H, True)
+    np.testing.assert_array_equal(grad(0, split, True) + grad(split, H, True), whole)
+    np.testing.assert_array_equal(whole, grad(0, H, False))
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

@@ -41,7 +41,9 @@ share their work among (:mod:`xpcnn._fast._threads`, a ContextVar like the switc
 
 Instruction sets: ``XPCNN_ISA=avx512|avx2|generic|none`` picks the compiled
 kernels' (``none``: NumPy's GEMMs); :func:`xpcnn._fast.compiled.using` does it
-for a block.
+for a block. ``XPCNN_WINOGRAD=0`` (or :func:`xpcnn._fast.compiled.winograd`)
+keeps 3x3 stride-1 convolutions on the direct kernel instead of Winograd
+F(2x2, 3x3).
 
 Switch: ``XPCNN_FAST=0`` in the environment starts with fast paths off;
 ``with _fast.enabled(False): ...`` switches them off for a block (tests,

@@ -123,14 +123,14 @@ typedef struct {
     int fwd_mr;
     fwd_fn fwd;
     wino_fn wino;
-    dw_fn dw;
+    dw_fn dw, wino_dw;
     pool_fwd_fn pool_fwd;
     pool_bwd_fn pool_bwd;
     place_fn place;
 } Isa;
 
 #define ISA_ENTRY(name)                                                                     \
-    {#name, 4, conv_forward_##name, wino_forward_##name, conv_dw_##name, pool_forward_##name, pool_backward_##name, \
+    {#name, 4, conv_forward_##name, wino_forward_##name, conv_dw_##name, wino_dw_##name, pool_forward_##name, pool_backward_##name, \
      place_##name}
 static const Isa ISAS[] = {
 #ifdef XPCNN_X86
@@ -319,23 +319,29 @@ fail1:
 }
 
 PyDoc_STRVAR(weight_grad_doc,
-             "weight_grad(img, dout, dW, db, geometry, r0, r1, isa, mask=None)\n\n"
+             "weight_grad(img, dout, dW, db, geometry, r0, r1, isa, mask=None, winograd=False)\n\n"
              "The filter and bias gradients of output rows [r0, r1): dW (FN, C*FH*FW) and db\n"
              "(FN,) are overwritten with sum over those rows, columns and the batch of\n"
              "dout (FN, OH, OW, N) times the windows of img (C, Hp, Wp, N); with mask (a\n"
-             "ReLU's output, shaped as dout) dout counts only where mask > 0.");
+             "ReLU's output, shaped as dout) dout counts only where mask > 0; winograd: a 3x3\n"
+             "stride-1 convolution's by Winograd F(2x2, 3x3).");
 
 static PyObject *py_weight_grad(PyObject *self, PyObject *args)
 {
     PyObject *o_img, *o_dout, *o_dW, *o_db, *o_geom, *o_mask = Py_None;
     ptrdiff_t r0, r1;
     const char *isa_name;
-    if (!PyArg_ParseTuple(args, "OOOOOnns|O", &o_img, &o_dout, &o_dW, &o_db, &o_geom, &r0, &r1,
-                          &isa_name, &o_mask))
+    int wino = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOnns|Op", &o_img, &o_dout, &o_dW, &o_db, &o_geom, &r0, &r1,
+                          &isa_name, &o_mask, &wino))
         return NULL;
     ConvGeom g;
     const Isa *isa = find_isa(isa_name);
     if (!isa || get_geom(o_geom, &g) < 0 || get_rows(r0, r1, &g) < 0) return NULL;
+    if (wino && (g.FH != 3 || g.FW != 3 || g.stride != 1)) {
+        PyErr_SetString(PyExc_ValueError, "Winograd F(2x2, 3x3) needs 3x3 filters and stride 1");
+        return NULL;
+    }
     ptrdiff_t n_img[] = {g.C, g.Hp, g.Wp, g.N}, n_dout[] = {g.FN, g.OH, g.OW, g.N},
               n_dW[] = {g.FN, g.C, g.FH, g.FW};
     Py_buffer img, dout, dW, db, mask = {0};
@@ -350,8 +356,8 @@ static PyObject *py_weight_grad(PyObject *self, PyObject *args)
         PyErr_NoMemory();
     } else {
         Py_BEGIN_ALLOW_THREADS;
-        status = isa->dw(&g, img.buf, dout.buf, masked ? mask.buf : NULL, dW.buf, db.buf, r0, r1,
-                         koff);
+        status = (wino ? isa->wino_dw : isa->dw)(&g, img.buf, dout.buf, masked ? mask.buf : NULL,
+                                                 dW.buf, db.buf, r0, r1, koff);
         Py_END_ALLOW_THREADS;
         free(koff);
         if (status < 0) PyErr_NoMemory();

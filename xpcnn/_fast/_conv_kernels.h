@@ -260,6 +260,35 @@ static inline ALWAYS_INLINE TARGET vi NAME(wino_out)(const int partial, int part
     return (s - s) != (s - s);
 }
 
+/* V (16, C, T*N) of tiles [t0, t0 + T) of tile row ti: the input transform of a chunk. */
+static TARGET void NAME(wino_inputs)(const ConvGeom *g, const float *img, ptrdiff_t ti,
+                                     ptrdiff_t t0, ptrdiff_t T, float *Vs)
+{
+    const ptrdiff_t N = g->N, C = g->C, Hp = g->Hp, Wp = g->Wp, cols = T * N, y0 = 2 * ti;
+    const ptrdiff_t nfull = N / V * V, step = C * cols, row = Wp * N;
+    const int part = (int)(N % V), hin = (int)(Hp - y0 < 4 ? Hp - y0 : 4);
+    for (ptrdiff_t c = 0; c < C; c++)
+        for (ptrdiff_t t = 0; t < T; t++) {
+            const ptrdiff_t x0 = 2 * (t0 + t);
+            const int win = (int)(Wp - x0 < 4 ? Wp - x0 : 4), edge = hin < 4 || win < 4;
+            const float *p = img + ((c * Hp + y0) * Wp + x0) * N;
+            float *v = Vs + c * cols + t * N;
+            for (ptrdiff_t n = 0; n < nfull; n += V) {
+                if (edge)
+                    NAME(wino_in)(1, 0, 0, p + n, row, N, hin, win, v + n, step);
+                else
+                    NAME(wino_in)(0, 0, 0, p + n, row, N, 4, 4, v + n, step);
+            }
+            if (part) NAME(wino_in)(1, 1, part, p + nfull, row, N, hin, win, v + nfull, step);
+        }
+}
+
+/* Columns of a chunk: about 256 (V and M stay in L2, the products have long rows). */
+static inline ptrdiff_t NAME(wino_tiles)(ptrdiff_t N, ptrdiff_t tw)
+{
+    return 256 / N < 1 ? 1 : (256 / N > tw ? tw : 256 / N);
+}
+
 typedef struct {
     const ConvGeom *g;
     const float *img, *up, *wp, *bias;
@@ -274,23 +303,10 @@ typedef struct {
 static TARGET void NAME(wino_chunk)(const NAME(Wino) *w, ptrdiff_t ti, ptrdiff_t t0, ptrdiff_t T)
 {
     const ConvGeom *g = w->g;
-    const ptrdiff_t N = g->N, C = g->C, FN = g->FN, Hp = g->Hp, Wp = g->Wp, OH = g->OH,
-                    OW = g->OW, cols = T * N, nfull = N / V * V, y0 = 2 * ti;
-    const int part = (int)(N % V), hin = (int)(Hp - y0 < 4 ? Hp - y0 : 4);
-    for (ptrdiff_t c = 0; c < C; c++)
-        for (ptrdiff_t t = 0; t < T; t++) {
-            const ptrdiff_t x0 = 2 * (t0 + t), step = C * cols, row = Wp * N;
-            const int win = (int)(Wp - x0 < 4 ? Wp - x0 : 4), edge = hin < 4 || win < 4;
-            const float *p = w->img + ((c * Hp + y0) * Wp + x0) * N;
-            float *v = w->Vs + c * cols + t * N;
-            for (ptrdiff_t n = 0; n < nfull; n += V) {
-                if (edge)
-                    NAME(wino_in)(1, 0, 0, p + n, row, N, hin, win, v + n, step);
-                else
-                    NAME(wino_in)(0, 0, 0, p + n, row, N, 4, 4, v + n, step);
-            }
-            if (part) NAME(wino_in)(1, 1, part, p + nfull, row, N, hin, win, v + nfull, step);
-        }
+    const ptrdiff_t N = g->N, C = g->C, FN = g->FN, Wp = g->Wp, OH = g->OH, OW = g->OW,
+                    cols = T * N, nfull = N / V * V, y0 = 2 * ti;
+    const int part = (int)(N % V);
+    NAME(wino_inputs)(g, w->img, ti, t0, T, w->Vs);
     const ptrdiff_t blocks = (FN + FWD_MR - 1) / FWD_MR;
     for (int x = 0; x < 16; x++)
         NAME(fwd_segment)(w->up + x * blocks * C * FWD_MR, C, FN, w->coff, w->Vs + x * C * cols,
@@ -331,8 +347,7 @@ static TARGET int NAME(wino_forward)(const ConvGeom *g, const float *img, const 
                                      ptrdiff_t r0, ptrdiff_t r1, int relu, const ptrdiff_t *koff)
 {
     const ptrdiff_t N = g->N, C = g->C, FN = g->FN, tw = (g->OW + 1) / 2;
-    /* about 256 columns a chunk: V and M stay in L2, the products have long rows */
-    const ptrdiff_t T = 256 / N < 1 ? 1 : (256 / N > tw ? tw : 256 / N);
+    const ptrdiff_t T = NAME(wino_tiles)(N, tw);
     NAME(Wino) w = {g, img, up, wp, bias, koff, NULL, out, NULL, NULL, NULL, r0, r1, relu};
     float *Vs = malloc((size_t)(16 * C * T * N) * sizeof(float));
     float *Ms = malloc((size_t)(16 * FN * T * N) * sizeof(float));
@@ -524,6 +539,158 @@ static TARGET int NAME(conv_dw)(const ConvGeom *g, const float *img, const float
     }
     free(P), free(dwt), free(dbp);
     return 0;
+}
+
+/* ---- Winograd weight gradient: the adjoint of the forward above ------------------------
+ * Y = A^T [U . V] A gives dL/dU[xi] = sum over tiles and images of Z[xi] V[xi], with Z =
+ * A dY A^T the 2x2 output gradient of a tile brought to 4x4, and dL/dg = G^T (dL/dU) G.
+ * For each xi the sum is the weight-gradient product above with K = C: dU^T[xi] (C, FNP)
+ * += V[xi] (C, cols) @ Z[xi]^T. A thread whose sums are not all finite computes its rows
+ * again with the direct kernel (a NaN would reach all 9 taps of its filter otherwise). */
+
+/* Z = A dY A^T, A = [[1, 0], [1, 1], [1, -1], [0, -1]], of one vector of images of a 2x2
+ * block of dout at d (rows `orow` apart; rows outside [rlo, rhi) and columns >= wmax
+ * count as 0; with mk, only where mk > 0), stored `step` apart at z. Returns the sum of
+ * the block (the bias gradient's part). */
+static inline ALWAYS_INLINE TARGET vf NAME(wino_dout)(const int partial, int part, const float *d,
+                                                     const float *mk, ptrdiff_t orow, ptrdiff_t N,
+                                                     int rlo, int rhi, int wmax, float *z,
+                                                     ptrdiff_t step)
+{
+    vf y[2][2], t[4][2];
+    UNROLL
+    for (int a = 0; a < 2; a++)
+        UNROLL
+        for (int b = 0; b < 2; b++) {
+            const ptrdiff_t at = a * orow + b * N;
+            if (a < rlo || a >= rhi || b >= wmax) {
+                y[a][b] = (vf){0};
+                continue;
+            }
+            y[a][b] = partial ? LOAD_PART(d + at, part) : NAME(ld)(d + at);
+            if (mk) {
+                const vf m = partial ? LOAD_PART(mk + at, part) : NAME(ld)(mk + at);
+                y[a][b] = (vf)((vi)y[a][b] & (m > 0.0f));
+            }
+        }
+    UNROLL
+    for (int b = 0; b < 2; b++) {
+        t[0][b] = y[0][b];
+        t[1][b] = y[0][b] + y[1][b];
+        t[2][b] = y[0][b] - y[1][b];
+        t[3][b] = -y[1][b];
+    }
+    UNROLL
+    for (int i = 0; i < 4; i++) {
+        const vf r[4] = {t[i][0], t[i][0] + t[i][1], t[i][0] - t[i][1], -t[i][1]};
+        UNROLL
+        for (int j = 0; j < 4; j++) {
+            if (partial)
+                STORE_PART(z + (i * 4 + j) * step, r[j], part);
+            else
+                NAME(st)(z + (i * 4 + j) * step, r[j]);
+        }
+    }
+    return (y[0][0] + y[0][1]) + (y[1][0] + y[1][1]);
+}
+
+/* Chunk [t0, t0 + T) of tile row ti into dut (16, C, FNP) and db (FN,); Vs, Zs scratch
+ * (16, C, cols) and (16, FN, cols), P (qmax, FNP). */
+static TARGET void NAME(wino_dw_chunk)(const ConvGeom *g, const float *img, const float *dout,
+                                       const float *mask, ptrdiff_t r0, ptrdiff_t r1,
+                                       ptrdiff_t ti, ptrdiff_t t0, ptrdiff_t T, float *Vs,
+                                       float *Zs, float *P, ptrdiff_t qmax, ptrdiff_t FNP,
+                                       const ptrdiff_t *coff, float *dut, float *db, float *junk)
+{
+    const ptrdiff_t N = g->N, C = g->C, FN = g->FN, OH = g->OH, OW = g->OW, cols = T * N;
+    const ptrdiff_t nfull = N / V * V, y0 = 2 * ti, orow = OW * N, step = FN * cols;
+    const int part = (int)(N % V);
+    const int rlo = (int)((y0 < r0 ? r0 : y0) - y0), rhi = (int)((y0 + 2 < r1 ? y0 + 2 : r1) - y0);
+    NAME(wino_inputs)(g, img, ti, t0, T, Vs);
+    for (ptrdiff_t f = 0; f < FN; f++) {
+        vf sum = {0};
+        for (ptrdiff_t t = 0; t < T; t++) {
+            const ptrdiff_t x0 = 2 * (t0 + t), at = ((f * OH + y0) * OW + x0) * N;
+            const int wout = (int)(OW - x0 < 2 ? OW - x0 : 2);
+            const float *mk = mask ? mask + at : NULL;
+            float *z = Zs + f * cols + t * N;
+            for (ptrdiff_t n = 0; n < nfull; n += V)
+                sum += NAME(wino_dout)(0, 0, dout + at + n, mk ? mk + n : NULL, orow, N, rlo, rhi,
+                                       wout, z + n, step);
+            if (part)
+                sum += NAME(wino_dout)(1, part, dout + at + nfull, mk ? mk + nfull : NULL, orow, N,
+                                       rlo, rhi, wout, z + nfull, step);
+        }
+        float s[V];
+        NAME(st)(s, sum);
+        for (int i = 0; i < V; i++) db[f] += s[i];
+    }
+    const int NR = DW_NR(FN);
+    for (int x = 0; x < 16; x++)
+        for (ptrdiff_t q0 = 0; q0 < cols; q0 += qmax) {
+            const ptrdiff_t qc = cols - q0 < qmax ? cols - q0 : qmax;
+            NAME(dw_pack)(Zs + x * step + q0, NULL, cols, FN, FNP, qc, P, junk);
+            const float *src = Vs + x * C * cols + q0;
+            float *dwt = dut + x * C * FNP;
+            switch (NR) {
+            case 1: NAME(dw_chunk)(DW_MR1, 1, C, coff, src, qc, P, FNP, dwt); break;
+            case 2: NAME(dw_chunk)(DW_MR2, 2, C, coff, src, qc, P, FNP, dwt); break;
+            default: NAME(dw_chunk)(DW_MR4, 4, C, coff, src, qc, P, FNP, dwt); break;
+            }
+        }
+}
+
+/* Weight and bias gradients of output rows [r0, r1) of a 3x3 stride-1 convolution, as
+ * conv_dw (written, not accumulated). Returns 0, or -1 when scratch memory cannot be
+ * allocated. */
+static TARGET int NAME(wino_dw)(const ConvGeom *g, const float *img, const float *dout,
+                                const float *mask, float *dW, float *db, ptrdiff_t r0,
+                                ptrdiff_t r1, const ptrdiff_t *koff)
+{
+    const ptrdiff_t N = g->N, C = g->C, FN = g->FN, tw = (g->OW + 1) / 2;
+    const ptrdiff_t T = NAME(wino_tiles)(N, tw), FNP = (FN + DW_NR(FN) * V - 1) /
+                                                          (DW_NR(FN) * V) * (DW_NR(FN) * V);
+    const ptrdiff_t qmax = 4096 / FNP > 0 ? 4096 / FNP : 1;
+    float *Vs = malloc((size_t)(16 * C * T * N) * sizeof(float));
+    float *Zs = malloc((size_t)(16 * FN * T * N) * sizeof(float));
+    float *P = calloc((size_t)(qmax * FNP), sizeof(float)); /* padding lanes stay 0 */
+    float *dut = calloc((size_t)(16 * C * FNP), sizeof(float));
+    float *junk = calloc((size_t)FNP, sizeof(float));
+    ptrdiff_t *coff = malloc((size_t)C * sizeof(ptrdiff_t));
+    int status = -1;
+    if (Vs && Zs && P && dut && junk && coff) {
+        for (ptrdiff_t f = 0; f < FN; f++) db[f] = 0.0f;
+        for (ptrdiff_t ti = r0 / 2; ti < (r1 + 1) / 2; ti++)
+            for (ptrdiff_t t0 = 0; t0 < tw; t0 += T) {
+                const ptrdiff_t Tn = tw - t0 < T ? tw - t0 : T;
+                for (ptrdiff_t c = 0; c < C; c++) coff[c] = c * Tn * N;
+                NAME(wino_dw_chunk)(g, img, dout, mask, r0, r1, ti, t0, Tn, Vs, Zs, P, qmax, FNP,
+                                    coff, dut, db, junk);
+            }
+        /* dW[f, c] = G^T dU[f, c] G, G^T = [[1, .5, .5, 0], [0, .5, -.5, 0], [0, .5, .5, 1]] */
+        int finite = 1;
+        for (ptrdiff_t c = 0; c < C; c++)
+            for (ptrdiff_t f = 0; f < FN; f++) {
+                float u[4][4], t[3][4];
+                for (int x = 0; x < 16; x++) u[x / 4][x % 4] = dut[(x * C + c) * FNP + f];
+                for (int j = 0; j < 4; j++) {
+                    t[0][j] = u[0][j] + 0.5f * (u[1][j] + u[2][j]);
+                    t[1][j] = 0.5f * (u[1][j] - u[2][j]);
+                    t[2][j] = 0.5f * (u[1][j] + u[2][j]) + u[3][j];
+                }
+                float *o = dW + (f * C + c) * 9;
+                for (int k = 0; k < 3; k++) {
+                    o[k * 3 + 0] = t[k][0] + 0.5f * (t[k][1] + t[k][2]);
+                    o[k * 3 + 1] = 0.5f * (t[k][1] - t[k][2]);
+                    o[k * 3 + 2] = 0.5f * (t[k][1] + t[k][2]) + t[k][3];
+                    for (int l = 0; l < 3; l++) finite &= o[k * 3 + l] - o[k * 3 + l] == 0.0f;
+                }
+            }
+        for (ptrdiff_t f = 0; f < FN; f++) finite &= db[f] - db[f] == 0.0f;
+        status = finite ? 0 : NAME(conv_dw)(g, img, dout, mask, dW, db, r0, r1, koff);
+    }
+    free(Vs), free(Zs), free(P), free(dut), free(junk), free(coff);
+    return status;
 }
 
 /* ---- placing a gradient for the input-gradient correlation --------------------------

@@ -147,9 +147,12 @@ def using(name: str | None) -> Iterator[None]:
 
 _WINOGRAD: contextvars.ContextVar[bool] = contextvars.ContextVar("xpcnn_winograd")
 
-#: Winograd F(2x2, 3x3) from this many input channels on: with fewer, its transforms
-#: cost about what it saves (scripts/BENCHMARKS.md, "Winograd").
-WINOGRAD_MIN_C = 8
+#: Winograd F(2x2, 3x3) when both channel counts are at least this (the forward pass and
+#: the input gradient), and for the filter gradient also their product at least
+#: WINOGRAD_MIN_DW: below, its transforms cost about what it saves (scripts/BENCHMARKS.md,
+#: "Winograd").
+WINOGRAD_MIN_C = 16
+WINOGRAD_MIN_DW = 512
 
 
 def _winograd_on() -> bool:
@@ -271,23 +274,37 @@ def _correlate(
     out = np.empty((FN, OH, OW, N), dtype=np.float32)
     geom = (C, Hp, Wp, N, FN, FH, FW, stride, OH, OW)
 
-    parts = _parts(out.size * C * FH * FW)
-    if FH == FW == 3 and stride == 1 and C >= WINOGRAD_MIN_C and _winograd_on():
-        up = _winograd_packed(wp)
-
-        def tile_rows(r: range) -> None:  # rows of 2x2 tiles: each thread its own
-            _conv.forward(
-                img, wp, bias, out, geom, 2 * r.start, min(2 * r.stop, OH), relu, name, up
-            )
-
-        _threads.map_ranges(tile_rows, (OH + 1) // 2, parts)
-        return out
+    wino = _winograd(W.shape, stride)
+    up = _winograd_packed(wp) if wino else None
 
     def rows(r: range) -> None:
-        _conv.forward(img, wp, bias, out, geom, r.start, r.stop, relu, name)
+        _conv.forward(img, wp, bias, out, geom, r.start, r.stop, relu, name, up)
 
-    _threads.map_ranges(rows, OH, parts)
+    _map_rows(rows, OH, wino, _parts(out.size * C * FH * FW))
     return out
+
+
+def _winograd(W_shape: tuple[int, ...], stride: int, dW: bool = False) -> bool:
+    """Whether a convolution with filters of ``W_shape`` (FN, C, FH, FW) runs as
+    Winograd F(2x2, 3x3): its forward pass (or with ``dW``, its filter gradient)."""
+    FN, C, FH, FW = W_shape
+    return (
+        FH == FW == 3
+        and stride == 1
+        and min(C, FN) >= WINOGRAD_MIN_C
+        and (not dW or C * FN >= WINOGRAD_MIN_DW)
+        and _winograd_on()
+    )
+
+
+def _map_rows(fn: Callable[[range], Any], OH: int, tiles: bool, parts: int) -> list[Any]:
+    """``fn`` over ranges of ``OH`` output rows shared out among the threads; with
+    ``tiles``, whole rows of Winograd's 2x2 tiles, so no tile's transforms run twice."""
+    if not tiles:
+        return _threads.map_ranges(fn, OH, parts)
+    return _threads.map_ranges(
+        lambda r: fn(range(2 * r.start, min(2 * r.stop, OH))), (OH + 1) // 2, parts
+    )
 
 
 def conv2d_forward(
@@ -339,18 +356,20 @@ class CompiledConvCache:
         _, Hp, Wp, _ = self.img.shape
         geom = (C, Hp, Wp, N, FN, FH, FW, self.stride, OH, OW)
 
+        wino = _winograd(self.W.shape, self.stride, dW=True)
+
         def rows(r: range) -> tuple[np.ndarray, np.ndarray]:
             dW = np.empty((FN, C * FH * FW), dtype=np.float32)
             db = np.empty(FN, dtype=np.float32)
             if len(r):
                 _conv.weight_grad(
-                    self.img, d, dW, db, geom, r.start, r.stop, self.isa, self.relu_out
+                    self.img, d, dW, db, geom, r.start, r.stop, self.isa, self.relu_out, wino
                 )
             else:
                 dW[...], db[...] = 0, 0
             return dW, db
 
-        (dW, db), *more = _threads.map_ranges(rows, OH, _parts(d.size * C * FH * FW))
+        (dW, db), *more = _map_rows(rows, OH, wino, _parts(d.size * C * FH * FW))
         for dW_part, db_part in more:
             dW += dW_part
             db += db_part
