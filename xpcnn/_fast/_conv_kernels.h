@@ -283,10 +283,11 @@ static TARGET void NAME(wino_inputs)(const ConvGeom *g, const float *img, ptrdif
         }
 }
 
-/* Columns of a chunk: about 256 (V and M stay in L2, the products have long rows). */
-static inline ptrdiff_t NAME(wino_tiles)(ptrdiff_t N, ptrdiff_t tw)
+/* Tiles of a chunk of about `cols` columns (256 for the forward, 128 for the filter
+ * gradient, measured): the scratch stays in L2, the products have long rows. */
+static inline ptrdiff_t NAME(wino_tiles)(ptrdiff_t N, ptrdiff_t tw, ptrdiff_t cols)
 {
-    return 256 / N < 1 ? 1 : (256 / N > tw ? tw : 256 / N);
+    return cols / N < 1 ? 1 : (cols / N > tw ? tw : cols / N);
 }
 
 typedef struct {
@@ -347,7 +348,7 @@ static TARGET int NAME(wino_forward)(const ConvGeom *g, const float *img, const 
                                      ptrdiff_t r0, ptrdiff_t r1, int relu, const ptrdiff_t *koff)
 {
     const ptrdiff_t N = g->N, C = g->C, FN = g->FN, tw = (g->OW + 1) / 2;
-    const ptrdiff_t T = NAME(wino_tiles)(N, tw);
+    const ptrdiff_t T = NAME(wino_tiles)(N, tw, 256);
     NAME(Wino) w = {g, img, up, wp, bias, koff, NULL, out, NULL, NULL, NULL, r0, r1, relu};
     float *Vs = malloc((size_t)(16 * C * T * N) * sizeof(float));
     float *Ms = malloc((size_t)(16 * FN * T * N) * sizeof(float));
@@ -648,7 +649,7 @@ static TARGET int NAME(wino_dw)(const ConvGeom *g, const float *img, const float
                                 ptrdiff_t r1, const ptrdiff_t *koff)
 {
     const ptrdiff_t N = g->N, C = g->C, FN = g->FN, tw = (g->OW + 1) / 2;
-    const ptrdiff_t T = NAME(wino_tiles)(N, tw), FNP = (FN + DW_NR(FN) * V - 1) /
+    const ptrdiff_t T = NAME(wino_tiles)(N, tw, 128), FNP = (FN + DW_NR(FN) * V - 1) /
                                                           (DW_NR(FN) * V) * (DW_NR(FN) * V);
     const ptrdiff_t qmax = 4096 / FNP > 0 ? 4096 / FNP : 1;
     float *Vs = malloc((size_t)(16 * C * T * N) * sizeof(float));
