@@ -4,7 +4,8 @@ For each 3x3 layer of DeepConvNet (and SimpleConvNet's 5x5 one), batch 100, floa
 one thread on both sides, in one run with interleaved repeats: GFLOP/s of the forward
 pass, the filter gradient (dW, db) and the input gradient (dx), for
 
-* the compiled kernels of each instruction set this CPU runs (``xpcnn._fast._conv``),
+* the compiled kernels of each instruction set this CPU runs (``xpcnn._fast._conv``;
+  Winograd F(2x2, 3x3) where it applies, and with ``--direct`` also without it),
 * the NumPy fast path's blocked GEMMs (``XPCNN_ISA=none``: OpenBLAS),
 * ``torch.nn.functional.conv2d`` and its autograd backward,
 
@@ -18,11 +19,13 @@ Usage (from the repository root)::
     python scripts/bench_conv.py                  # every layer, every path
     python scripts/bench_conv.py --layers 64-64-8 --repeats 9
     python scripts/bench_conv.py --json conv.json
+    python scripts/bench_conv.py --direct         # also with Winograd off
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -68,27 +71,39 @@ def chwn(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
 
 
-def xpcnn_case(x, w, b, dout, pad, isa):
+def xpcnn_case(x, w, b, dout, pad, isa, winograd=True):
     """Three timers (forward, dW, dx) for xpcnn with instruction set ``isa`` (None:
-    the NumPy GEMM path)."""
+    the NumPy GEMM path), Winograd allowed where it applies or not."""
+
+    @contextlib.contextmanager
+    def kernels():
+        with compiled.using(isa), compiled.winograd(winograd):
+            yield
 
     def forward():
-        with compiled.using(isa):
+        with kernels():
             return conv2d_forward(x, w, b, 1, pad)
 
     _, cache = forward()
-    with compiled.using(isa):
+    with kernels():
         cache.backward(dout, need_dx=False)
 
     def dW():
-        with compiled.using(isa):
+        with kernels():
             return cache.backward(dout, need_dx=False)
 
     def both():
-        with compiled.using(isa):
+        with kernels():
             return cache.backward(dout, need_dx=True)
 
     return forward, dW, both
+
+
+def _isa_and_winograd(path: str | None) -> tuple[str | None, bool]:
+    """ "avx2" -> ("avx2", True); "avx2-direct" -> ("avx2", False); None -> (None, True)."""
+    if path is not None and path.endswith("-direct"):
+        return path.removesuffix("-direct"), False
+    return path, True
 
 
 def torch_case(x, w, b, dout, pad):
@@ -127,6 +142,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--repeats", type=int, default=5, help="interleaved timings (median)")
     p.add_argument("--json", help="write the numbers here")
+    p.add_argument(
+        "--direct", action="store_true", help="also each ISA with Winograd off (XPCNN_WINOGRAD=0)"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     threadpool_limits(1)
@@ -144,7 +162,8 @@ def main() -> None:
         f"# ceilings: SGEMM 1024^3 OpenBLAS {ceilings['sgemm_openblas']:.0f} GFLOP/s, "
         f"PyTorch {ceilings['sgemm_torch']:.0f} GFLOP/s"
     )
-    paths = [*compiled.isas(), None, "torch"]
+    direct = [f"{i}-direct" for i in compiled.isas()] if args.direct else []
+    paths = [*compiled.isas(), *direct, None, "torch"]
     names = {None: "numpy-gemm"}
     print(
         "| layer | path | fwd GFLOP/s | dW GFLOP/s | dx GFLOP/s | fwd ms | bwd ms | bwd x torch |"
@@ -163,7 +182,7 @@ def main() -> None:
             path: (
                 torch_case(x, w, b, dout, pad)
                 if path == "torch"
-                else xpcnn_case(x, w, b, dout, pad, path)
+                else xpcnn_case(x, w, b, dout, pad, *_isa_and_winograd(path))
             )
             for path in paths
         }
