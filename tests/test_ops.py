@@ -98,6 +98,27 @@ def naive_im2col(x: np.ndarray, fh: int, fw: int, stride: int, pad: int) -> np.n
     return col
 
 
+def naive_col2im(
+    col: np.ndarray, shape: tuple[int, int, int, int], fh: int, fw: int, stride: int, pad: int
+) -> np.ndarray:
+    """Each ``col`` entry added back where :func:`naive_im2col` took it from, in float64;
+    the padding is then cut off."""
+    N, C, H, W = shape
+    OH = (H + 2 * pad - fh) // stride + 1
+    OW = (W + 2 * pad - fw) // stride + 1
+    img = np.zeros((N, C, H + 2 * pad, W + 2 * pad))
+    for n in range(N):
+        for oh in range(OH):
+            for ow in range(OW):
+                for c in range(C):
+                    for i in range(fh):
+                        for j in range(fw):
+                            img[n, c, oh * stride + i, ow * stride + j] += col[
+                                n * OH * OW + oh * OW + ow, c * fh * fw + i * fw + j
+                            ]
+    return img[:, :, pad : pad + H, pad : pad + W]
+
+
 def naive_conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int) -> np.ndarray:
     """Cross-correlation by a loop over output positions."""
     N, _, H, W = x.shape
@@ -255,6 +276,52 @@ def test_col2im_is_adjoint_of_im2col(backend, dtype, rng, case):
     rhs = float(np.sum(x_host.astype(dtype).astype(np.float64) * backend.to_numpy(img)))
     scale = float(np.sum(np.abs(backend.to_numpy(col).astype(np.float64) * y_host)))
     assert abs(lhs - rhs) <= (1e-5 if dtype == "float32" else 1e-12) * max(1.0, scale)
+
+
+# Every way col2im folds: one grid (stride 1) at pads 0-3, windows that tile (stride ==
+# filter) with sizes the stride does not divide, gaps (stride > filter), overlapping
+# strides, a window only one way, tiny and empty inputs. (N, C, H, W, FH, FW, stride, pad)
+FOLD_CASES = [
+    *(pytest.param((2, 2, 5, 6, 3, 3, 1, p), id=f"s1-p{p}") for p in range(4)),
+    pytest.param((1, 2, 4, 7, 2, 4, 1, 2), id="s1-p2-filter-2x4"),
+    pytest.param((2, 3, 7, 9, 2, 2, 2, 0), id="tiles-2x2-odd-sizes"),
+    pytest.param((1, 2, 11, 10, 3, 3, 3, 0), id="tiles-3x3-sizes-not-multiples"),
+    pytest.param((1, 2, 7, 8, 2, 2, 2, 1), id="tiles-2x2-p1"),
+    pytest.param((2, 1, 9, 7, 3, 2, 3, 0), id="tiles-rows-gaps-columns"),
+    pytest.param((1, 2, 9, 8, 2, 2, 3, 1), id="gaps-s3-f2"),
+    pytest.param((2, 2, 9, 7, 3, 3, 2, 1), id="overlap-s2-f3"),
+    pytest.param((1, 1, 10, 11, 5, 4, 3, 2), id="overlap-s3-f5x4-p2"),
+    pytest.param((1, 1, 1, 1, 1, 1, 1, 0), id="1x1"),
+    pytest.param((1, 1, 3, 3, 3, 3, 1, 0), id="filter-is-input"),
+    pytest.param((0, 2, 5, 5, 2, 2, 2, 0), id="empty-batch"),
+]
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+def test_col2im_matches_naive_loop(backend, dtype, rng, case):
+    N, C, H, W, FH, FW, stride, pad = case
+    OH, OW = conv_output_size(H, FH, stride, pad), conv_output_size(W, FW, stride, pad)
+    col_host = rng.standard_normal((N * OH * OW, C * FH * FW))
+    img = col2im(backend.asarray(col_host, dtype), (N, C, H, W), FH, FW, stride=stride, pad=pad)
+    assert img.dtype == getattr(backend.xp, dtype)
+    assert device_of(img) == _expected_device(backend)
+    expected = naive_col2im(col_host.astype(dtype), (N, C, H, W), FH, FW, stride, pad)
+    np.testing.assert_allclose(backend.to_numpy(img), expected, **_tol(dtype))
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+def test_col2im_is_adjoint_of_im2col_float64(backend, rng, case):
+    """<im2col(x), c> == <x, col2im(c)> in float64 for every way col2im folds."""
+    N, C, H, W, FH, FW, stride, pad = case
+    OH, OW = conv_output_size(H, FH, stride, pad), conv_output_size(W, FW, stride, pad)
+    x_host = rng.standard_normal((N, C, H, W))
+    c_host = rng.standard_normal((N * OH * OW, C * FH * FW))
+    col = backend.to_numpy(im2col(backend.asarray(x_host, "float64"), FH, FW, stride, pad))
+    img = backend.to_numpy(
+        col2im(backend.asarray(c_host, "float64"), (N, C, H, W), FH, FW, stride, pad)
+    )
+    lhs, rhs = float(np.sum(col * c_host)), float(np.sum(x_host * img))
+    assert abs(lhs - rhs) <= 1e-12 * max(1.0, float(np.sum(np.abs(col * c_host))))
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import points one way (see :mod:`xpcnn._fast`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import array_api_extra as xpx
@@ -87,3 +88,58 @@ def crop_hw(x: Any, pad: int) -> Any:
     if pad == 0:
         return x
     return x[:, :, pad:-pad, pad:-pad]
+
+
+def fold_windows(
+    part: Callable[[int, int], Any],
+    filter_h: int,
+    filter_w: int,
+    stride: int,
+    pad: int,
+    shape: tuple[int, ...],
+    *,
+    xp: Any,
+) -> Any:
+    """The adjoint of taking the window views: the (N, C, H, W) array of ``shape`` in
+    which each element is the sum of the ``part(i, j)`` (N, C, OH, OW) elements whose
+    view at window offset (i, j) (:func:`window_slices` of the padded input) holds it.
+    col2im and pooling's backward pass; dtype and device of the parts.
+
+    Without scatters (XLA runs a slice addition per offset as a slow scatter, and each
+    stops fusion): the padded rows ``s*c + r`` and columns ``s*d + q`` of one stride
+    residue (r, q) are reached only by the offsets ``i = r + s*a``, ``j = q + s*b``,
+    each at a plain shift (a, b) on that residue's grid, so a grid is a sum of
+    zero-padded parts, and the s*s grids interleave into the image by a stack and a
+    reshape. Stride 1 is one grid; windows that tile (stride == filter) put one part
+    in each grid, with no additions. Each element receives its terms in row-major
+    offset order, as one slice addition per offset gave them (the NumPy fast path's
+    convolution gradient is compared with it bit for bit).
+    """
+    N, C, H, W = shape
+    s = stride
+    Hp, Wp = H + 2 * pad, W + 2 * pad
+    Hc, Wc = -(-Hp // s), -(-Wp // s)  # a residue's grid: its rows and columns
+    grids: list[Any] = []
+    for r in range(s):
+        for q in range(s):
+            grid = None
+            for a, i in enumerate(range(r, filter_h, s)):
+                for b, j in enumerate(range(q, filter_w, s)):
+                    p = part(i, j)
+                    widths = (a, Hc - p.shape[2] - a), (b, Wc - p.shape[3] - b)
+                    if any(widths[0] + widths[1]):
+                        p = xpx.pad(p, ((0, 0), (0, 0), *widths), xp=xp)
+                    grid = p if grid is None else grid + p
+            grids.append(grid)
+    if s == 1:
+        return crop_hw(grids[0], pad)
+    zero = xp.zeros_like(grids[0])  # for the residues no offset reaches (stride > filter)
+    rows = [
+        xp.reshape(
+            xp.stack([zero if g is None else g for g in grids[r * s : (r + 1) * s]], axis=-1),
+            (N, C, Hc, Wc * s),
+        )
+        for r in range(s)
+    ]
+    img = xp.reshape(xp.stack(rows, axis=3), (N, C, Hc * s, Wc * s))
+    return crop_hw(img[:, :, :Hp, :Wp], pad)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import array_api_extra as xpx
-from array_api_compat import array_namespace, device
+from array_api_compat import array_namespace
 
 from .. import _fast
 from .._checks import check_floating
-from .._window import check_window, crop_hw, pad_hw, window_slices
+from .._window import check_window, fold_windows, pad_hw, window_slices
 from .dense import relu_forward
 
 __all__ = [
@@ -107,17 +106,21 @@ def _col2im_generic(
     OW: int,
 ) -> Any:
     xp = array_namespace(col)
-    N, C, H, W = input_shape
+    N, C, _, _ = input_shape
     col = xp.reshape(col, (N, OH, OW, C, filter_h, filter_w))
     col = xp.permute_dims(col, (0, 3, 4, 5, 1, 2))  # (N, C, FH, FW, OH, OW)
-    img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=col.dtype, device=device(col))
-    # Within one offset the strided targets are distinct, so a slice add is a true
-    # scatter-add; xpx.at writes in place where it can and copies on immutable arrays (JAX).
-    for i in range(filter_h):
-        for j in range(filter_w):
-            idx = window_slices(i, j, stride, OH, OW)
-            img = xpx.at(img, idx).add(col[:, :, i, j, :, :], xp=xp)
-    return crop_hw(img, pad)
+    # Merging N and C copies the transposed view on strided libraries (NumPy, torch),
+    # once, so that each offset's part is contiguous rather than gathered FH*FW times.
+    col = xp.reshape(col, (N * C, filter_h, filter_w, OH, OW))
+    return fold_windows(
+        lambda i, j: xp.reshape(col[:, i, j, :, :], (N, C, OH, OW)),
+        filter_h,
+        filter_w,
+        stride,
+        pad,
+        input_shape,
+        xp=xp,
+    )
 
 
 class ConvCache(Protocol):
