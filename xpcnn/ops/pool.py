@@ -1,8 +1,8 @@
 """Max and average pooling by a running reduction over the FH*FW strided views.
 
 No im2col: each window offset is one strided view of the (padded) input, so
-the forward pass is FH*FW element-wise passes and the backward pass FH*FW
-slice additions.
+the forward pass is FH*FW element-wise passes and the backward pass folds FH*FW
+parts back into the input's shape (:func:`~xpcnn._window.fold_windows`).
 
 NaN policy (PyTorch's): a NaN anywhere in a max-pooling window makes that
 window's output NaN, and its gradient goes to the first NaN.
@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .. import _fast
 from .._checks import check_floating
-from .._window import check_window, crop_hw, pad_hw, window_slices
+from .._window import check_window, fold_windows, pad_hw, window_slices
 from .dense import ReluCache, relu_forward
 
 __all__ = [
@@ -75,17 +74,18 @@ class AvgPoolCache:
 
 
 def _fold_windows(cache: ArgmaxPoolCache | AvgPoolCache, dout: Any, part: Any) -> Any:
-    """dx (N, C, H, W): the sum over window offsets k of ``part(k)`` (N, C, OH, OW)
-    added at offset k's strided view of the padded input, then cropped."""
-    xp = array_namespace(dout)
-    N, C, H, W = cache.x_shape
-    OH, OW = dout.shape[2], dout.shape[3]
-    p = cache.pad
-    dx = xp.zeros((N, C, H + 2 * p, W + 2 * p), dtype=dout.dtype, device=device(dout))
-    for k in range(cache.pool_h * cache.pool_w):
-        idx = window_slices(k // cache.pool_w, k % cache.pool_w, cache.stride, OH, OW)
-        dx = xpx.at(dx, idx).add(part(k), xp=xp)
-    return crop_hw(dx, p)
+    """dx (N, C, H, W): each ``part(k)`` (N, C, OH, OW) added at window offset k's strided
+    view of the padded input (:func:`~xpcnn._window.fold_windows`), then cropped."""
+    pw = cache.pool_w
+    return fold_windows(
+        lambda i, j: part(i * pw + j),
+        cache.pool_h,
+        pw,
+        cache.stride,
+        cache.pad,
+        cache.x_shape,
+        xp=array_namespace(dout),
+    )
 
 
 def _check_max_pool(x: Any, pool_h: int, pool_w: int, stride: int, pad: int) -> tuple[int, int]:
