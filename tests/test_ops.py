@@ -20,6 +20,7 @@ from helpers import CONV_CASES, POOL_CASES, assert_close_scaled, assert_gradient
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from xpcnn import _fast
 from xpcnn.ops import (
     affine_forward,
     avg_pool2d_forward,
@@ -307,6 +308,27 @@ def test_col2im_matches_naive_loop(backend, dtype, rng, case):
     assert device_of(img) == _expected_device(backend)
     expected = naive_col2im(col_host.astype(dtype), (N, C, H, W), FH, FW, stride, pad)
     np.testing.assert_allclose(backend.to_numpy(img), expected, **_tol(dtype))
+
+
+@pytest.mark.parametrize("case", FOLD_CASES)
+def test_col2im_and_pool_backward_of_negative_zeros_give_positive_zeros(backend, dtype, case):
+    """The generic folds add to zeros, as slice additions into a zero image did: -0.0
+    comes out +0.0 (the compiled NumPy kernels are compared with them bit for bit)."""
+    N, C, H, W, FH, FW, stride, pad = case
+    OH, OW = conv_output_size(H, FH, stride, pad), conv_output_size(W, FW, stride, pad)
+    with _fast.enabled(False):
+        col = backend.asarray(np.full((N * OH * OW, C * FH * FW), -0.0), dtype)
+        folded = [col2im(col, (N, C, H, W), FH, FW, stride=stride, pad=pad)]
+        if 2 * pad <= min(FH, FW):
+            x = backend.asarray(np.zeros((N, C, H, W)), dtype)
+            dout = backend.asarray(np.full((N, C, OH, OW), -0.0), dtype)
+            folded += [
+                f(x, FH, FW, stride=stride, pad=pad)[1].backward(dout) for f in POOL_OPS.values()
+            ]
+    for img in folded:
+        host = backend.to_numpy(img)
+        assert host.shape == (N, C, H, W)
+        assert not np.any(np.signbit(host))
 
 
 @pytest.mark.parametrize("case", FOLD_CASES)

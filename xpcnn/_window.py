@@ -129,7 +129,8 @@ def fold_windows(
                     widths = (a, Hc - p.shape[2] - a), (b, Wc - p.shape[3] - b)
                     if any(widths[0] + widths[1]):
                         p = xpx.pad(p, ((0, 0), (0, 0), *widths), xp=xp)
-                    grid = p if grid is None else grid + p
+                    # 0.0 + p first, as the slice additions added to zeros: no -0.0 out
+                    grid = p + 0.0 if grid is None else grid + p
             grids.append(grid)
     if s == 1:
         return crop_hw(grids[0], pad)
