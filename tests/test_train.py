@@ -625,6 +625,36 @@ def test_training_flushes_subnormals_and_restores_the_callers_state(data, flush)
     assert not _flushes()
 
 
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_training_on_numpy_keeps_blas_at_one_thread_and_restores_it(data):
+    """xpcnn's threads split the work; BLAS's own, spinning between calls, would compete
+    with them (a DeepConvNet epoch in a script took 1.6x as long on two cores). Inside
+    train() BLAS runs one thread per call, as under ``xpcnn train``; after, as before."""
+    from threadpoolctl import threadpool_limits
+
+    from xpcnn.backend import fast_path_threads
+
+    seen = []
+
+    class Probe(Extension):
+        def on_step_end(self, trainer):
+            seen.append((_blas_threads(), fast_path_threads()))
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = _blas_threads()
+        threads = fast_path_threads()
+        make_trainer(data, epochs=1, extensions=[Probe()]).train()
+        assert _blas_threads() == before
+    if not before:
+        pytest.skip("no BLAS library seen by threadpoolctl")
+    assert seen and all(blas == [1] * len(before) and n == threads for blas, n in seen)
+
+
 # -- augmentation: the same crops and flips after a resume and on any number of ranks --
 
 

@@ -219,6 +219,11 @@ class Adapter:
         """The parts of the ``threads:`` log line, ``blas`` being BLAS's."""
         return [blas]
 
+    def training_threads(self) -> AbstractContextManager[Any]:
+        """What the Trainer enters while it trains, threads as they are otherwise:
+        nothing, by default."""
+        return contextlib.nullcontext()
+
 
 def host_snapshot(gen: np.random.Generator) -> np.ndarray:
     """A NumPy generator's state as uint8 (JSON) for a checkpoint."""

@@ -45,6 +45,13 @@ class NumPyAdapter(Adapter):
     def threads(self, n: int) -> AbstractContextManager[Any]:
         return cpu_threads(n)
 
+    def training_threads(self) -> AbstractContextManager[Any]:
+        """xpcnn's threads as they are here (every CPU by default), with BLAS at one
+        thread per call, as ``xpcnn train`` runs: OpenBLAS's own threads, spinning
+        between calls, would compete with them (a DeepConvNet epoch in a script took
+        1.6x as long on two cores, scripts/BENCHMARKS.md)."""
+        return cpu_threads(fast_path_threads())
+
     def thread_parts(self, n: int | None, blas: str) -> list[str]:
         return [f"xpcnn {n or fast_path_threads()}", blas]
 

@@ -131,6 +131,9 @@ class Trainer:
         Compute with subnormal floats flushed to zero during :meth:`train`
         (:func:`xpcnn.flush_subnormals`: late in training they make steps up to about
         twice as slow); the caller's floating-point state is restored afterwards.
+        On NumPy, :meth:`train` also keeps BLAS at one thread per call while xpcnn's
+        own threads (:func:`xpcnn.cpu_threads`, every CPU by default) split the work,
+        as ``xpcnn train`` does; BLAS's setting is restored afterwards.
     augment : :class:`~xpcnn.train.augment.Augment`, optional
         Random crops and/or flips of each training batch on the device (image
         inputs only), drawn from its seed and the epoch: resumed runs repeat them.
@@ -289,6 +292,7 @@ class Trainer:
         with (
             deferred_signals(self._on_signal),
             self.network.device.activate(),
+            self.network.device.adapter.training_threads(),
             flush_subnormals(self.flush_subnormals),
         ):
             self.broadcast_state()
