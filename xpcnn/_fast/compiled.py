@@ -21,8 +21,8 @@ among :func:`xpcnn.cpu_threads` threads like the NumPy path's.
 
 3x3 stride-1 convolutions with enough channels run as Winograd F(2x2, 3x3) (4
 multiply-adds per output and channel instead of 9; see ``_conv_kernels.h``): the forward
-pass and the input gradient. ``XPCNN_WINOGRAD=0`` or :func:`winograd` (``False``) keeps
-them on the direct kernel.
+pass, the input gradient and the filter gradient. ``XPCNN_WINOGRAD=0`` or
+:func:`winograd` (``False``) keeps them on the direct kernel.
 
 Selection: ``XPCNN_ISA=avx512|avx2|generic`` forces an instruction set and
 ``XPCNN_ISA=none`` turns the compiled kernels off (the NumPy path runs); :func:`using`
@@ -150,7 +150,7 @@ _WINOGRAD: contextvars.ContextVar[bool] = contextvars.ContextVar("xpcnn_winograd
 #: Winograd F(2x2, 3x3) when both channel counts are at least this (the forward pass and
 #: the input gradient), and for the filter gradient also their product at least
 #: WINOGRAD_MIN_DW: below, its transforms cost about what it saves (scripts/BENCHMARKS.md,
-#: "Winograd").
+#: "Third session: Winograd F(2x2, 3x3) in the kernels").
 WINOGRAD_MIN_C = 16
 WINOGRAD_MIN_DW = 512
 
@@ -214,20 +214,14 @@ def available(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _blocked(rows: np.ndarray, mr: int) -> np.ndarray:
-    """``rows`` (..., FN, K) as (..., ceil(FN / mr), K, mr): each block of ``mr`` filters
-    interleaved, the way the kernel broadcasts them; zero rows past FN."""
-    *lead, FN, K = rows.shape
-    blocks = -(-FN // mr)
-    padded = np.zeros((*lead, blocks * mr, K), dtype=np.float32)
-    padded[..., :FN, :] = rows
-    padded = padded.reshape(*lead, blocks, mr, K)
-    return np.ascontiguousarray(np.swapaxes(padded, -1, -2))
-
-
 def _packed(W: np.ndarray, mr: int) -> np.ndarray:
-    """``W`` (FN, C, FH, FW) packed (ceil(FN / mr), C*FH*FW, mr) for the direct kernel."""
-    return _blocked(W.reshape(W.shape[0], -1), mr)
+    """``W`` (FN, C, FH, FW) as (ceil(FN / mr), C*FH*FW, mr): each block of ``mr``
+    filters interleaved, the way the kernel broadcasts them; zero rows past FN."""
+    FN = W.shape[0]
+    blocks = -(-FN // mr)
+    rows = np.zeros((blocks * mr, W[0].size), dtype=np.float32)
+    rows[:FN] = W.reshape(FN, -1)
+    return np.ascontiguousarray(rows.reshape(blocks, mr, -1).transpose(0, 2, 1))
 
 
 #: Winograd F(2x2, 3x3)'s filter transform U = G g G^T (Lavin & Gray, 2016) as one
