@@ -17,15 +17,23 @@ generic code on JAX arrays, one dispatch per operation) and ``jax-compiled``
 variant uses its library's default threads, or ``--threads N`` each (xpcnn's own
 and BLAS's through :func:`xpcnn.backend.thread_limits`, PyTorch's intra-op threads,
 and for ``--threads 1`` XLA's: ``XLA_FLAGS`` set before JAX starts); they are
-printed first. Run one after another, libraries whose idle threads spin (OpenMP,
-OpenBLAS) slow the next one down on a busy 2-core machine. The first compiled
-step is timed alone (trace + XLA compile + run): the compile time. Then blocks of
-steps of every variant are interleaved round by round, so a burst of load from
-other processes hits them alike; a step's time is the median over blocks of block
-seconds per step, and each ratio is the median of the per-block ratios (same run).
+printed first. Each variant runs alone in a fresh process, as a user runs it (sharing
+one process, libraries whose idle threads spin, OpenMP and OpenBLAS, slowed the next
+one down, and one library's allocations the other's: the same step measured 20-29 ms
+from run to run). A round runs every variant once, in rotating order, so a burst of
+load from other processes hits them alike; a variant's time in a round is the median
+of its blocks of steps, its time overall the median over rounds, and each ratio is the
+median of the per-round ratios (the range over rounds is printed too). The compiled
+variant's first step (trace + XLA compile + run) less a step is its compile time.
 Payback: an epoch of 60,000 images (600 steps) compiled costs the compile time once
 more than the steps; the compile pays back after ``compile / (eager - compiled)``
 steps.
+
+``--malloc tuned`` runs every variant with glibc's allocator keeping large blocks on
+the heap (``MALLOC_MMAP_THRESHOLD_``): eager JAX allocates an array per operation,
+and with glibc's defaults in a fresh process each large one is a new mapping whose
+pages fault in (measured: eager SimpleConvNet 58 ms as it comes, 40 ms tuned; the
+compiled step, which reuses its buffers, 19.5 ms either way). Both are reported.
 
 ``--check``: float64 (``jax_enable_x64``), SimpleConvNet, no dropout, 20 Adam steps
 eager and compiled from the same weights on the same batches: the largest
@@ -43,13 +51,15 @@ PyTorch CPU tensors against the eager torch step; its compile time and graph bre
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -70,6 +80,9 @@ from xpcnn.train.updater import StandardUpdater
 MODELS = {"simple": SimpleConvNet, "deep": DeepConvNet}
 BATCH = 100
 THREADS: int | None = None  # --threads: each library's threads (None: its default)
+MALLOC = "default"  # --malloc
+# glibc: large blocks from the heap, not a fresh mmap (and page faults) per array
+TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
 
 
 def _sync(loss: Any) -> None:
@@ -85,13 +98,18 @@ VARIANTS = [
 ]
 
 
-def _updaters(model: str, x: np.ndarray, t: np.ndarray) -> dict[str, Any]:
-    out = {}
-    for name, backend, cls in VARIANTS:
-        dev = resolve_device("cpu", backend)
-        net = MODELS[model](dtype="float32", device=dev, seed=0)
-        out[name] = cls(net, Adam(), dev.asarray(x), dev.asarray(t))
-    return out
+PER_BLOCK = {  # steps per timed block, per model
+    "simple": {"numpy": 8, "torch": 4, "jax-eager": 4, "jax-compiled": 8},
+    "deep": {"numpy": 4, "torch": 2, "jax-eager": 1, "jax-compiled": 2},
+}
+CHILD_BLOCKS = 5
+
+
+def _updater(model: str, variant: str, x: np.ndarray, t: np.ndarray) -> Any:
+    backend, cls = {name: (b, c) for name, b, c in VARIANTS}[variant]
+    dev = resolve_device("cpu", backend)
+    net = MODELS[model](dtype="float32", device=dev, seed=0)
+    return cls(net, Adam(), dev.asarray(x), dev.asarray(t))
 
 
 def _steps(up: Any, n: int, start: int = 0) -> float:
@@ -109,31 +127,56 @@ def _timed(up: Any, n: int, start: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def speed(model: str, blocks: int) -> dict[str, Any]:
+def child(model: str, variant: str) -> None:
+    """One variant alone in this process, as a user runs it: prints JSON with the first
+    step's seconds (the compile, for the compiled one) and each block's seconds per step."""
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (1000, 1, 28, 28), dtype=np.uint8)
     t = rng.integers(0, 10, 1000)
-    ups = _updaters(model, x, t)
-    first = {k: _steps(up, 1) for k, up in ups.items()}  # compile, for the compiled one
-    for up in ups.values():
-        _steps(up, 2)  # warm-up
-    per_block = {"numpy": 4, "torch": 4, "jax-eager": 2, "jax-compiled": 4}
-    times: dict[str, list[float]] = {k: [] for k in ups}
-    for b in range(blocks):
-        names = list(ups)[b % len(ups) :] + list(ups)[: b % len(ups)]  # rotating order
-        for k in names:
-            times[k].append(_steps(ups[k], per_block[k], start=b * 8))
+    up = _updater(model, variant, x, t)
+    first = _steps(up, 1)
+    _steps(up, 2)  # warm-up
+    per = PER_BLOCK[model][variant]
+    blocks = [_steps(up, per, start=3 + b * per) for b in range(CHILD_BLOCKS)]
+    print(json.dumps({"first": first, "blocks": blocks}))
+
+
+def _run_child(model: str, variant: str) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", variant, "--models", model]
+    if THREADS is not None:
+        cmd += ["--threads", str(THREADS)]
+    env = dict(os.environ, **(TUNED_MALLOC if MALLOC == "tuned" else {}))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if out.returncode:
+        raise SystemExit(f"{variant} ({model}) failed:\n{out.stderr[-3000:]}")
+    return cast(dict[str, Any], json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def speed(model: str, rounds: int) -> dict[str, Any]:
+    names = [name for name, _, _ in VARIANTS]
+    times: dict[str, list[float]] = {k: [] for k in names}  # per round: median block
+    firsts: list[float] = []
+    for r in range(rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:  # rotating order
+            res = _run_child(model, k)
+            times[k].append(statistics.median(res["blocks"]))
+            if k == "jax-compiled":
+                firsts.append(res["first"] - times[k][-1])
     med = {k: statistics.median(v) for k, v in times.items()}
 
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
 
-    compile_s = first["jax-compiled"] - med["jax-compiled"]
+    compile_s = statistics.median(firsts)
     saved = med["jax-eager"] - med["jax-compiled"]
     return {
         "model": model,
         "ms": {k: 1e3 * v for k, v in med.items()},
         "compiled_vs_eager": ratio("jax-eager", "jax-compiled"),
+        "compiled_vs_eager_range": [
+            min(e / c for e, c in zip(times["jax-eager"], times["jax-compiled"], strict=True)),
+            max(e / c for e, c in zip(times["jax-eager"], times["jax-compiled"], strict=True)),
+        ],
         "compiled_vs_numpy": ratio("numpy", "jax-compiled"),
         "compiled_vs_torch": ratio("torch", "jax-compiled"),
         "numpy_vs_torch": ratio("torch", "numpy"),
@@ -155,7 +198,8 @@ def report_speed(r: dict[str, Any]) -> None:
         + f" per step (batch {BATCH})"
     )  # fmt: skip
     print(
-        f"        compiled JAX vs eager JAX {r['compiled_vs_eager']:.2f}x, vs NumPy fast path "
+        f"        compiled JAX vs eager JAX {r['compiled_vs_eager']:.2f}x (rounds "
+        f"{r['compiled_vs_eager_range'][0]:.2f}-{r['compiled_vs_eager_range'][1]:.2f}), vs NumPy fast path "
         f"{r['compiled_vs_numpy']:.2f}x, vs torch {r['compiled_vs_torch']:.2f}x (above 1: "
         f"compiled faster); NumPy vs torch {r['numpy_vs_torch']:.2f}x"
     )
@@ -272,7 +316,12 @@ def torch_trial(blocks: int, threads: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="simple,deep", help="comma-separated: simple, deep")
-    p.add_argument("--blocks", type=int, default=7, help="interleaved timing blocks")
+    p.add_argument("--blocks", type=int, default=7, help="rounds (speed) or blocks (--torch)")
+    p.add_argument(
+        "--malloc", choices=["default", "tuned"], default="default",
+        help="the processes' glibc allocator: as it comes, or large blocks kept on the heap",
+    )  # fmt: skip
+    p.add_argument("--child", help=argparse.SUPPRESS)  # one variant in its own process
     p.add_argument("--check", action="store_true", help="float64: 20 compiled steps vs eager")
     p.add_argument("--accuracy", action="store_true", help="DeepConvNet with dropout, trained")
     p.add_argument("--epochs", type=int, default=3, help="epochs of --accuracy")
@@ -280,9 +329,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch", action="store_true", help="torch.compile of the same step")
     p.add_argument("--threads", type=int, help="each library's threads (--torch: 1)")
     args = p.parse_args(argv)
-    global THREADS
-    THREADS = args.threads
+    global THREADS, MALLOC
+    THREADS, MALLOC = args.threads, args.malloc
+    if args.child:
+        child(args.models, args.child)
+        return
     print(f"load average before: {os.getloadavg()[0]:.2f} (2 cores shared with other sessions)")
+    print(f"allocator: glibc {MALLOC}" + (f" {TUNED_MALLOC}" if MALLOC == "tuned" else ""))
     if args.check:
         check_float64()
     elif args.accuracy:
