@@ -283,12 +283,35 @@ def test_compiled_step_with_dropout_equals_the_same_function_run_eagerly(data):
         eager = ups[1]
         a = eager.inputs()
         xb, tb = eager.take(idx)
-        p, s, b, _ = eager.step_fn(
+        p, s, b, _, kept = eager.step_fn(
             a["params"], a["state"], a["buffers"], xb, tb, a["keys"], a["step"], a["s"]
         )
+        assert kept == []  # run eagerly, nothing is traced: nothing to keep
         assign(eager.network, eager.optimizer, params=p, buffers=b, state=s)
         eager.optimizer.iter = a["step"]
     assert_same(host(ups[0].network), host(ups[1].network), atol=1e-9)
+
+
+def test_compiled_step_keeps_the_forward_caches_and_only_them(data):
+    """The arrays the caches hold come out of the step (so XLA computes them once rather
+    than inside the backward pass): the pooling argmax and the ReLU masks among them; no
+    input (a parameter, the batch) and no other output (a gradient, the loss) twice."""
+    x = JAX.asarray(data[0][:20].astype(np.float32) / 255, "float32")
+    t = JAX.asarray(data[1][:20])
+    up = CompiledUpdater(
+        SimpleConvNet(dtype="float32", device=JAX, seed=0), make_optimizer("Adam"), x, t
+    )
+    a = up.inputs()
+    xb, tb = up.take(np.arange(10))
+    args = (a["params"], a["state"], a["buffers"], xb, tb, a["keys"], a["step"], a["s"])
+    *_, kept = jax.eval_shape(up.step_fn, *args)
+    got = {(tuple(k.shape), str(k.dtype)) for k in kept}
+    assert ((10, 30, 12, 12), "int16") in got  # the max-pooling argmax
+    assert ((10, 30, 24, 24), "bool") in got and ((10, 100), "bool") in got  # ReLU masks
+    params = {(tuple(v.shape), str(v.dtype)) for v in a["params"].values()}
+    assert not got & params  # neither a parameter nor its gradient
+    assert ((), "float32") not in got and ((10, 1, 28, 28), "float32") not in got
+    assert leaked_tracers(up.network, *up.network.layers, up.optimizer) == []
 
 
 def test_resume_of_a_compiled_dropout_run_is_exact(data, tmp_path):

@@ -194,6 +194,13 @@ class Sequential:
                 dout = layer.backward(dout)
         return {key: layer.grads[k] for key, (layer, k) in self._index.items()}
 
+    def caches(self) -> list[Any]:
+        """What the last forward pass left for the backward pass: the ``_cache`` of each
+        step it ran (a layer, or a fused pair), of each layer and of the loss layer, None
+        where there is none. A compiled step keeps the arrays in them
+        (:mod:`xpcnn.train.compiled`)."""
+        return [getattr(s, "_cache", None) for s in [*self._plan, *self.layers, self.last_layer]]
+
     def numerical_gradient(self, x: Any, t: Any, h: float = 1e-4) -> dict[str, Any]:
         """Central-difference gradients of the loss (the book's slow check):
         ``(L(p + h) - L(p - h)) / (2 h)`` for every parameter element.

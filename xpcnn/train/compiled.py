@@ -19,6 +19,13 @@ optimizer's ``state``: anything else a layer sets during a pass (a cache, the bo
 ``self.x``) is put back as it was, and state that must outlive a step belongs in
 ``buffers`` (batch normalisation's running statistics).
 
+The arrays the forward pass caches for the backward pass (:func:`residuals`: the
+argmax of max pooling, ReLU masks, ``col``) are outputs of the function too, dropped on
+return: so XLA computes each once, as the eager step does. Otherwise it fuses their
+computation into the backward pass's loops and recomputes it there for every element
+that reads it (the pooling argmax four times per window, in a loop it could not
+vectorise): keeping them made the step 1.2-1.5x faster (``scripts/BENCHMARKS.md``).
+
 After the call the concrete results are assigned to the network and optimizer,
 which stay the one source of truth: checkpoints, evaluation and extensions see
 them as after an eager step (the layers' ``grads`` and caches are not filled).
@@ -69,7 +76,9 @@ __all__ = [
     "functional",
     "keyed_uniform",
     "leaked_tracers",
+    "residuals",
     "restored",
+    "traced_values",
 ]
 
 
@@ -206,15 +215,21 @@ def functional(
 def leaked_tracers(*objects: Any, limit: int = 10) -> list[str]:
     """Where a JAX tracer is held in ``objects`` (their attributes, and the dicts,
     lists and tuples inside, to any depth), as ``"Dropout._cache.mask"``-like paths."""
-    found: list[str] = []
+    return [path for path, _ in traced_values(*objects, limit=limit)]
+
+
+def traced_values(*objects: Any, limit: int | None = None) -> list[tuple[str, Any]]:
+    """The traced arrays held in ``objects`` (as :func:`leaked_tracers` searches), each
+    once, with its path; at most ``limit``."""
+    found: list[tuple[str, Any]] = []
     seen: set[int] = set()
 
     def visit(v: Any, path: str) -> None:
-        if len(found) >= limit or id(v) in seen:
+        if (limit is not None and len(found) >= limit) or id(v) in seen:
             return
         seen.add(id(v))
         if is_traced(v):
-            found.append(path)
+            found.append((path, v))
         elif isinstance(v, dict):
             for k, item in v.items():
                 visit(item, f"{path}[{k!r}]")
@@ -229,6 +244,16 @@ def leaked_tracers(*objects: Any, limit: int = 10) -> list[str]:
     for obj in objects:
         visit(obj, type(obj).__name__)
     return found
+
+
+def residuals(network: Sequential, *exclude: Any) -> list[Any]:
+    """The arrays the network's caches hold after a traced forward pass
+    (:meth:`Sequential.caches <xpcnn.models.Sequential.caches>`), less those in
+    ``exclude`` (dicts of arrays, or arrays: the function's inputs and outputs)."""
+    skip = {
+        id(v) for group in exclude for v in (group.values() if isinstance(group, dict) else [group])
+    }
+    return [v for _, v in traced_values(*network.caches()) if id(v) not in skip]
 
 
 def _ours(v: Any) -> bool:
@@ -264,13 +289,16 @@ class CompiledUpdater(StandardUpdater):
     # -- the pure functions (traced; also callable eagerly, on concrete arrays) -----------
     def grad_fn(
         self, params: Any, buffers: Any, x: Any, t: Any, keys: Any, step: Any
-    ) -> tuple[dict[str, Any], Any, dict[str, Any]]:
-        """``(grads, loss, new buffers)`` of a batch: ``network.gradient``."""
+    ) -> tuple[dict[str, Any], Any, dict[str, Any], list[Any]]:
+        """``(grads, loss, new buffers, kept)`` of a batch: ``network.gradient``; ``kept``
+        holds the forward pass's cached arrays (:func:`residuals`), to be dropped."""
         self._traced = True
         net = self.network
         with functional(net, params=params, buffers=buffers, keys=keys, step=step):
             grads = net.gradient(x, t)
-            return grads, net.last_layer.loss, dict(net.buffers)
+            loss, new_buffers = net.last_layer.loss, dict(net.buffers)
+            kept = residuals(net, params, buffers, grads, new_buffers, x, t, loss)
+            return grads, loss, new_buffers, kept
 
     def apply_fn(
         self, params: Any, state: Any, grads: Any, s: Any
@@ -284,11 +312,11 @@ class CompiledUpdater(StandardUpdater):
 
     def step_fn(
         self, params: Any, state: Any, buffers: Any, x: Any, t: Any, keys: Any, step: Any, s: Any
-    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], Any]:
-        """One whole step: ``(new params, new state, new buffers, loss)``."""
-        grads, loss, buffers = self.grad_fn(params, buffers, x, t, keys, step)
+    ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], Any, list[Any]]:
+        """One whole step: ``(new params, new state, new buffers, loss, kept)``."""
+        grads, loss, buffers, kept = self.grad_fn(params, buffers, x, t, keys, step)
         params, state = self.apply_fn(params, state, grads, s)
-        return params, state, buffers, loss
+        return params, state, buffers, loss, kept
 
     # -- the steps -------------------------------------------------------------------------
     def inputs(self) -> dict[str, Any]:
@@ -347,7 +375,7 @@ class CompiledUpdater(StandardUpdater):
     def update(self, batch: Batch) -> Any:
         x, t = self.take(batch.indices, batch.epoch)  # augmented there, eagerly
         a = self.inputs()
-        params, state, buffers, loss = self._call(
+        params, state, buffers, loss, _ = self._call(
             "step", a["params"], a["state"], a["buffers"], x, t, a["keys"], a["step"], a["s"]
         )
         assign(self.network, self.optimizer, params=params, buffers=buffers, state=state)
@@ -356,7 +384,7 @@ class CompiledUpdater(StandardUpdater):
 
     def gradients(self, x: Any, t: Any) -> tuple[dict[str, Any], Any]:
         a = self.inputs()
-        grads, loss, buffers = self._call(
+        grads, loss, buffers, _ = self._call(
             "grad", a["params"], a["buffers"], x, t, a["keys"], a["step"]
         )
         assign(self.network, buffers=buffers)
