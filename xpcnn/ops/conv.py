@@ -9,7 +9,7 @@ from array_api_compat import array_namespace
 
 from .. import _fast
 from .._checks import check_floating
-from .._window import check_window, fold_windows, pad_hw, window_slices
+from .._window import check_window, fold_windows, pad_hw
 from .dense import relu_forward
 
 __all__ = [
@@ -40,26 +40,50 @@ def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: 
     fast = _fast.lookup("im2col", input_data)
     if fast is not None:
         return fast(input_data, filter_h, filter_w, stride, pad, OH, OW)
-    return _im2col_generic(input_data, filter_h, filter_w, stride, pad, OH, OW)
+    colT = _unfold(input_data, filter_h, filter_w, stride, pad, OH, OW)
+    return _to_book(colT, input_data.shape[1], filter_h * filter_w)
 
 
-def _im2col_generic(
+def _to_book(colT: Any, C: int, K: int) -> Any:
+    """:func:`_unfold`'s layout (K*C, M) as the book's col (M, C*K), K = FH*FW (a copy)."""
+    xp = array_namespace(colT)
+    M = colT.shape[1]
+    return xp.reshape(xp.permute_dims(xp.reshape(colT, (K, C, M)), (2, 1, 0)), (M, C * K))
+
+
+def _from_book(col: Any, C: int, K: int) -> Any:
+    """The book's col (M, C*K) in :func:`_unfold`'s layout (K*C, M) (a copy)."""
+    xp = array_namespace(col)
+    M = col.shape[0]
+    return xp.reshape(xp.permute_dims(xp.reshape(col, (M, C, K)), (2, 1, 0)), (K * C, M))
+
+
+def _unfold(
     input_data: Any, filter_h: int, filter_w: int, stride: int, pad: int, OH: int, OW: int
 ) -> Any:
+    """The generic convolution's operand ``colT`` (FH*FW*C, N*OH*OW): the book's ``col``
+    transposed, its rows ordered by filter offset, then channel.
+
+    Each row is a run of N*OH*OW, so the copies and the matrix products move long
+    contiguous runs, and the GEMM's output (FN, N*OH*OW) is NCHW up to a transpose of
+    whole images. Measured per layer against the book's (N*OH*OW, C*FH*FW): PyTorch
+    1.3-1.6x and XLA 1.3-1.6x faster; and stacking row slices, then column slices, in
+    offset-major order is what XLA copies fast (one stack of FH*FW views ran at a
+    fraction of the speed, several times slower for C > 1).
+    """
     xp = array_namespace(input_data)
     N, C, _, _ = input_data.shape
-    img = pad_hw(input_data, pad, xp=xp)
-    # One strided view per filter offset, stacked: no writes, so it runs on every backend.
-    col = xp.stack(
-        [
-            img[window_slices(i, j, stride, OH, OW)]
-            for i in range(filter_h)
-            for j in range(filter_w)
-        ],
-        axis=2,
-    )  # (N, C, FH*FW, OH, OW)
-    col = xp.permute_dims(col, (0, 3, 4, 1, 2))
-    return xp.reshape(col, (N * OH * OW, C * filter_h * filter_w))
+    K, M = filter_h * filter_w, N * OH * OW
+    fast = _fast.lookup("im2col", input_data)
+    if fast is not None:  # the book's col from a kernel (CuPy), reordered by one copy
+        return _from_book(fast(input_data, filter_h, filter_w, stride, pad, OH, OW), C, K)
+    img = pad_hw(xp.permute_dims(input_data, (1, 0, 2, 3)), pad, xp=xp)  # (C, N, H+2P, W+2P)
+    # Strided views stacked, no writes, so it runs on every backend: rows, then columns
+    # (the stops are exact: the standard does not promise to clip, see window_slices).
+    s = stride
+    rows = xp.stack([img[:, :, i : i + s * (OH - 1) + 1 : s, :] for i in range(filter_h)])
+    col = xp.stack([rows[..., j : j + s * (OW - 1) + 1 : s] for j in range(filter_w)], axis=1)
+    return xp.reshape(col, (K * C, M))  # (FH, FW, C, N, OH, OW)
 
 
 def col2im(
@@ -92,11 +116,12 @@ def col2im(
     fast = _fast.lookup("col2im", col)
     if fast is not None:
         return fast(col, input_shape, filter_h, filter_w, stride, pad, OH, OW)
-    return _col2im_generic(col, input_shape, filter_h, filter_w, stride, pad, OH, OW)
+    colT = _from_book(col, C, filter_h * filter_w)
+    return _fold(colT, input_shape, filter_h, filter_w, stride, pad, OH, OW)
 
 
-def _col2im_generic(
-    col: Any,
+def _fold(
+    colT: Any,
     input_shape: tuple[int, int, int, int],
     filter_h: int,
     filter_w: int,
@@ -105,22 +130,18 @@ def _col2im_generic(
     OH: int,
     OW: int,
 ) -> Any:
-    xp = array_namespace(col)
-    N, C, _, _ = input_shape
-    col = xp.reshape(col, (N, OH, OW, C, filter_h, filter_w))
-    col = xp.permute_dims(col, (0, 3, 4, 5, 1, 2))  # (N, C, FH, FW, OH, OW)
-    # Merging N and C copies the transposed view on strided libraries (NumPy, torch),
-    # once, so that each offset's part is contiguous rather than gathered FH*FW times.
-    col = xp.reshape(col, (N * C, filter_h, filter_w, OH, OW))
-    return fold_windows(
-        lambda i, j: xp.reshape(col[:, i, j, :, :], (N, C, OH, OW)),
-        filter_h,
-        filter_w,
-        stride,
-        pad,
-        input_shape,
-        xp=xp,
+    """The adjoint of :func:`_unfold`: ``colT`` (FH*FW*C, N*OH*OW) -> (N, C, H, W)."""
+    xp = array_namespace(colT)
+    N, C, H, W = input_shape
+    fast = _fast.lookup("col2im", colT)
+    if fast is not None:  # a kernel folds the book's col (CuPy)
+        col = _to_book(colT, C, filter_h * filter_w)
+        return fast(col, input_shape, filter_h, filter_w, stride, pad, OH, OW)
+    col = xp.reshape(colT, (filter_h, filter_w, C, N, OH, OW))
+    img = fold_windows(
+        lambda i, j: col[i, j, :, :, :, :], filter_h, filter_w, stride, pad, (C, N, H, W), xp=xp
     )
+    return xp.permute_dims(img, (1, 0, 2, 3))
 
 
 class ConvCache(Protocol):
@@ -141,11 +162,12 @@ class ConvCache(Protocol):
 
 @dataclass(frozen=True)
 class Im2colCache:
-    """The generic path's cache: the book's ``col`` (N*OH*OW, C*FH*FW) from
-    :func:`im2col` and ``col_W`` (C*FH*FW, FN)."""
+    """The generic path's cache: ``colT`` (FH*FW*C, N*OH*OW), the book's ``col`` transposed
+    with its rows in :func:`_unfold`'s order, and ``col_W`` (FH*FW*C, FN), the book's
+    ``col_W`` with its rows in the same order."""
 
     x_shape: tuple[int, int, int, int]
-    col: Any
+    colT: Any
     col_W: Any
     W_shape: tuple[int, ...]
     stride: int
@@ -153,14 +175,16 @@ class Im2colCache:
 
     def backward(self, dout: Any, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
         xp = array_namespace(dout)
-        FN, _, FH, FW = self.W_shape
-        dout = xp.reshape(xp.permute_dims(dout, (0, 2, 3, 1)), (-1, FN))
-        db = xp.sum(dout, axis=0)
-        dW = xp.reshape(xp.matrix_transpose(xp.matrix_transpose(self.col) @ dout), self.W_shape)
+        FN, C, FH, FW = self.W_shape
+        N, _, OH, OW = dout.shape
+        dout = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (FN, N * OH * OW))
+        db = xp.sum(dout, axis=1)
+        dW = xp.reshape(dout @ xp.matrix_transpose(self.colT), (FN, FH, FW, C))
+        dW = xp.permute_dims(dW, (0, 3, 1, 2))
         if not need_dx:
             return None, dW, db
-        dcol = dout @ xp.matrix_transpose(self.col_W)
-        dx = col2im(dcol, self.x_shape, FH, FW, self.stride, self.pad)
+        dcolT = self.col_W @ dout  # (FH*FW*C, N*OH*OW)
+        dx = _fold(dcolT, self.x_shape, FH, FW, self.stride, self.pad, OH, OW)
         return dx, dW, db
 
 
@@ -204,11 +228,12 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
         return fast(x, W, b, stride, pad, OH, OW)
     N = x.shape[0]
     FN, C, FH, FW = W.shape
-    col = im2col(x, FH, FW, stride, pad)
-    col_W = xp.matrix_transpose(xp.reshape(W, (FN, C * FH * FW)))  # (C*FH*FW, FN)
-    out = col @ col_W + b
-    out = xp.permute_dims(xp.reshape(out, (N, OH, OW, FN)), (0, 3, 1, 2))
-    return out, Im2colCache(tuple(x.shape), col, col_W, tuple(W.shape), stride, pad)
+    colT = _unfold(x, FH, FW, stride, pad, OH, OW)  # (FH*FW*C, N*OH*OW)
+    W2 = xp.reshape(xp.permute_dims(W, (0, 2, 3, 1)), (FN, FH * FW * C))  # colT's row order
+    out = W2 @ colT + xp.reshape(b, (FN, 1))  # (FN, N*OH*OW): the book's out, transposed
+    out = xp.permute_dims(xp.reshape(out, (FN, N, OH, OW)), (1, 0, 2, 3))
+    cache = Im2colCache(tuple(x.shape), colT, xp.matrix_transpose(W2), tuple(W.shape), stride, pad)
+    return out, cache
 
 
 @dataclass(frozen=True)
