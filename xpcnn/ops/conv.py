@@ -46,16 +46,20 @@ def im2col(input_data: Any, filter_h: int, filter_w: int, stride: int = 1, pad: 
 
 def _to_book(colT: Any, C: int, K: int) -> Any:
     """:func:`_unfold`'s layout (K*C, M) as the book's col (M, C*K), K = FH*FW (a copy)."""
-    xp = array_namespace(colT)
     M = colT.shape[1]
-    return xp.reshape(xp.permute_dims(xp.reshape(colT, (K, C, M)), (2, 1, 0)), (M, C * K))
+    return _swap_outer(colT, (K, C, M), (M, C * K))
 
 
 def _from_book(col: Any, C: int, K: int) -> Any:
     """The book's col (M, C*K) in :func:`_unfold`'s layout (K*C, M) (a copy)."""
-    xp = array_namespace(col)
     M = col.shape[0]
-    return xp.reshape(xp.permute_dims(xp.reshape(col, (M, C, K)), (2, 1, 0)), (K * C, M))
+    return _swap_outer(col, (M, C, K), (K * C, M))
+
+
+def _swap_outer(a: Any, shape: tuple[int, int, int], out: tuple[int, int]) -> Any:
+    """``a`` seen as ``shape`` (A, C, B), its outer axes swapped, (B, C, A) as ``out``."""
+    xp = array_namespace(a)
+    return xp.reshape(xp.permute_dims(xp.reshape(a, shape), (2, 1, 0)), out)
 
 
 def _unfold(

@@ -24,7 +24,7 @@ argmax of max pooling, ReLU masks, ``col``) are outputs of the function too, dro
 return: so XLA computes each once, as the eager step does. Otherwise it fuses their
 computation into the backward pass's loops and recomputes it there for every element
 that reads it (the pooling argmax four times per window, in a loop it could not
-vectorise): keeping them made the step 1.2-1.5x faster (``scripts/BENCHMARKS.md``).
+vectorise): keeping them made the step 1.1-1.3x faster (``scripts/BENCHMARKS.md``).
 
 After the call the concrete results are assigned to the network and optimizer,
 which stay the one source of truth: checkpoints, evaluation and extensions see
