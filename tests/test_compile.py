@@ -282,9 +282,9 @@ def test_compiled_step_with_dropout_equals_the_same_function_run_eagerly(data):
         ups[0].update(Batch(i + 1, idx, 10))
         eager = ups[1]
         a = eager.inputs()
-        xb, tb = eager.take(idx)
+        rows = eager.source(idx)
         p, s, b, _, kept = eager.step_fn(
-            a["params"], a["state"], a["buffers"], xb, tb, a["keys"], a["step"], a["s"]
+            a["params"], a["state"], a["buffers"], rows, a["keys"], a["step"], a["s"]
         )
         assert kept == []  # run eagerly, nothing is traced: nothing to keep
         assign(eager.network, eager.optimizer, params=p, buffers=b, state=s)
@@ -302,8 +302,8 @@ def test_compiled_step_keeps_the_forward_caches_and_only_them(data):
         SimpleConvNet(dtype="float32", device=JAX, seed=0), make_optimizer("Adam"), x, t
     )
     a = up.inputs()
-    xb, tb = up.take(np.arange(10))
-    args = (a["params"], a["state"], a["buffers"], xb, tb, a["keys"], a["step"], a["s"])
+    rows = up.source(np.arange(10))
+    args = (a["params"], a["state"], a["buffers"], rows, a["keys"], a["step"], a["s"])
     *_, kept = jax.eval_shape(up.step_fn, *args)
     got = {(tuple(k.shape), str(k.dtype)) for k in kept}
     assert ((10, 30, 12, 12), "int16") in got  # the max-pooling argmax

@@ -128,12 +128,22 @@ class Augment:
             flip = np.zeros(n, dtype=bool)
         return top, left, flip
 
+    def on_device(self, epoch: int, n: int, dev: Device) -> tuple[Any, Any, Any]:
+        """:meth:`draw` of epoch ``epoch`` on ``dev``, copied there once per epoch."""
+        key = (epoch, n, dev.name)
+        if self._drawn is None or self._drawn[0] != key:
+            self._drawn = key, tuple(dev.asarray(a) for a in self.draw(epoch, n))
+        top, left, flip = self._drawn[1]
+        return top, left, flip
+
+    def apply(self, x: Any, rows: Any, drawn: tuple[Any, ...]) -> Any:
+        """Augment batch ``x`` (B, C, H, W), the examples ``rows`` ((B,) integers), with
+        an epoch's draws :meth:`on_device`: device work only, so a compiled step traces it."""
+        xp = array_namespace(x, rows)
+        top, left, flip = (xp.take(a, rows) for a in drawn)
+        return crop_flip(x, top, left, flip, pad=self.pad)
+
     def __call__(self, x: Any, rows: Any, epoch: int, n: int) -> Any:
         """Augment batch ``x`` (B, C, H, W) on its device, whose images are the
         examples ``rows`` ((B,) integers on that device) of a training set of ``n``."""
-        dev = Device.of(x)
-        key = (epoch, n, dev.name)
-        if self._drawn is None or self._drawn[0] != key:  # once per epoch
-            self._drawn = key, tuple(dev.asarray(a) for a in self.draw(epoch, n))
-        top, left, flip = (dev.xp.take(a, rows) for a in self._drawn[1])
-        return crop_flip(x, top, left, flip, pad=self.pad)
+        return self.apply(x, rows, self.on_device(epoch, n, Device.of(x)))

@@ -1,9 +1,12 @@
 """One compiled training step from the same layer code (``Trainer(compile=True)``).
 
-:class:`CompiledUpdater` traces forward, backward and the optimizer's update into
-one ``jax.jit`` function of (parameters, optimizer state, buffers, batch, keys,
-step number, step scalars) that returns the new parameters, state and buffers and
-the loss. Nothing is written twice: the function runs the network's and the
+:class:`CompiledUpdater` traces the whole step into one ``jax.jit`` function of
+(parameters, optimizer state, buffers, batch, keys, step number, step scalars) that
+returns the new parameters, state and buffers and the loss. The batch goes in as the
+training set (an argument: no copy) and the batch's row indices, so taking the rows,
+augmenting them and converting pixels to floats
+(:meth:`~xpcnn.train.updater.StandardUpdater.rows`) are part of the function too,
+then forward, backward and the optimizer's update. Nothing is written twice: the function runs the network's and the
 optimizer's own methods on traced values, as ``torch.func.functional_call`` does,
 
 1. installing the traced arrays in place of the concrete ones (``params``,
@@ -311,9 +314,11 @@ class CompiledUpdater(StandardUpdater):
             return dict(net.params), {slot: dict(d) for slot, d in opt.state.items()}
 
     def step_fn(
-        self, params: Any, state: Any, buffers: Any, x: Any, t: Any, keys: Any, step: Any, s: Any
+        self, params: Any, state: Any, buffers: Any, batch: Any, keys: Any, step: Any, s: Any
     ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, Any], Any, list[Any]]:
-        """One whole step: ``(new params, new state, new buffers, loss, kept)``."""
+        """One whole step, from the batch's rows to the update: ``(new params, new state,
+        new buffers, loss, kept)``; ``batch`` is what :meth:`rows` takes (:meth:`source`)."""
+        x, t = self.rows(*batch)
         grads, loss, buffers, kept = self.grad_fn(params, buffers, x, t, keys, step)
         params, state = self.apply_fn(params, state, grads, s)
         return params, state, buffers, loss, kept
@@ -373,10 +378,10 @@ class CompiledUpdater(StandardUpdater):
         return out
 
     def update(self, batch: Batch) -> Any:
-        x, t = self.take(batch.indices, batch.epoch)  # augmented there, eagerly
         a = self.inputs()
+        rows = self.source(batch.indices, batch.epoch)  # taken and augmented in the step
         params, state, buffers, loss, _ = self._call(
-            "step", a["params"], a["state"], a["buffers"], x, t, a["keys"], a["step"], a["s"]
+            "step", a["params"], a["state"], a["buffers"], rows, a["keys"], a["step"], a["s"]
         )
         assign(self.network, self.optimizer, params=params, buffers=buffers, state=state)
         self.optimizer.iter = a["step"]

@@ -72,13 +72,32 @@ class StandardUpdater:
         """The rows ``indices`` (host int64) of the training set, on the device:
         images augmented as in epoch ``epoch`` when asked, then converted to the
         network's dtype (uint8 scaled there); labels as stored."""
+        return self.rows(*self.source(indices, epoch))
+
+    def source(self, indices: np.ndarray, epoch: int = 0) -> tuple[Any, Any, Any, tuple[Any, ...]]:
+        """What :meth:`rows` takes for the batch ``indices`` of epoch ``epoch``: the
+        training set, the indices on the device, and the epoch's augmentation draws
+        (:meth:`Augment.on_device <xpcnn.train.augment.Augment.on_device>`, ``()``
+        without augmentation)."""
+        dev = self.network.device
+        drawn = (
+            ()
+            if self.augment is None
+            else self.augment.on_device(epoch, self.x_train.shape[0], dev)
+        )
+        return self.x_train, self.t_train, dev.asarray(indices), drawn
+
+    def rows(
+        self, x_train: Any, t_train: Any, i: Any, drawn: tuple[Any, ...] = ()
+    ) -> tuple[Any, Any]:
+        """The batch of rows ``i`` of ``x_train``, ``t_train``, augmented by ``drawn`` if
+        given, as :meth:`take` returns it. Device work only: a compiled step traces it."""
         net = self.network
-        xp, dev = net.device.xp, net.device
-        i = dev.asarray(indices)
-        x = xp.reshape(xp.take(self.x_train, i, axis=0), (-1, *net.input_dim))
-        if self.augment is not None:  # on the stored pixels: uint8 moves 1/4 of float32's bytes
-            x = self.augment(x, i, epoch, self.x_train.shape[0])
-        return as_input(x, net.dtype), xp.take(self.t_train, i, axis=0)
+        xp = net.device.xp
+        x = xp.reshape(xp.take(x_train, i, axis=0), (-1, *net.input_dim))
+        if self.augment is not None and drawn:  # on the pixels: uint8 moves 1/4 of float32's bytes
+            x = self.augment.apply(x, i, drawn)
+        return as_input(x, net.dtype), xp.take(t_train, i, axis=0)
 
     def gradients(self, x: Any, t: Any) -> tuple[dict[str, Any], Any]:
         """Forward and backward on a prepared batch: ``(grads by parameter key, loss)``,
