@@ -182,6 +182,8 @@ CONV_CASES = [
     pytest.param((2, 1, 4, 5, 2, 4, 1, 1, 2), id="s1-p2-filter-4x1"),
     pytest.param((2, 2, 7, 6, 2, 3, 3, 2, 2), id="s2-p2-filter-3x3"),
     pytest.param((2, 3, 3, 4, 2, 1, 1, 1, 0), id="filter-1x1"),
+    # FH*FW*C = 36 >= 32: the generic backward's one product for dW (fewer: one per image)
+    pytest.param((2, 4, 5, 6, 3, 3, 3, 1, 1), id="C4-K36"),
 ]
 
 # (N, C, H, W, PH, PW, stride, pad); pad <= half the window (PyTorch's and xpcnn's rule)

@@ -181,15 +181,37 @@ class Im2colCache:
         xp = array_namespace(dout)
         FN, C, FH, FW = self.W_shape
         N, _, OH, OW = dout.shape
-        dout = xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (FN, N * OH * OW))
-        db = xp.sum(dout, axis=1)
-        dW = xp.reshape(dout @ xp.matrix_transpose(self.colT), (FN, FH, FW, C))
-        dW = xp.permute_dims(dW, (0, 3, 1, 2))
+        K = FH * FW * C
+        db = xp.sum(dout, axis=(0, 2, 3))
+        dout2 = None  # (FN, N*OH*OW), the book's dout transposed: a copy, made when needed
+        if K < _FEW_ROWS:
+            # One long product over all N*OH*OW into a dW of few columns is a slow GEMM
+            # shape: a product per image, summed, was faster up to K = 27 (a first layer;
+            # XLA 1.3-2.7x, PyTorch 1.2-1.3x) and slower from K = 48 (scripts/BENCHMARKS.md).
+            colT = xp.permute_dims(xp.reshape(self.colT, (K, N, OH * OW)), (1, 2, 0))
+            dW = xp.sum(xp.reshape(dout, (N, FN, OH * OW)) @ colT, axis=0)
+        else:
+            dout2 = _transposed_dout(dout)
+            dW = dout2 @ xp.matrix_transpose(self.colT)
+        dW = xp.permute_dims(xp.reshape(dW, (FN, FH, FW, C)), (0, 3, 1, 2))
         if not need_dx:
             return None, dW, db
-        dcolT = self.col_W @ dout  # (FH*FW*C, N*OH*OW)
+        if dout2 is None:
+            dout2 = _transposed_dout(dout)
+        dcolT = self.col_W @ dout2  # (FH*FW*C, N*OH*OW)
         dx = _fold(dcolT, self.x_shape, FH, FW, self.stride, self.pad, OH, OW)
         return dx, dW, db
+
+
+#: Below this many rows of ``colT`` (FH*FW*C), dW is summed from one product per image.
+_FEW_ROWS = 32
+
+
+def _transposed_dout(dout: Any) -> Any:
+    """``dout`` (N, FN, OH, OW) as (FN, N*OH*OW), the layout of the GEMM's output."""
+    xp = array_namespace(dout)
+    N, FN, OH, OW = dout.shape
+    return xp.reshape(xp.permute_dims(dout, (1, 0, 2, 3)), (FN, N * OH * OW))
 
 
 def _check_conv(x: Any, W: Any, b: Any, stride: int, pad: int) -> tuple[int, int]:
