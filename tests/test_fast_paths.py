@@ -413,6 +413,29 @@ def test_relu_max_pool_equals_relu_then_pool(backend, dtype, rng, case, kind):
         assert_same(results[1], reference[1], "dx")
 
 
+@pytest.mark.parametrize("case", POOL_GRID, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("kind", ["distinct", "ties", "special"])
+def test_nan_free_max_pool_equals_max_pool_without_nan(backend, dtype, rng, case, kind):
+    """``nan_free=True`` (the promise of an input without NaN, a ReLU's output) gives
+    exactly the default's results on such inputs (-inf, -0.0, ties and padding
+    included), forward and backward, with the switch on and off."""
+    N, C, H, W, PH, PW, stride, pad = case
+    bk = backend
+    x_host = pool_inputs(rng, (N, C, H, W), kind)
+    x = bk.asarray(np.where(np.isnan(x_host), -np.inf, x_host), dtype)
+    OH, OW = (H + 2 * pad - PH) // stride + 1, (W + 2 * pad - PW) // stride + 1
+    dout = bk.asarray(rng.standard_normal((N, C, OH, OW)), dtype)
+
+    def pooled(nan_free: bool) -> list[np.ndarray]:
+        out, cache = max_pool2d_forward(x, PH, PW, stride, pad, nan_free=nan_free)
+        return host(out, cache.backward(dout))
+
+    reference, _ = both(lambda: pooled(False))
+    for results in both(lambda: pooled(True)):
+        assert_same(results[0], reference[0], "out")
+        assert_same(results[1], reference[1], "dx")
+
+
 def _model_gradients(
     bk: Backend, model: str, dtype: str, rng: np.random.Generator, **config: Any
 ) -> tuple[list[dict[str, np.ndarray]], list[Any]]:
@@ -476,13 +499,17 @@ def test_network_with_nan_input_gives_the_same_scores_on_both_paths(backend, rng
 
 
 def test_fusion_plan_pairs_conv_relu_then_relu_max_pool_only():
-    """Convolution + ReLU fuse first; a ReLU left over fuses with a max pooling after
-    it; average pooling and other orders run layer by layer."""
+    """Convolution + ReLU fuse first, and a max pooling after them knows its input holds
+    no NaN; a ReLU left over fuses with a max pooling after it; average pooling and
+    other orders run layer by layer."""
     from xpcnn.models import NetBuilder
     from xpcnn.models.sequential import _fused
 
     net = (
         NetBuilder((1, 8, 8), seed=0)
+        .conv(2, 3, pad=1)
+        .relu()
+        .pool(1)
         .conv(2, 3, pad=1)
         .relu()
         .pool(2, mode="avg")
@@ -498,6 +525,8 @@ def test_fusion_plan_pairs_conv_relu_then_relu_max_pool_only():
     )
     names = [type(step).__name__ for step in _fused(net.layers)]
     assert names == [
+        "_ConvRelu",
+        "_NanFreeMaxPool",
         "_ConvRelu",
         "Pooling",
         "Convolution",

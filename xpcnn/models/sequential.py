@@ -8,7 +8,7 @@ import math
 from collections.abc import MutableMapping, Sequence
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .. import ops
 from .._numerical import numerical_gradient
@@ -62,10 +62,37 @@ class _ReluMaxPool:
         self._cache = None
 
 
+class _NanFreeMaxPool:
+    """A max ``Pooling`` right after a :class:`_ConvRelu`: its input is a ReLU's output,
+    which holds no NaN (ReLU maps NaN to 0), so the pooling skips its NaN bookkeeping
+    (:func:`xpcnn.ops.max_pool2d_forward`'s ``nan_free``), with the same results."""
+
+    def __init__(self, pool: Pooling) -> None:
+        self.pool = pool
+        self._cache: Any = None
+
+    def forward(self, x: Any, train_flg: bool = True) -> Any:
+        p = self.pool
+        out, self._cache = ops.max_pool2d_forward(
+            x, p.pool_h, p.pool_w, p.stride, p.pad, nan_free=True
+        )
+        return out
+
+    def backward(self, dout: Any) -> Any:
+        return self._cache.backward(dout)
+
+    def clear_cache(self) -> None:
+        self._cache = None
+
+
+def _is_max_pool(layer: Any) -> TypeGuard[Pooling]:
+    return type(layer) is Pooling and layer.mode == "max"
+
+
 def _fused(layers: list[Layer]) -> list[Any]:
     """The steps a forward pass runs: ``layers`` with each ``Convolution, Relu`` pair as
-    one :class:`_ConvRelu`, and each remaining ``Relu, Pooling(mode="max")`` pair as one
-    :class:`_ReluMaxPool`."""
+    one :class:`_ConvRelu` (a max pooling after it as :class:`_NanFreeMaxPool`), and each
+    remaining ``Relu, Pooling(mode="max")`` pair as one :class:`_ReluMaxPool`."""
     plan: list[Any] = []
     i = 0
     while i < len(layers):
@@ -74,7 +101,11 @@ def _fused(layers: list[Layer]) -> list[Any]:
         if type(layer) is Convolution and type(nxt) is Relu:
             plan.append(_ConvRelu(layer, nxt))
             i += 2
-        elif type(layer) is Relu and type(nxt) is Pooling and nxt.mode == "max":
+            after = layers[i] if i < len(layers) else None
+            if _is_max_pool(after):
+                plan.append(_NanFreeMaxPool(after))
+                i += 1
+        elif type(layer) is Relu and _is_max_pool(nxt):
             plan.append(_ReluMaxPool(layer, nxt))
             i += 2
         else:

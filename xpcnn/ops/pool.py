@@ -100,7 +100,7 @@ def _check_max_pool(x: Any, pool_h: int, pool_w: int, stride: int, pad: int) -> 
 
 
 def max_pool2d_forward(
-    x: Any, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0
+    x: Any, pool_h: int, pool_w: int, stride: int = 2, pad: int = 0, *, nan_free: bool = False
 ) -> tuple[Any, PoolCache]:
     """Max pooling.
 
@@ -113,6 +113,11 @@ def max_pool2d_forward(
     Parameters
     ----------
     x : array (N, C, H, W)
+    nan_free : bool
+        The caller's promise that ``x`` holds no NaN (a ReLU's output): the generic
+        path then skips its NaN bookkeeping, with the same results. XLA cannot
+        vectorise that bookkeeping; a compiled SimpleConvNet step ran 1.15-1.2x
+        faster without it. Fast paths ignore it.
 
     Returns
     -------
@@ -136,8 +141,9 @@ def max_pool2d_forward(
     for k in range(1, pool_h * pool_w):
         idx = window_slices(k // pool_w, k % pool_w, stride, OH, OW)
         view = img[idx]
-        # a larger value, or the first NaN (NaN beats every number)
-        gt = (view > out) | (xp.isnan(view) & ~xp.isnan(out))
+        gt = view > out
+        if not nan_free:  # or the first NaN (NaN beats every number)
+            gt = gt | (xp.isnan(view) & ~xp.isnan(out))
         if pad:
             gt = valid[idx] & (gt | from_pad)
             from_pad = from_pad & ~gt
@@ -181,7 +187,7 @@ def relu_max_pool2d_forward(
     fast = _fast.lookup("max_pool2d_forward", x)
     if fast is None:
         y, relu = relu_forward(x)
-        out, pool = max_pool2d_forward(y, pool_h, pool_w, stride, pad)
+        out, pool = max_pool2d_forward(y, pool_h, pool_w, stride, pad, nan_free=True)
         return out, _ReluThenPoolCache(relu, pool)
     pooled, pool = fast(x, pool_h, pool_w, stride, pad, OH, OW, skip_nan=True)
     out, relu = relu_forward(pooled)
