@@ -6,8 +6,9 @@ returns the new parameters, state and buffers and the loss. The batch goes in as
 training set (an argument: no copy) and the batch's row indices, so taking the rows,
 augmenting them and converting pixels to floats
 (:meth:`~xpcnn.train.updater.StandardUpdater.rows`) are part of the function too,
-then forward, backward and the optimizer's update. Nothing is written twice: the function runs the network's and the
-optimizer's own methods on traced values, as ``torch.func.functional_call`` does,
+then forward, backward and the optimizer's update. Nothing is written twice: the
+function runs the network's and the optimizer's own methods on traced values, as
+``torch.func.functional_call`` does,
 
 1. installing the traced arrays in place of the concrete ones (``params``,
    ``buffers``, the optimizer's ``state``; each random layer draws from a key,
