@@ -24,11 +24,13 @@ optimizer's ``state``: anything else a layer sets during a pass (a cache, the bo
 ``buffers`` (batch normalisation's running statistics).
 
 The arrays the forward pass caches for the backward pass (:func:`residuals`: the
-argmax of max pooling, ReLU masks, ``col``) are outputs of the function too, dropped on
-return: so XLA computes each once, as the eager step does. Otherwise it fuses their
-computation into the backward pass's loops and recomputes it there for every element
-that reads it (the pooling argmax four times per window, in a loop it could not
-vectorise): keeping them made the step 1.1-1.3x faster (``scripts/BENCHMARKS.md``).
+argmax of max pooling, ``col``) are outputs of the function too, dropped on return: so
+XLA computes each once, as the eager step does. Otherwise it fuses their computation
+into the backward pass's loops and recomputes it there for every element that reads it
+(the pooling argmax four times per window, in a loop it could not vectorise): keeping
+them made the step 1.1-1.3x faster (``scripts/BENCHMARKS.md``). Boolean masks (a
+ReLU's ``x > 0``) are the exception: one comparison, which XLA recomputes in the loop
+that reads it anyway, so writing them out only cost time (SimpleConvNet 1.06x).
 
 After the call the concrete results are assigned to the network and optimizer,
 which stay the one source of truth: checkpoints, evaluation and extensions see
@@ -253,11 +255,17 @@ def traced_values(*objects: Any, limit: int | None = None) -> list[tuple[str, An
 def residuals(network: Sequential, *exclude: Any) -> list[Any]:
     """The arrays the network's caches hold after a traced forward pass
     (:meth:`Sequential.caches <xpcnn.models.Sequential.caches>`), less those in
-    ``exclude`` (dicts of arrays, or arrays: the function's inputs and outputs)."""
+    ``exclude`` (dicts of arrays, or arrays: the function's inputs and outputs) and
+    boolean masks (cheaper recomputed than stored: see the module docstring)."""
     skip = {
         id(v) for group in exclude for v in (group.values() if isinstance(group, dict) else [group])
     }
-    return [v for _, v in traced_values(*network.caches()) if id(v) not in skip]
+    xp = network.device.xp
+    return [
+        v
+        for _, v in traced_values(*network.caches())
+        if id(v) not in skip and not xp.isdtype(v.dtype, "bool")
+    ]
 
 
 def _ours(v: Any) -> bool:
