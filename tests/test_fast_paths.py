@@ -457,7 +457,7 @@ def test_simple_convnet_gradients_equal_generic(backend, dtype, rng):
     """Fast paths leave a training step's gradients unchanged (to rounding), on
     every backend; the network runs the same steps whatever the switch."""
     (generic, fast), (plan_off, plan_on) = _model_gradients(backend, "simple", dtype, rng)
-    assert plan_on == plan_off and plan_on.count("_ConvRelu") == 1
+    assert plan_on == plan_off and plan_on.count("_ConvReluMaxPool") == 1
     for key in generic:
         assert_close_scaled(fast[key], generic[key], err_msg=key, **tol(dtype))
 
@@ -467,7 +467,7 @@ def test_deep_convnet_gradients_equal_generic(fast_backend, rng):
     (generic, fast), (_, plan_on) = _model_gradients(
         fast_backend, "deep", "float64", rng, dropout_ratio=0.0
     )
-    assert plan_on.count("_ConvRelu") == 6
+    assert plan_on.count("_ConvRelu") == 3 and plan_on.count("_ConvReluMaxPool") == 3
     for key in generic:
         assert_close_scaled(fast[key], generic[key], err_msg=key, **tol("float64"))
 
@@ -499,9 +499,9 @@ def test_network_with_nan_input_gives_the_same_scores_on_both_paths(backend, rng
 
 
 def test_fusion_plan_pairs_conv_relu_then_relu_max_pool_only():
-    """Convolution + ReLU fuse first, and a max pooling after them knows its input holds
-    no NaN; a ReLU left over fuses with a max pooling after it; average pooling and
-    other orders run layer by layer."""
+    """Convolution + ReLU fuse first, with a max pooling after them into one step; a ReLU
+    left over fuses with a max pooling after it; average pooling and other orders run
+    layer by layer."""
     from xpcnn.models import NetBuilder
     from xpcnn.models.sequential import _fused
 
@@ -525,8 +525,7 @@ def test_fusion_plan_pairs_conv_relu_then_relu_max_pool_only():
     )
     names = [type(step).__name__ for step in _fused(net.layers)]
     assert names == [
-        "_ConvRelu",
-        "_NanFreeMaxPool",
+        "_ConvReluMaxPool",
         "_ConvRelu",
         "Pooling",
         "Convolution",

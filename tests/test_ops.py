@@ -27,6 +27,7 @@ from xpcnn.ops import (
     col2im,
     conv2d_forward,
     conv2d_relu_forward,
+    conv2d_relu_max_pool2d_forward,
     conv_output_size,
     cross_entropy_error,
     im2col,
@@ -968,6 +969,10 @@ def test_every_forward_returns_a_cache_that_owns_its_backward(backend, rng):
     calls: dict[str, tuple[Callable[[], Any], list[Any]]] = {
         "conv2d_forward": (lambda: ops.conv2d_forward(x, W, b, pad=1), [x, W, b]),
         "conv2d_relu_forward": (lambda: ops.conv2d_relu_forward(x, W, b, pad=1), [x, W, b]),
+        "conv2d_relu_max_pool2d_forward": (
+            lambda: ops.conv2d_relu_max_pool2d_forward(x, W, b, pad=1),
+            [x, W, b],
+        ),
         "affine_forward": (lambda: ops.affine_forward(x, arr(48, 2), b), [x, arr(48, 2), b]),
         "batchnorm_forward": (lambda: ops.batchnorm_forward(x, g, g, g, g), [x, g, g]),
         "max_pool2d_forward": (lambda: ops.max_pool2d_forward(x, 2, 2), [x]),
@@ -1024,6 +1029,50 @@ def test_conv_relu_is_conv_then_relu(backend, dtype, rng, stride, pad):
     for name, f, a in zip(("out", "dx", "dW", "db"), fused, apart, strict=True):
         np.testing.assert_array_equal(backend.to_numpy(f), backend.to_numpy(a), err_msg=name)
     assert cache.backward(dout, need_dx=False)[0] is None
+
+
+# (N, C, H, W, FN, FH, FW, stride, pad, pool window = pool stride)
+CONV_POOL_CASES = [
+    pytest.param((3, 1, 8, 9, 4, 3, 3, 1, 0, 2), id="K9-a-column-unread"),
+    pytest.param((2, 3, 9, 8, 3, 3, 3, 2, 1, 2), id="K27-s2-p1-a-row-unread"),
+    pytest.param((2, 1, 11, 10, 2, 5, 5, 1, 2, 3), id="K25-p2-pool3"),
+    pytest.param((2, 2, 7, 6, 3, 2, 3, 1, 1, 2), id="K12-filter-2x3"),
+    pytest.param((2, 4, 6, 6, 3, 3, 3, 1, 1, 2), id="K36-ops-in-turn"),
+]
+
+
+@pytest.mark.parametrize("case", CONV_POOL_CASES)
+@pytest.mark.parametrize("nan", [False, True], ids=["", "nan"])
+def test_conv_relu_max_pool_is_the_ops_in_turn(backend, dtype, rng, case, nan):
+    """Exactly the three ops' results in turn, forward and backward (with and without
+    dx), on integer values, so every sum is exact in any order and the ReLU's zeros tie
+    in the windows: the windows' blocks of a first layer with stride, padding, unread
+    rows and columns and 3x3 windows, and the ops in turn for FH*FW*C >= 32."""
+    N, C, H, W, FN, FH, FW, stride, pad, P = case
+    x_host = rng.integers(-3, 4, (N, C, H, W)).astype(np.float64)
+    if nan:
+        x_host[0, 0, 1, 1] = np.nan
+    x, Wt, b = (
+        backend.asarray(a, dtype)
+        for a in (x_host, rng.integers(-2, 3, (FN, C, FH, FW)), rng.integers(-2, 3, FN))
+    )
+    out, cache = conv2d_relu_max_pool2d_forward(x, Wt, b, stride, pad, P, P, P)
+    dout = backend.asarray(rng.integers(-3, 4, tuple(out.shape)), dtype)
+    pre, conv = conv2d_forward(x, Wt, b, stride, pad)
+    y, relu = relu_forward(pre)
+    pooled, pool = max_pool2d_forward(y, P, P, P)
+    d = relu.backward(pool.backward(dout))
+    to_np = backend.to_numpy
+    assert (to_np(y) == 0).any() and (to_np(y) > 0).any()
+    for need_dx in (True, False):
+        fused = [out, *cache.backward(dout, need_dx=need_dx)]
+        apart = [pooled, *conv.backward(d, need_dx=need_dx)]
+        for name, f, a in zip(("out", "dx", "dW", "db"), fused, apart, strict=True):
+            if a is None:
+                assert f is None, name
+            else:
+                assert not np.isnan(to_np(a)).all(), name
+                np.testing.assert_array_equal(to_np(f), to_np(a), err_msg=f"{name} {need_dx=}")
 
 
 def test_relu_backward_does_not_write_into_dout_the_book_bug(backend, rng):

@@ -76,6 +76,17 @@ class Convolution(Layer):
         out, self._cache = ops.conv2d_relu_forward(x, self.W, self.b, self.stride, self.pad)
         return out
 
+    def forward_relu_max_pool(
+        self, x: Any, pool_h: int, pool_w: int, pool_stride: int = 2, pool_pad: int = 0
+    ) -> Any:
+        """``forward``, a ReLU, then max pooling, as one op
+        (:func:`xpcnn.ops.conv2d_relu_max_pool2d_forward`); :meth:`backward` then takes
+        the gradient of the pooling's output."""
+        out, self._cache = ops.conv2d_relu_max_pool2d_forward(
+            x, self.W, self.b, self.stride, self.pad, pool_h, pool_w, pool_stride, pool_pad
+        )
+        return out
+
     def backward(self, dout: Any) -> Any:
         dx, self.grads["W"], self.grads["b"] = self._saved().backward(dout, need_dx=self.need_dx)
         return dx

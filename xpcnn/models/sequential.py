@@ -62,27 +62,24 @@ class _ReluMaxPool:
         self._cache = None
 
 
-class _NanFreeMaxPool:
-    """A max ``Pooling`` right after a :class:`_ConvRelu`: its input is a ReLU's output,
-    which holds no NaN (ReLU maps NaN to 0), so the pooling skips its NaN bookkeeping
-    (:func:`xpcnn.ops.max_pool2d_forward`'s ``nan_free``), with the same results."""
+class _ConvReluMaxPool:
+    """A ``Convolution``, a ``Relu`` and a max ``Pooling`` run as one op
+    (:meth:`~xpcnn.layers.Convolution.forward_relu_max_pool`): the generic path computes
+    a first layer's outputs grouped by pooling window, and every path's pooling knows
+    that a ReLU's output holds no NaN. The gradients land in the convolution's ``grads``."""
 
-    def __init__(self, pool: Pooling) -> None:
-        self.pool = pool
-        self._cache: Any = None
+    def __init__(self, conv: Convolution, relu: Relu, pool: Pooling) -> None:
+        self.conv, self.relu, self.pool = conv, relu, pool
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         p = self.pool
-        out, self._cache = ops.max_pool2d_forward(
-            x, p.pool_h, p.pool_w, p.stride, p.pad, nan_free=True
-        )
-        return out
+        return self.conv.forward_relu_max_pool(x, p.pool_h, p.pool_w, p.stride, p.pad)
 
     def backward(self, dout: Any) -> Any:
-        return self._cache.backward(dout)
+        return self.conv.backward(dout)
 
     def clear_cache(self) -> None:
-        self._cache = None
+        self.conv.clear_cache()
 
 
 def _is_max_pool(layer: Any) -> TypeGuard[Pooling]:
@@ -91,20 +88,21 @@ def _is_max_pool(layer: Any) -> TypeGuard[Pooling]:
 
 def _fused(layers: list[Layer]) -> list[Any]:
     """The steps a forward pass runs: ``layers`` with each ``Convolution, Relu`` pair as
-    one :class:`_ConvRelu` (a max pooling after it as :class:`_NanFreeMaxPool`), and each
-    remaining ``Relu, Pooling(mode="max")`` pair as one :class:`_ReluMaxPool`."""
+    one :class:`_ConvRelu` (with a max pooling after it, the three as one
+    :class:`_ConvReluMaxPool`), and each remaining ``Relu, Pooling(mode="max")`` pair as
+    one :class:`_ReluMaxPool`."""
     plan: list[Any] = []
     i = 0
     while i < len(layers):
         layer = layers[i]
         nxt = layers[i + 1] if i + 1 < len(layers) else None
-        if type(layer) is Convolution and type(nxt) is Relu:
+        after = layers[i + 2] if i + 2 < len(layers) else None
+        if type(layer) is Convolution and type(nxt) is Relu and _is_max_pool(after):
+            plan.append(_ConvReluMaxPool(layer, nxt, after))
+            i += 3
+        elif type(layer) is Convolution and type(nxt) is Relu:
             plan.append(_ConvRelu(layer, nxt))
             i += 2
-            after = layers[i] if i < len(layers) else None
-            if _is_max_pool(after):
-                plan.append(_NanFreeMaxPool(after))
-                i += 1
         elif type(layer) is Relu and _is_max_pool(nxt):
             plan.append(_ReluMaxPool(layer, nxt))
             i += 2

@@ -30,10 +30,12 @@ from .._window import conv_output_size
 from .conv import (
     ConvCache,
     ConvReluCache,
+    ConvReluMaxPoolCache,
     Im2colCache,
     col2im,
     conv2d_forward,
     conv2d_relu_forward,
+    conv2d_relu_max_pool2d_forward,
     im2col,
 )
 from .dense import (
@@ -68,6 +70,7 @@ __all__ = [
     "BatchNormCache",
     "ConvCache",
     "ConvReluCache",
+    "ConvReluMaxPoolCache",
     "DropoutCache",
     "Im2colCache",
     "LRNCache",
@@ -82,6 +85,7 @@ __all__ = [
     "col2im",
     "conv2d_forward",
     "conv2d_relu_forward",
+    "conv2d_relu_max_pool2d_forward",
     "conv_output_size",
     "cross_entropy_error",
     "dropout_forward",
