@@ -109,37 +109,42 @@ def _unfold_pooled(
     window offset first: ``colT`` (FH*FW*C, N*ph*pw*PH*PW), columns (N, ph, pw, PH, PW).
 
     The maximum over a window is then one over ph*pw contiguous blocks, which XLA
-    vectorises; over strided views of the row-major output it did not (scripts/BENCHMARKS.md).
-    The padded image is first de-interleaved by the windows' step (T = stride*ph rows,
-    stride*pw columns), so each view below is a contiguous slice. Columns are one stack
-    of the distinct column offsets ``v = stride*j + fj``, each filter column then taking
-    its pw of them by a strided slice: a stack per filter column ran as separate copies.
+    vectorises; over strided views of the row-major output it did not. Built as
+    :func:`_unfold` is, a stack of rows then one of columns, from a small array
+    (ph*pw times the image) holding each window offset's shifted image de-interleaved
+    by the windows' step (T = stride*ph rows, stride*pw columns), so every view is a
+    contiguous slice: nested stacks (one per filter column) ran as separate copies.
     """
     xp = array_namespace(input_data)
     N, C, H, W = input_data.shape
     ph, pw = pool
     s = stride
     T, Tw = s * ph, s * pw
-    # De-interleaved rows and columns read: the last window's last row is s*(ph*PH - 1) + FH - 1.
-    Hq, Wq = -(-(s * (ph * PH - 1) + filter_h) // T), -(-(s * (pw * PW - 1) + filter_w) // Tw)
-    extra_h, extra_w = max(Hq * T - H - 2 * pad, 0), max(Wq * Tw - W - 2 * pad, 0)
-    img = input_data
+    # Input row of pooled row a, window row i, filter row fi: T*a + s*i + fi, that is
+    # s*i + T*(a + fi // T) + fi % T: row a + fi // T of residue fi % T of the image
+    # shifted by s*i. Columns alike.
+    Hq, Wq = PH + (filter_h - 1) // T, PW + (filter_w - 1) // Tw
+    Hn, Wn = s * (ph - 1) + Hq * T, s * (pw - 1) + Wq * Tw  # padded rows and columns read
+    img = xp.permute_dims(input_data, (1, 0, 2, 3))  # (C, N, H, W)
+    extra_h, extra_w = max(Hn - H - 2 * pad, 0), max(Wn - W - 2 * pad, 0)
     if pad or extra_h or extra_w:
         img = xpx.pad(img, ((0, 0), (0, 0), (pad, pad + extra_h), (pad, pad + extra_w)), xp=xp)
-    img = xp.reshape(img[:, :, : Hq * T, : Wq * Tw], (N, C, Hq, T, Wq, Tw))
-    D = xp.permute_dims(
-        img, (3, 5, 1, 0, 2, 4)
-    )  # (T, Tw, C, N, Hq, Wq): row T*a + r is D[r, :, :, :, a]
-
-    def rows(fi: int, i: int) -> Any:  # (Tw, C, N, PH, Wq): filter row fi of window row i
-        u = s * i + fi
-        return D[u % T, :, :, :, u // T : u // T + PH, :]
-
-    R = xp.stack([xp.stack([rows(fi, i) for i in range(ph)], axis=3) for fi in range(filter_h)])
-    V = s * (pw - 1) + filter_w  # (FH, Tw, C, N, ph, PH, Wq) -> each column offset v:
-    E = xp.stack([R[:, v % Tw, :, :, :, :, v // Tw : v // Tw + PW] for v in range(V)], axis=4)
-    col = xp.stack(
-        [E[:, :, :, :, fj : fj + s * (pw - 1) + 1 : s, ...] for fj in range(filter_w)], axis=1
+    shifted = xp.stack(
+        [
+            xp.stack(
+                [img[:, :, s * i : s * i + Hq * T, s * j : s * j + Wq * Tw] for j in range(pw)],
+                axis=2,
+            )
+            for i in range(ph)
+        ],
+        axis=2,
+    )  # (C, N, ph, pw, Hq*T, Wq*Tw)
+    D = xp.reshape(shifted, (C, N, ph, pw, Hq, T, Wq, Tw))
+    D = xp.permute_dims(D, (5, 7, 0, 1, 2, 3, 4, 6))  # (T, Tw, C, N, ph, pw, Hq, Wq)
+    rows = xp.stack([D[fi % T, :, :, :, :, :, fi // T : fi // T + PH, :] for fi in range(filter_h)])
+    col = xp.stack(  # (FH, Tw, C, N, ph, pw, PH, Wq) -> (FH, FW, C, N, ph, pw, PH, PW)
+        [rows[:, fj % Tw, :, :, :, :, :, fj // Tw : fj // Tw + PW] for fj in range(filter_w)],
+        axis=1,
     )
     return xp.reshape(col, (filter_h * filter_w * C, N * ph * pw * PH * PW))
 
