@@ -419,9 +419,10 @@ def conv2d_relu_max_pool2d_forward(
     layer), the convolution computes only the outputs the windows read, each window's
     elements in ph*pw contiguous blocks (:func:`_unfold_pooled`): XLA and PyTorch then
     take the maxima as whole-block comparisons. Measured on a SimpleConvNet step: compiled
-    JAX 0.91x the time, eager JAX 0.86x, eager PyTorch 0.91x; with more rows and dx (the
-    DeepConvNet's pooled layers) it was 1.1-1.3x slower, so those, fast paths and other
-    windows run the ops in turn (the pooling told that a ReLU's output holds no NaN).
+    JAX 0.87x the time, eager JAX 0.87x, eager PyTorch 0.93x (scripts/BENCHMARKS.md);
+    with more rows and dx (DeepConvNet's pooled layers) it was 1.1-1.3x slower, so those,
+    fast paths and other windows run the ops in turn (the pooling told that a ReLU's
+    output holds no NaN).
 
     x : array (N, C, H, W); W : (FN, C, FH, FW); b : (FN,) -> out : array (N, FN, PH,
     PW), dtype of ``x``; cache: ``cache.backward(dout, need_dx=True)`` -> ``(dx, dW, db)``
