@@ -29,8 +29,8 @@ sit above.
 from .._window import conv_output_size
 from .conv import (
     ConvCache,
-    ConvReluCache,
     ConvReluMaxPoolCache,
+    ConvThenCache,
     Im2colCache,
     col2im,
     conv2d_forward,
@@ -69,8 +69,8 @@ __all__ = [
     "AvgPoolCache",
     "BatchNormCache",
     "ConvCache",
-    "ConvReluCache",
     "ConvReluMaxPoolCache",
+    "ConvThenCache",
     "DropoutCache",
     "Im2colCache",
     "LRNCache",

@@ -12,12 +12,12 @@ from .. import _fast
 from .._checks import check_floating
 from .._window import check_window, fold_windows, pad_hw
 from .dense import ReluCache, relu_forward
-from .pool import PoolCache, max_pool2d_forward
+from .pool import max_pool2d_forward
 
 __all__ = [
     "ConvCache",
-    "ConvReluCache",
     "ConvReluMaxPoolCache",
+    "ConvThenCache",
     "Im2colCache",
     "col2im",
     "conv2d_forward",
@@ -330,14 +330,15 @@ def conv2d_forward(x: Any, W: Any, b: Any, stride: int = 1, pad: int = 0) -> tup
 
 
 @dataclass(frozen=True)
-class ConvReluCache:
-    """Convolution then ReLU, op by op: the convolution's cache and the ReLU's."""
+class ConvThenCache:
+    """A convolution, then an op without parameters (a ReLU, a pooling), op by op: the
+    convolution's cache and the other op's."""
 
     conv: ConvCache
-    relu: Any
+    after: Any
 
     def backward(self, dout: Any, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
-        return self.conv.backward(self.relu.backward(dout), need_dx=need_dx)
+        return self.conv.backward(self.after.backward(dout), need_dx=need_dx)
 
 
 def conv2d_relu_forward(
@@ -360,7 +361,7 @@ def conv2d_relu_forward(
         return fast(x, W, b, stride, pad, OH, OW)
     out, conv = conv2d_forward(x, W, b, stride, pad)
     y, relu = relu_forward(out)
-    return y, ConvReluCache(conv, relu)
+    return y, ConvThenCache(conv, relu)
 
 
 @dataclass(frozen=True)
@@ -386,17 +387,6 @@ class ConvReluMaxPoolCache:
         )
         d = self.relu.backward(d)
         return self.conv.backward(xp.reshape(d, (N, FN, ph * PH, pw * PW)), need_dx=need_dx)
-
-
-@dataclass(frozen=True)
-class _ThenPoolCache:
-    """A convolution's cache, then a pooling's: the ops in turn."""
-
-    conv: ConvCache
-    pool: PoolCache
-
-    def backward(self, dout: Any, *, need_dx: bool = True) -> tuple[Any, Any, Any]:
-        return self.conv.backward(self.pool.backward(dout), need_dx=need_dx)
 
 
 def conv2d_relu_max_pool2d_forward(
@@ -434,7 +424,7 @@ def conv2d_relu_max_pool2d_forward(
     if _fast.lookup("conv2d_relu_forward", x) is not None or not tiles or FH * FW * C >= _FEW_ROWS:
         y, conv = conv2d_relu_forward(x, W, b, stride, pad)
         out, pool = max_pool2d_forward(y, pool_h, pool_w, pool_stride, pool_pad, nan_free=True)
-        return out, _ThenPoolCache(conv, pool)
+        return out, ConvThenCache(conv, pool)
     xp = array_namespace(x, W, b)
     N = x.shape[0]
     PH, PW = check_window((N, FN, OH, OW), pool_h, pool_w, pool_stride, 0, what="max pooling")
