@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,8 +180,13 @@ def test_a_signal_saves_one_checkpoint_and_stops_every_rank(tmp_path, signum, st
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == status, err
-    what = "interrupted" if signum == signal.SIGINT else "terminated (interrupted by SIGTERM)"
-    assert err.count(f"{what}: checkpoint saved to") == 1, err
+    # mpiexec forwards the signal to each rank at its own moment: rank 0's may come after
+    # the step's exchange of stop flags, and rank 0 then learns of it from the other rank.
+    if signum == signal.SIGINT:
+        what = "interrupted"
+    else:
+        what = r"terminated \(interrupted by SIGTERM( on another rank)?\)"
+    assert len(re.findall(f"{what}: checkpoint saved to", err)) == 1, err
     assert f"mpiexec -n 2 xpcnn train --resume {tmp_path / 'checkpoint.npz'}" in err
     assert "MPI_Abort" not in err and "Traceback" not in err, err
     _, meta = load_checkpoint(tmp_path / "checkpoint.npz")
