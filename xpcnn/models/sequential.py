@@ -62,24 +62,19 @@ class _ReluMaxPool:
         self._cache = None
 
 
-class _ConvReluMaxPool:
+class _ConvReluMaxPool(_ConvRelu):
     """A ``Convolution``, a ``Relu`` and a max ``Pooling`` run as one op
     (:meth:`~xpcnn.layers.Convolution.forward_relu_max_pool`): the generic path computes
     a first layer's outputs grouped by pooling window, and every path's pooling knows
     that a ReLU's output holds no NaN. The gradients land in the convolution's ``grads``."""
 
     def __init__(self, conv: Convolution, relu: Relu, pool: Pooling) -> None:
-        self.conv, self.relu, self.pool = conv, relu, pool
+        super().__init__(conv, relu)
+        self.pool = pool
 
     def forward(self, x: Any, train_flg: bool = True) -> Any:
         p = self.pool
         return self.conv.forward_relu_max_pool(x, p.pool_h, p.pool_w, p.stride, p.pad)
-
-    def backward(self, dout: Any) -> Any:
-        return self.conv.backward(dout)
-
-    def clear_cache(self) -> None:
-        self.conv.clear_cache()
 
 
 def _is_max_pool(layer: Any) -> TypeGuard[Pooling]:
